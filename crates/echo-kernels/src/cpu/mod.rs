@@ -1,0 +1,15 @@
+//! CPU kernels. Parallelism comes from rayon; GEMM from the `gemm` crate.
+
+pub mod activation;
+pub mod attention;
+pub mod gemm;
+pub mod loss;
+pub mod lowrank;
+pub mod norm;
+pub mod pool;
+pub mod rope;
+
+/// Rows per rayon task for row-wise kernels: big enough that scheduling is noise.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}

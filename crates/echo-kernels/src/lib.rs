@@ -1,0 +1,8 @@
+//! Raw compute routines on slices: no shapes, no errors, no allocation policy.
+//!
+//! Every routine takes its dimensions explicitly and `debug_assert`s / `assert`s that the
+//! slices are large enough; validating user input is the job of `echo-tensor`, which calls
+//! these. The `cpu` module is the reference implementation ("CPU twin") that any GPU kernel
+//! is tested against.
+
+pub mod cpu;

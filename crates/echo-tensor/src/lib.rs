@@ -1,0 +1,26 @@
+//! The tensor core: [`Tensor`] (contiguous, immutable, cheaply cloned), [`DType`],
+//! [`Shape`], [`Device`], and every op a LLaMA training step needs, shape-checked.
+//!
+//! Ops validate their arguments and return [`Error`] naming the op and the shapes involved;
+//! the arithmetic itself lives in `echo-kernels`. Compute ops run on f32; bf16 and f16 are
+//! storage types reached through [`Tensor::to_dtype`].
+
+mod device;
+mod dtype;
+mod error;
+pub mod nn;
+mod ops;
+mod rng;
+mod shape;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use ops::broadcast_shape;
+pub use rng::Rng;
+pub use shape::Shape;
+pub use tensor::{Buffer, Tensor, WeakTensor};
+
+pub use echo_kernels::cpu::loss::IGNORE_INDEX;
+pub use echo_kernels::cpu::rope::{Llama3Scaling, RopeTable};
