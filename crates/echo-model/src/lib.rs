@@ -1,0 +1,12 @@
+//! HF LLaMA-family models for echo-lora: `config.json` parsing, memory-mapped safetensors
+//! (single or sharded), and the decoder forward built from echo-autograd's fused nodes, with a
+//! [`Projector`] seam where adapters attach.
+
+mod config;
+mod error;
+mod llama;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use llama::{shifted_targets, Batch, Block, Hidden, Llama, Plain, Proj, Projector};

@@ -1,0 +1,271 @@
+//! The LLaMA decoder as HF transformers computes it, built from echo-autograd's fused nodes.
+//! The same forward serves training (a recording tape) and scoring (`Tape::inference()`).
+//!
+//! Every projection goes through a [`Projector`], the seam where adapters (LoRA, DoRA, the echo
+//! path's injection) attach without this crate knowing about them.
+
+use crate::weights::WeightFiles;
+use crate::{Error, LlamaConfig, Result};
+use echo_autograd::ops;
+use echo_autograd::{Tape, Var};
+use echo_tensor::{RopeTable, Tensor, IGNORE_INDEX};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The seven projections of a LLaMA block, in HF's naming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// The short name used in configs and PEFT's `target_modules` (`q_proj`, ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    /// The module path inside a block (`self_attn.q_proj`, `mlp.up_proj`, ...).
+    pub fn block_path(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// HF module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub fn module_path(self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}", self.block_path())
+    }
+
+    pub fn from_short_name(s: &str) -> Option<Proj> {
+        Proj::ALL.into_iter().find(|p| p.short_name() == s)
+    }
+}
+
+/// Computes `x W^T` for one projection, possibly plus an adapter's contribution.
+pub trait Projector {
+    fn project(&mut self, layer: usize, proj: Proj, x: &Var, w: &Tensor) -> echo_autograd::Result<Var>;
+}
+
+/// The base model alone: every projection is the frozen weight.
+pub struct Plain;
+
+impl Projector for Plain {
+    fn project(&mut self, _layer: usize, _proj: Proj, x: &Var, w: &Tensor) -> echo_autograd::Result<Var> {
+        ops::linear(x, &x.tape().constant(w.clone()))
+    }
+}
+
+/// Frozen weights of one decoder block.
+pub struct Block {
+    pub attn_norm: Tensor,
+    pub mlp_norm: Tensor,
+    /// Projection weights in [`Proj::ALL`] order, `[out, in]` each.
+    pub proj: [Tensor; 7],
+}
+
+impl Block {
+    pub fn weight(&self, p: Proj) -> &Tensor {
+        &self.proj[p as usize]
+    }
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Tensor,
+    /// The output projection `[vocab, hidden]`; shares its data with `embed` when tied.
+    pub lm_head: Tensor,
+    pub rope: Arc<RopeTable>,
+}
+
+/// One batch of token ids, `[B, T]` row-major, with its padding mask and position ids.
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<usize>,
+    pub key_valid: Arc<Vec<bool>>,
+    pub positions: Arc<Vec<usize>>,
+}
+
+impl Batch {
+    /// Validates ids against the vocabulary and the mask's values; position ids are
+    /// `0..T` on every row (HF's default; with right padding these are the real positions).
+    pub fn new(input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize, vocab: usize) -> Result<Self> {
+        if input_ids.len() != batch * seq || attention_mask.len() != batch * seq {
+            return Err(Error::Input(format!(
+                "input_ids has {} and attention_mask {} elements; [B, T] = [{batch}, {seq}] needs {}",
+                input_ids.len(),
+                attention_mask.len(),
+                batch * seq
+            )));
+        }
+        let mut ids = Vec::with_capacity(input_ids.len());
+        for (i, &t) in input_ids.iter().enumerate() {
+            if t < 0 || t as usize >= vocab {
+                return Err(Error::Input(format!("input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})", i / seq, i % seq)));
+            }
+            ids.push(t as usize);
+        }
+        let mut valid = Vec::with_capacity(attention_mask.len());
+        for (i, &m) in attention_mask.iter().enumerate() {
+            match m {
+                0 => valid.push(false),
+                1 => valid.push(true),
+                _ => return Err(Error::Input(format!("attention_mask[{}, {}] = {m}; expected 0 or 1", i / seq, i % seq))),
+            }
+        }
+        let positions = (0..batch).flat_map(|_| 0..seq).collect();
+        Ok(Batch { batch, seq, input_ids: ids, key_valid: Arc::new(valid), positions: Arc::new(positions) })
+    }
+}
+
+/// What a forward pass returns.
+pub struct Hidden {
+    /// The final-normed hidden states `[B, T, d]` (the LM head's input).
+    pub hidden: Var,
+    /// Boundary hidden states `h_l` (block `l`'s residual output, `[B, T, d]`), one per
+    /// requested layer, in the order requested.
+    pub boundary: Vec<Var>,
+}
+
+/// Label positions under HF's shift: logits at `(b, t)` are scored against `labels[b, t+1]`.
+/// Returns the flat row indices `b*T + t` that count and their targets.
+pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> (Vec<usize>, Vec<i64>) {
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for b in 0..batch {
+        for t in 0..seq.saturating_sub(1) {
+            let l = labels[b * seq + t + 1];
+            if l != IGNORE_INDEX {
+                rows.push(b * seq + t);
+                targets.push(l);
+            }
+        }
+    }
+    (rows, targets)
+}
+
+impl Llama {
+    /// Loads `config.json` and the safetensors weights of a HF model folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = LlamaConfig::from_dir(dir)?;
+        let files = WeightFiles::open_dir(dir)?;
+        Self::from_weights(config, &files)
+    }
+
+    /// Builds the model from open weight files, checking every shape against the config.
+    pub fn from_weights(config: LlamaConfig, w: &WeightFiles) -> Result<Self> {
+        let c = &config;
+        let (d, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let embed = w.f32_tensor("model.embed_tokens.weight", Some(&[c.vocab_size, d]))?;
+        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        for l in 0..c.num_hidden_layers {
+            let shape = |p: Proj| -> [usize; 2] {
+                match p {
+                    Proj::Q => [q_out, d],
+                    Proj::K | Proj::V => [kv_out, d],
+                    Proj::O => [d, q_out],
+                    Proj::Gate | Proj::Up => [c.intermediate_size, d],
+                    Proj::Down => [d, c.intermediate_size],
+                }
+            };
+            let load = |p: Proj| w.f32_tensor(&format!("{}.weight", p.module_path(l)), Some(&shape(p)));
+            blocks.push(Block {
+                attn_norm: w.f32_tensor(&format!("model.layers.{l}.input_layernorm.weight"), Some(&[d]))?,
+                mlp_norm: w.f32_tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"), Some(&[d]))?,
+                proj: [load(Proj::Q)?, load(Proj::K)?, load(Proj::V)?, load(Proj::O)?, load(Proj::Gate)?, load(Proj::Up)?, load(Proj::Down)?],
+            });
+        }
+        let norm = w.f32_tensor("model.norm.weight", Some(&[d]))?;
+        let lm_head = if c.tie_word_embeddings && !w.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            w.f32_tensor("lm_head.weight", Some(&[c.vocab_size, d]))?
+        };
+        let rope = Arc::new(RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling));
+        Ok(Llama { config, embed, blocks, norm, lm_head, rope })
+    }
+
+    /// The decoder over a batch. `capture` lists the blocks whose output `h_l` to return.
+    pub fn forward(&self, tape: &Tape, batch: &Batch, proj: &mut dyn Projector, capture: &[usize]) -> Result<Hidden> {
+        let c = &self.config;
+        if let Some(&l) = capture.iter().find(|&&l| l >= self.blocks.len()) {
+            return Err(Error::Input(format!("cannot capture block {l}: the model has {} blocks", self.blocks.len())));
+        }
+        if batch.seq > c.max_position_embeddings {
+            return Err(Error::Input(format!("sequence length {} exceeds max_position_embeddings {}", batch.seq, c.max_position_embeddings)));
+        }
+        let (b, t, d) = (batch.batch, batch.seq, c.hidden_size);
+        let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let embed = tape.constant(self.embed.clone());
+        let mut h = ops::reshape(&ops::index_select(&embed, &batch.input_ids)?, [b, t, d])?;
+        let mut boundary = vec![None; capture.len()];
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let x = ops::rmsnorm(&h, Some(&tape.constant(blk.attn_norm.clone())), c.rms_norm_eps)?;
+            let q = proj.project(l, Proj::Q, &x, blk.weight(Proj::Q))?;
+            let k = proj.project(l, Proj::K, &x, blk.weight(Proj::K))?;
+            let v = proj.project(l, Proj::V, &x, blk.weight(Proj::V))?;
+            let q = ops::rope(&ops::reshape(&q, [b, t, hq, hd])?, &batch.positions, &self.rope)?;
+            let k = ops::rope(&ops::reshape(&k, [b, t, hkv, hd])?, &batch.positions, &self.rope)?;
+            let v = ops::reshape(&v, [b, t, hkv, hd])?;
+            let a = ops::reshape(&ops::attention(&q, &k, &v, &batch.key_valid)?, [b, t, hq * hd])?;
+            h = ops::add(&h, &proj.project(l, Proj::O, &a, blk.weight(Proj::O))?)?;
+            let x = ops::rmsnorm(&h, Some(&tape.constant(blk.mlp_norm.clone())), c.rms_norm_eps)?;
+            let gate = proj.project(l, Proj::Gate, &x, blk.weight(Proj::Gate))?;
+            let up = proj.project(l, Proj::Up, &x, blk.weight(Proj::Up))?;
+            let m = ops::swiglu(&gate, &up)?;
+            h = ops::add(&h, &proj.project(l, Proj::Down, &m, blk.weight(Proj::Down))?)?;
+            for (slot, _) in capture.iter().enumerate().filter(|(_, &cl)| cl == l) {
+                boundary[slot] = Some(h.clone());
+            }
+        }
+        let hidden = ops::rmsnorm(&h, Some(&tape.constant(self.norm.clone())), c.rms_norm_eps)?;
+        Ok(Hidden { hidden, boundary: boundary.into_iter().map(|v| v.expect("every capture filled")).collect() })
+    }
+
+    /// Logits `[rows.len(), V]` for the given flat rows of `hidden` (`[B, T, d]`): the LM head
+    /// runs only where it is needed.
+    pub fn logits_at(&self, hidden: &Var, rows: &[usize]) -> Result<Var> {
+        let d = self.config.hidden_size;
+        let flat = ops::reshape(hidden, [hidden.value().numel() / d, d])?;
+        let picked = ops::index_select(&flat, rows)?;
+        Ok(ops::linear(&picked, &hidden.tape().constant(self.lm_head.clone()))?)
+    }
+
+    /// Masked LM loss with HF's shift, mean over counted tokens. Returns the loss and the
+    /// number of counted tokens; errors when no token carries a label.
+    pub fn lm_loss(&self, hidden: &Var, labels: &[i64], batch: &Batch) -> Result<(Var, usize)> {
+        if labels.len() != batch.batch * batch.seq {
+            return Err(Error::Input(format!("labels has {} elements, the batch {}", labels.len(), batch.batch * batch.seq)));
+        }
+        let (rows, targets) = shifted_targets(labels, batch.batch, batch.seq);
+        if rows.is_empty() {
+            return Err(Error::Input("no position carries a label (all -100 after the shift)".into()));
+        }
+        let logits = self.logits_at(hidden, &rows)?;
+        Ok((ops::cross_entropy(&logits, &targets, rows.len() as f32)?, rows.len()))
+    }
+}
