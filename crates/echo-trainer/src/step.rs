@@ -1,0 +1,182 @@
+//! One Echo-LoRA training step (ECHO-LORA.md section 3): plain forward, echo from its
+//! boundary states, echo forward over the routed samples, CE on each sample's route, masked
+//! distillation from the (detached) echo route to the plain route, one backward.
+//! With the echo path absent or no sample routed, this is exactly a plain LoRA/DoRA step.
+
+use crate::echo::{prompt_mask, EchoPath};
+use echo_adapters::Adapters;
+use echo_autograd::{ops, ParamStore, Tape, Var};
+use echo_model::{shifted_targets, Batch, Llama};
+use echo_tensor::{Rng, Tensor};
+
+/// A batch as the data pipeline produces it: `[B, T]` row-major, right-padded.
+pub struct StepInput<'a> {
+    pub input_ids: &'a [i64],
+    pub attention_mask: &'a [i64],
+    pub labels: &'a [i64],
+    pub batch: usize,
+    pub seq: usize,
+    /// Per sample: takes the echo route. Ignored without an echo path.
+    pub route: &'a [bool],
+}
+
+/// What a step measured. Losses are the unscaled values of this batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    /// L_ce over all counted positions (each on its sample's route).
+    pub loss_ce: f32,
+    /// CE of the plain route's counted positions alone (divided by N), for monitoring.
+    pub ce_plain: f32,
+    /// CE of the echo route's counted positions alone (divided by N).
+    pub ce_echo: f32,
+    /// L_kd before the factor `lambda_kd * tau^2`.
+    pub loss_kd: f32,
+    /// N: counted positions.
+    pub tokens: usize,
+    /// N_r: counted positions of routed samples.
+    pub routed_tokens: usize,
+    pub routed_samples: usize,
+}
+
+/// Full-vocabulary outputs for parity checks (computed without recording).
+pub struct Trace {
+    pub logits_plain: Tensor,
+    pub logits_echo: Option<Tensor>,
+    pub echo: Option<Tensor>,
+    pub pooled: Vec<Tensor>,
+    pub layer_weights: Option<Tensor>,
+    pub trunk_u: Option<Tensor>,
+}
+
+pub struct StepContext<'a> {
+    pub model: &'a Llama,
+    pub adapters: &'a Adapters,
+    pub echo: Option<&'a EchoPath>,
+}
+
+fn rows_of(a: &[i64], rows: &[usize], seq: usize) -> Vec<i64> {
+    rows.iter().flat_map(|&b| a[b * seq..(b + 1) * seq].iter().copied()).collect()
+}
+
+fn all_logits(model: &Llama, hidden: &Var) -> echo_autograd::Result<Tensor> {
+    let _g = hidden.tape().no_grad();
+    let (b, t) = (hidden.dims()[0], hidden.dims()[1]);
+    let rows: Vec<usize> = (0..b * t).collect();
+    let l = model.logits_at(hidden, &rows).map_err(|e| echo_autograd::Error::Invalid(e.to_string()))?;
+    Ok(l.value().reshape([b, t, model.config.vocab_size])?)
+}
+
+/// Runs forward and backward of one (micro-)batch, adding `loss_scale * dL/dθ` into `store`.
+/// `dropout_rng` enables adapter dropout (training). With `trace`, also returns full logits
+/// of both routes over every sample (the echo forward then covers all samples, as the
+/// parity fixture does; the loss still uses only the routed ones).
+pub fn forward_backward(
+    ctx: &StepContext<'_>,
+    input: &StepInput<'_>,
+    store: &mut ParamStore,
+    mut dropout_rng: Option<&mut Rng>,
+    loss_scale: f32,
+    trace: bool,
+) -> Result<(StepStats, Option<Trace>), String> {
+    let (b, t) = (input.batch, input.seq);
+    let model = ctx.model;
+    let fail = |e: &dyn std::fmt::Display| e.to_string();
+    let batch = Batch::new(input.input_ids, input.attention_mask, b, t, model.config.vocab_size).map_err(|e| fail(&e))?;
+    if input.labels.len() != b * t || input.route.len() != b {
+        return Err(format!("labels ({}) or route ({}) do not match the batch [{b}, {t}]", input.labels.len(), input.route.len()));
+    }
+    let (rows, targets) = shifted_targets(input.labels, b, t);
+    let n = rows.len();
+    if n == 0 {
+        return Err("the batch has no labelled position (every label is -100 after the shift)".into());
+    }
+    let echo = ctx.echo.filter(|_| input.route.iter().any(|&r| r) || trace);
+    let routed: Vec<usize> = if echo.is_some() { (0..b).filter(|&i| input.route[i]).collect() } else { vec![] };
+    let is_routed = |row: usize| echo.is_some() && input.route[row / t];
+    let (mut rows_p, mut tgt_p, mut rows_r, mut tgt_r) = (vec![], vec![], vec![], vec![]);
+    for (&r, &tg) in rows.iter().zip(&targets) {
+        if is_routed(r) {
+            rows_r.push(r);
+            tgt_r.push(tg);
+        } else {
+            rows_p.push(r);
+            tgt_p.push(tg);
+        }
+    }
+    let tape = Tape::new();
+    let mut stats = StepStats { tokens: n, routed_tokens: rows_r.len(), routed_samples: routed.len(), ..Default::default() };
+    let mut tr = None;
+    let loss = {
+        let capture = echo.map(|e| e.sources.clone()).unwrap_or_default();
+        let plain = {
+            let mut proj = ctx.adapters.projector(store, dropout_rng.as_deref_mut(), None);
+            model.forward(&tape, &batch, &mut proj, &capture).map_err(|e| fail(&e))?
+        };
+        let mut terms: Vec<Var> = Vec::new();
+        if !rows_p.is_empty() {
+            let logits = model.logits_at(&plain.hidden, &rows_p).map_err(|e| fail(&e))?;
+            let ce = ops::cross_entropy(&logits, &tgt_p, n as f32).map_err(|e| fail(&e))?;
+            stats.ce_plain = ce.value().item().map_err(|e| fail(&e))?;
+            terms.push(ce);
+        }
+        let mut trace_echo = None;
+        if let Some(ep) = echo {
+            let pmask = prompt_mask(input.attention_mask, input.labels);
+            let values = ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t).map_err(|e| fail(&e))?;
+            // The echo forward runs over the routed samples (all of them when tracing).
+            let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };
+            let inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows).map_err(|e| fail(&e))?;
+            let sub = Batch::new(&rows_of(input.input_ids, &echo_rows, t), &rows_of(input.attention_mask, &echo_rows, t), echo_rows.len(), t, model.config.vocab_size)
+                .map_err(|e| fail(&e))?;
+            let hidden_echo = {
+                let mut proj = ctx.adapters.projector(store, dropout_rng.as_deref_mut(), Some(&inject));
+                model.forward(&tape, &sub, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
+            };
+            if !rows_r.is_empty() {
+                let pos: Vec<usize> = rows_r
+                    .iter()
+                    .map(|&r| echo_rows.iter().position(|&s| s == r / t).expect("routed sample in the echo batch") * t + r % t)
+                    .collect();
+                let logits_echo = model.logits_at(&hidden_echo, &pos).map_err(|e| fail(&e))?;
+                let ce = ops::cross_entropy(&logits_echo, &tgt_r, n as f32).map_err(|e| fail(&e))?;
+                stats.ce_echo = ce.value().item().map_err(|e| fail(&e))?;
+                terms.push(ce);
+                let c = &ep.config;
+                let student = model.logits_at(&plain.hidden, &rows_r).map_err(|e| fail(&e))?;
+                let kd = ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32).map_err(|e| fail(&e))?;
+                stats.loss_kd = kd.value().item().map_err(|e| fail(&e))?;
+                if c.lambda_kd > 0.0 {
+                    terms.push(ops::scale(&kd, c.lambda_kd * c.tau * c.tau).map_err(|e| fail(&e))?);
+                }
+            }
+            if trace {
+                trace_echo = Some((all_logits(model, &hidden_echo).map_err(|e| fail(&e))?, values));
+            }
+        }
+        if trace {
+            let (le, values) = match trace_echo {
+                Some((l, v)) => (Some(l), Some(v)),
+                None => (None, None),
+            };
+            tr = Some(Trace {
+                logits_plain: all_logits(model, &plain.hidden).map_err(|e| fail(&e))?,
+                logits_echo: le,
+                echo: values.as_ref().map(|v| v.echo.value().clone()),
+                pooled: values.as_ref().map(|v| v.pooled.iter().map(|p| p.value().clone()).collect()).unwrap_or_default(),
+                layer_weights: values.as_ref().map(|v| v.layer_weights.value().clone()),
+                trunk_u: values.as_ref().map(|v| v.trunk_u.value().clone()),
+            });
+        }
+        let mut total = terms[0].clone();
+        for t in &terms[1..] {
+            total = ops::add(&total, t).map_err(|e| fail(&e))?;
+        }
+        total
+    };
+    stats.loss = loss.value().item().map_err(|e| fail(&e))?;
+    stats.loss_ce = stats.ce_plain + stats.ce_echo;
+    let scaled = if loss_scale == 1.0 { loss } else { ops::scale(&loss, loss_scale).map_err(|e| fail(&e))? };
+    tape.backward(&scaled, store).map_err(|e| fail(&e))?;
+    Ok((stats, tr))
+}
