@@ -1,6 +1,10 @@
 //! `cargo xtask <command>`: the one entry point of echo-lora.
 
 mod bench;
+mod data;
+mod model;
+mod parity;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,25 +19,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune an adapter (default: configs/default.toml).
-    Train {
-        /// Run configuration (TOML).
-        #[arg(default_value = "configs/default.toml")]
-        config: String,
-    },
+    Train(train::TrainArgs),
+    /// Parity: logits, loss and gradients for a batch file (the fixtures' layout).
+    Logits(parity::LogitsArgs),
     /// Run the benchmarks side by side with their reference implementations.
     Bench(bench::BenchArgs),
+    /// Convert a GGUF file (llama architecture) into a HF model folder.
+    ImportGguf(model::ImportArgs),
+    /// Download and import a model into the cache (`smollm2`: SmolLM2-135M-Instruct).
+    FetchModel(model::FetchArgs),
+    /// Generate text from a HF model folder (KV cache; greedy or sampled; --chat).
+    Generate(model::GenerateArgs),
+    /// Show what the model will see: tokenised data, masks and counts.
+    Data(data::DataArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Train { config } => {
-            println!(
-                "echo-lora train ({config}): not yet. The trainer lands with issue 5 \
-                 (LoRA/DoRA adapters, the Echo trainer, PEFT export); today the workspace \
-                 provides the tensor core, CPU kernels and autograd it will stand on."
-            );
-            Ok(())
-        }
+        Command::Train(args) => train::run(args),
+        Command::Logits(args) => parity::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::ImportGguf(args) => model::import(args),
+        Command::FetchModel(args) => model::fetch(args),
+        Command::Generate(args) => model::generate(args),
+        Command::Data(args) => data::run(args),
     }
 }

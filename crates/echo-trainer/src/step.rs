@@ -18,6 +18,9 @@ pub struct StepInput<'a> {
     pub seq: usize,
     /// Per sample: takes the echo route. Ignored without an echo path.
     pub route: &'a [bool],
+    /// `[B, T]` prompt tokens to pool over; `None` derives it from the labels
+    /// (`attention_mask = 1` and `labels = -100`), which is only right for answer-only labels.
+    pub prompt_mask: Option<&'a [f32]>,
 }
 
 /// What a step measured. Losses are the unscaled values of this batch.
@@ -122,7 +125,7 @@ pub fn forward_backward(
         }
         let mut trace_echo = None;
         if let Some(ep) = echo {
-            let pmask = prompt_mask(input.attention_mask, input.labels);
+            let pmask = input.prompt_mask.map(<[f32]>::to_vec).unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels));
             let values = ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t).map_err(|e| fail(&e))?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };

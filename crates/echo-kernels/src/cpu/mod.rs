@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod decode;
 pub mod gemm;
 pub mod loss;
 pub mod lowrank;

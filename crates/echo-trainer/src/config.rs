@@ -1,0 +1,332 @@
+//! The run configuration (TOML). Unknown keys are errors that list the allowed keys; values
+//! are range-checked with the key's full name in the message. `ECHO-LORA.md`'s ablation
+//! switches are all keys of `[echo]`.
+
+use crate::echo::{Aggregation, EchoConfig};
+use crate::optim::Schedule;
+use echo_adapters::{AdapterConfig, Method};
+use echo_model::Proj;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub adapter: AdapterSection,
+    #[serde(default)]
+    pub echo: EchoSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A HF model folder, or `smollm2` (fetched and imported by `cargo xtask fetch-model`).
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// LLM-Adapters JSON / JSONL files, or `synthetic` for the built-in generated task.
+    pub train: Vec<String>,
+    /// Mixing weights, one per `train` entry (empty: proportional to size).
+    pub weights: Vec<f64>,
+    /// Records generated when `train` is `["synthetic"]`.
+    pub synthetic_records: usize,
+    /// Held-out validation records (taken from the training data, by count).
+    pub val_count: usize,
+    pub cutoff: usize,
+    /// `truncate` or `drop` over-long samples.
+    pub overlong: String,
+    pub template: String,
+    /// `true`: loss on prompt tokens too (LLM-Adapters' default, for baselines).
+    pub train_on_inputs: bool,
+    pub bucket_by_length: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            train: vec!["synthetic".into()],
+            weights: vec![],
+            synthetic_records: 2000,
+            val_count: 64,
+            cutoff: 256,
+            overlong: "truncate".into(),
+            template: "alpaca".into(),
+            train_on_inputs: false,
+            bucket_by_length: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterSection {
+    /// `lora` or `dora`.
+    pub method: String,
+    pub r: usize,
+    pub alpha: f32,
+    pub rslora: bool,
+    pub dropout: f32,
+    pub targets: Vec<String>,
+    /// Layer indices to adapt (negative: from the end); empty: all layers.
+    pub layers: Vec<i64>,
+}
+
+impl Default for AdapterSection {
+    fn default() -> Self {
+        AdapterSection {
+            method: "lora".into(),
+            r: 32,
+            alpha: 64.0,
+            rslora: false,
+            dropout: 0.05,
+            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
+            layers: vec![],
+        }
+    }
+}
+
+/// `[echo]`; keys map one-to-one to the parity fixture's `echo-config.json` (see
+/// ARCHITECTURE.md), plus `enabled`, `p_route` (the fixture gives `route` per sample instead),
+/// `gate` and `init_std`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EchoSection {
+    pub enabled: bool,
+    pub source_layers: Vec<i64>,
+    /// Empty: the first quarter of the blocks.
+    pub target_layers: Vec<i64>,
+    pub target_modules: Vec<String>,
+    pub d_echo: usize,
+    pub tau: f32,
+    pub lambda_kd: f32,
+    pub detach_echo: bool,
+    pub aggregation: Aggregation,
+    pub p_route: f32,
+    pub gate: bool,
+    pub init_std: f32,
+    pub rms_norm_eps: Option<f32>,
+}
+
+impl Default for EchoSection {
+    fn default() -> Self {
+        let d = EchoConfig::default();
+        EchoSection {
+            enabled: true,
+            source_layers: d.source_layers,
+            target_layers: vec![],
+            target_modules: d.target_modules.iter().map(|p| p.short_name().to_string()).collect(),
+            d_echo: d.d_echo,
+            tau: d.tau,
+            lambda_kd: d.lambda_kd,
+            detach_echo: d.detach_echo,
+            aggregation: d.aggregation,
+            p_route: d.p_route,
+            gate: d.gate,
+            init_std: d.init_std,
+            rms_norm_eps: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub seed: u64,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0: run all epochs).
+    pub max_steps: usize,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub adam_eps: f32,
+    /// Global-norm clipping threshold (0: off).
+    pub max_grad_norm: f32,
+    /// Evaluate on the validation split every N steps (0: only at the end).
+    pub eval_every: usize,
+    /// Write a checkpoint every N steps (0: only at the end).
+    pub save_every: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            seed: 42,
+            epochs: 3,
+            max_steps: 0,
+            batch_size: 16,
+            micro_batch_size: 4,
+            lr: 3e-4,
+            schedule: Schedule::Linear,
+            warmup_steps: 100,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            max_grad_norm: 1.0,
+            eval_every: 200,
+            save_every: 200,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    pub dir: String,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection { dir: "runs/default".into() }
+    }
+}
+
+fn bad(key: &str, expected: &str, got: impl std::fmt::Display) -> String {
+    format!("key `{key}`: expected {expected}, got {got}")
+}
+
+fn projections(key: &str, names: &[String]) -> Result<Vec<Proj>, String> {
+    if names.is_empty() {
+        return Err(bad(key, "at least one module", "an empty list"));
+    }
+    let allowed: Vec<&str> = Proj::ALL.iter().map(|p| p.short_name()).collect();
+    names.iter().map(|n| Proj::from_short_name(n).ok_or_else(|| bad(key, &format!("one of {}", allowed.join(", ")), format!("`{n}`")))).collect()
+}
+
+impl RunConfig {
+    /// Parses and validates a TOML file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Range checks, each naming its key and the allowed values.
+    pub fn validate(&self) -> Result<(), String> {
+        let (d, a, e, t) = (&self.data, &self.adapter, &self.echo, &self.train);
+        if d.train.is_empty() {
+            return Err(bad("data.train", "at least one file or \"synthetic\"", "an empty list"));
+        }
+        if !d.weights.is_empty() && (d.weights.len() != d.train.len() || d.weights.iter().any(|w| !(*w > 0.0))) {
+            return Err(bad("data.weights", "one weight > 0 per data.train entry", format!("{:?}", d.weights)));
+        }
+        if d.cutoff < 8 {
+            return Err(bad("data.cutoff", "at least 8 tokens", d.cutoff));
+        }
+        if !["truncate", "drop"].contains(&d.overlong.as_str()) {
+            return Err(bad("data.overlong", "\"truncate\" or \"drop\"", format!("\"{}\"", d.overlong)));
+        }
+        if !["alpaca"].contains(&d.template.as_str()) {
+            return Err(bad("data.template", "\"alpaca\"", format!("\"{}\"", d.template)));
+        }
+        if !["lora", "dora"].contains(&a.method.as_str()) {
+            return Err(bad("adapter.method", "\"lora\" or \"dora\"", format!("\"{}\"", a.method)));
+        }
+        if a.r == 0 || a.r > 4096 {
+            return Err(bad("adapter.r", "1..=4096", a.r));
+        }
+        if !(a.alpha > 0.0) {
+            return Err(bad("adapter.alpha", "> 0", a.alpha));
+        }
+        if !(0.0..1.0).contains(&a.dropout) {
+            return Err(bad("adapter.dropout", "a value in [0, 1)", a.dropout));
+        }
+        projections("adapter.targets", &a.targets)?;
+        projections("echo.target_modules", &e.target_modules)?;
+        if e.source_layers.is_empty() {
+            return Err(bad("echo.source_layers", "at least one layer", "an empty list"));
+        }
+        if e.d_echo == 0 {
+            return Err(bad("echo.d_echo", "> 0", 0));
+        }
+        if !(e.tau > 0.0) {
+            return Err(bad("echo.tau", "> 0", e.tau));
+        }
+        if !(e.lambda_kd >= 0.0) {
+            return Err(bad("echo.lambda_kd", ">= 0", e.lambda_kd));
+        }
+        if !(0.0..=1.0).contains(&e.p_route) {
+            return Err(bad("echo.p_route", "a probability in [0, 1]", e.p_route));
+        }
+        if !(e.init_std >= 0.0) {
+            return Err(bad("echo.init_std", ">= 0", e.init_std));
+        }
+        if t.batch_size == 0 || t.micro_batch_size == 0 || t.batch_size % t.micro_batch_size != 0 {
+            return Err(bad("train.batch_size", "a positive multiple of train.micro_batch_size", format!("{} (micro {})", t.batch_size, t.micro_batch_size)));
+        }
+        if t.epochs == 0 && t.max_steps == 0 {
+            return Err(bad("train.epochs", "> 0 (or train.max_steps > 0)", 0));
+        }
+        if !(t.lr > 0.0 && t.lr < 1.0) {
+            return Err(bad("train.lr", "a value in (0, 1)", t.lr));
+        }
+        for (k, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(bad(k, "a value in [0, 1)", v));
+            }
+        }
+        if !(t.adam_eps > 0.0) || !(t.weight_decay >= 0.0) || !(t.max_grad_norm >= 0.0) {
+            return Err(bad("train.adam_eps / weight_decay / max_grad_norm", "adam_eps > 0, weight_decay >= 0, max_grad_norm >= 0", format!("{} / {} / {}", t.adam_eps, t.weight_decay, t.max_grad_norm)));
+        }
+        Ok(())
+    }
+
+    pub fn adapter_config(&self, n_layers: usize) -> Result<AdapterConfig, String> {
+        let a = &self.adapter;
+        let layers = if a.layers.is_empty() { None } else { Some(crate::echo::resolve_layers("adapter.layers", &a.layers, n_layers)?) };
+        Ok(AdapterConfig {
+            method: if a.method == "dora" { Method::Dora } else { Method::Lora },
+            r: a.r,
+            alpha: a.alpha,
+            use_rslora: a.rslora,
+            dropout: a.dropout,
+            targets: projections("adapter.targets", &a.targets)?,
+            layers,
+        })
+    }
+
+    /// The echo path's config, `None` when `echo.enabled = false`. Empty target layers mean
+    /// the first quarter of the blocks (at least one).
+    pub fn echo_config(&self, n_layers: usize) -> Result<Option<EchoConfig>, String> {
+        let e = &self.echo;
+        if !e.enabled {
+            return Ok(None);
+        }
+        let target_layers = if e.target_layers.is_empty() { (0..(n_layers / 4).max(1) as i64).collect() } else { e.target_layers.clone() };
+        Ok(Some(EchoConfig {
+            source_layers: e.source_layers.clone(),
+            target_layers,
+            target_modules: projections("echo.target_modules", &e.target_modules)?,
+            d_echo: e.d_echo,
+            tau: e.tau,
+            lambda_kd: e.lambda_kd,
+            detach_echo: e.detach_echo,
+            aggregation: e.aggregation,
+            p_route: e.p_route,
+            gate: e.gate,
+            init_std: e.init_std,
+            rms_norm_eps: e.rms_norm_eps,
+        }))
+    }
+}
