@@ -1,0 +1,177 @@
+//! Bad model folders: each is a clear error naming the file and what was expected.
+
+use echo_model::weights::{save_safetensors, SaveTensor};
+use echo_model::{Llama, LlamaConfig};
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+}
+
+/// A copy of the fixture's config and weights in a fresh folder.
+fn copy(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("echo-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), d.join(f)).unwrap();
+    }
+    d
+}
+
+fn load_err(dir: &Path) -> String {
+    match Llama::load(dir) {
+        Ok(_) => panic!("{} loaded, expected an error", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rewrites the fixture's weights through `edit` (name, data, shape) -> Option<replacement>.
+fn rewrite(dir: &Path, mut edit: impl FnMut(&str, Vec<f32>, Vec<usize>) -> Option<(String, SaveTensor)>) {
+    let files = echo_model::weights::WeightFiles::open_files(&[fixture().join("model.safetensors")]).unwrap();
+    let mut out = Vec::new();
+    for n in files.names() {
+        let t = files.f32_tensor(n, None).unwrap();
+        if let Some(x) = edit(n, t.as_f32().to_vec(), t.dims().to_vec()) {
+            out.push(x);
+        }
+    }
+    save_safetensors(&dir.join("model.safetensors"), out, None).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = copy("truncated");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() - 1000]).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+    std::fs::write(d.join("model.safetensors"), &bytes[..5]).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("shorter than the 8-byte header"), "{e}");
+}
+
+#[test]
+fn header_offsets_out_of_range() {
+    let d = copy("offsets");
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Point the first tensor's end far past the file, keeping the header length.
+    let key = "\"data_offsets\":[0,";
+    let at = header.find(key).expect("offsets in header") + key.len();
+    let end = header[at..].find(']').unwrap() + at;
+    let width = end - at;
+    let big = format!("{:0>width$}", 9_999_999_999u64 % 10u64.pow(width as u32));
+    header.replace_range(at..end, &big);
+    let mut out = bytes[..8].to_vec();
+    out.extend(header.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(d.join("model.safetensors"), out).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors file"), "{e}");
+}
+
+#[test]
+fn missing_tensor() {
+    let d = copy("missing");
+    rewrite(&d, |n, v, s| (n != "model.layers.2.mlp.up_proj.weight").then(|| (n.to_string(), SaveTensor::F32(v, s))));
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("`model.layers.2.mlp.up_proj.weight` not found"), "{e}");
+}
+
+#[test]
+fn tensor_shape_not_matching_config() {
+    let d = copy("shape");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors") && e.contains("[160, 64]") && e.contains("expected [128, 64]"), "{e}");
+}
+
+#[test]
+fn wrong_dtype() {
+    let d = copy("dtype");
+    rewrite(&d, |n, v, s| {
+        Some(if n == "model.norm.weight" {
+            (n.to_string(), SaveTensor::I64(v.iter().map(|x| *x as i64).collect(), s))
+        } else {
+            (n.to_string(), SaveTensor::F32(v, s))
+        })
+    });
+    let e = load_err(&d);
+    assert!(e.contains("`model.norm.weight` has dtype I64, expected F32, BF16 or F16"), "{e}");
+}
+
+#[test]
+fn sharded_index_pointing_to_a_missing_shard() {
+    let d = copy("shard");
+    std::fs::rename(d.join("model.safetensors"), d.join("model-00001-of-00002.safetensors")).unwrap();
+    let files = echo_model::weights::WeightFiles::open_files(&[d.join("model-00001-of-00002.safetensors")]).unwrap();
+    let mut map = serde_json::Map::new();
+    for (i, n) in files.names().into_iter().enumerate() {
+        let shard = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        map.insert(n.to_string(), serde_json::Value::String(shard.into()));
+    }
+    drop(files);
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("model.safetensors.index.json") && e.contains("model-00002-of-00002.safetensors") && e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn unsupported_configs() {
+    let base = std::fs::read_to_string(fixture().join("config.json")).unwrap();
+    let cases = [
+        (base.replace("\"model_type\": \"llama\"", "\"model_type\": \"mistral\""), "model_type `mistral`"),
+        (base.replace("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""), "hidden_act `gelu`"),
+        (base.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"), "num_key_value_heads"),
+        (base.replace("\"rope_type\": \"default\"", "\"rope_type\": \"yarn\""), "rope_type `yarn`"),
+        (base.replace("\"hidden_size\": 64,", ""), "hidden_size"),
+        (base.replace("\"vocab_size\": 512", "\"vocab_size\": 512,,"), "line"),
+    ];
+    for (text, want) in cases {
+        let e = LlamaConfig::parse_str(&text).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains(want), "expected `{want}` in: {e}");
+    }
+}
+
+#[test]
+fn llama3_and_transformers4_spellings() {
+    let t4 = r#"{"model_type":"llama","hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,
+        "num_attention_heads":4,"num_key_value_heads":1,"vocab_size":100,"rms_norm_eps":1e-5,
+        "rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+        "high_freq_factor":4.0,"original_max_position_embeddings":8192},"max_position_embeddings":131072,
+        "eos_token_id":[128001,128008,128009],"bos_token_id":128000,"tie_word_embeddings":false}"#;
+    let c = LlamaConfig::parse_str(t4).unwrap();
+    assert_eq!(c.rope_theta, 500000.0);
+    assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
+    assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
+    assert_eq!((c.head_dim, c.num_key_value_heads), (16, 1));
+    let t5 = t4.replace("\"rope_theta\":500000.0,\"rope_scaling\"", "\"rope_parameters\"").replace("\"rope_type\":\"llama3\"", "\"rope_type\":\"llama3\",\"rope_theta\":500000.0");
+    assert_eq!(LlamaConfig::parse_str(&t5).unwrap(), c, "transformers-5 spelling must read the same");
+}
+
+#[test]
+fn sharded_model_loads_like_the_single_file() {
+    let d = copy("sharded-ok");
+    let files = echo_model::weights::WeightFiles::open_files(&[fixture().join("model.safetensors")]).unwrap();
+    let names = files.names();
+    let mut map = serde_json::Map::new();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (i, n) in names.iter().enumerate() {
+        let t = files.f32_tensor(n, None).unwrap();
+        let (list, shard) = if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
+        list.push((n.to_string(), SaveTensor::F32(t.as_f32().to_vec(), t.dims().to_vec())));
+        map.insert(n.to_string(), serde_json::Value::String(shard.into()));
+    }
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    save_safetensors(&d.join("model-00001-of-00002.safetensors"), a, None).unwrap();
+    save_safetensors(&d.join("model-00002-of-00002.safetensors"), b, None).unwrap();
+    std::fs::write(d.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": map }).to_string()).unwrap();
+    let sharded = Llama::load(&d).unwrap();
+    let single = Llama::load(&fixture()).unwrap();
+    assert_eq!(sharded.blocks[3].weight(echo_model::Proj::Down).as_f32(), single.blocks[3].weight(echo_model::Proj::Down).as_f32());
+    assert_eq!(sharded.lm_head.as_f32(), single.lm_head.as_f32());
+}
