@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod export;
 mod model;
 mod parity;
 mod train;
@@ -22,6 +23,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Parity: logits, loss and gradients for a batch file (the fixtures' layout).
     Logits(parity::LogitsArgs),
+    /// Export an adapter (PEFT folder) or, with --merge, a merged model folder.
+    Export(export::ExportArgs),
     /// Run the benchmarks side by side with their reference implementations.
     Bench(bench::BenchArgs),
     /// Convert a GGUF file (llama architecture) into a HF model folder.
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Logits(args) => parity::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
         Command::ImportGguf(args) => model::import(args),
         Command::FetchModel(args) => model::fetch(args),

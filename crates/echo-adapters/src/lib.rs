@@ -5,7 +5,9 @@
 //! the low-rank bottleneck (the echo path's entry point).
 
 mod adapters;
+mod merge;
 mod peft;
 
 pub use adapters::{peft_key, row_norms, AdapterConfig, AdapterProjector, Adapters, Injections, Kind, Method, Site};
+pub use merge::merged_weights;
 pub use peft::{adapter_config_json, load_peft, parse_adapter_config, save_peft, PeftError};

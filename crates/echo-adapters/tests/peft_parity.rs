@@ -111,3 +111,36 @@ fn export_round_trips_with_peft_key_set() {
         std::fs::remove_dir_all(&out).ok();
     }
 }
+
+#[test]
+fn merged_weights_reproduce_model_plus_adapter() {
+    let dir = fixture();
+    let reference = WeightFiles::open_files(&[dir.join("reference.safetensors")]).unwrap();
+    let (ids, shape) = reference.i64_tensor("input_ids").unwrap();
+    let (mask, _) = reference.i64_tensor("attention_mask").unwrap();
+    for name in ["peft-lora", "peft-dora"] {
+        let mut model = Llama::load(&dir).unwrap();
+        let mut store = ParamStore::new();
+        let adapters = load_peft(&dir.join(name), &model, &mut store).unwrap();
+        let batch = Batch::new(&ids, &mask, shape[0], shape[1], 512).unwrap();
+        let rows: Vec<usize> = (0..24).collect();
+        let with_adapter = {
+            let tape = Tape::inference();
+            let h = model.forward(&tape, &batch, &mut adapters.projector(&store, None, None), &[]).unwrap().hidden;
+            model.logits_at(&h, &rows).unwrap().value().clone()
+        };
+        for (tensor, merged) in echo_adapters::merged_weights(&model, &adapters, &store).unwrap() {
+            let (layer, proj) = echo_model::Proj::ALL
+                .iter()
+                .flat_map(|&p| (0..4).map(move |l| (l, p)))
+                .find(|(l, p)| format!("{}.weight", p.module_path(*l)) == tensor)
+                .unwrap();
+            model.blocks[layer].proj[proj as usize] = merged;
+        }
+        let tape = Tape::inference();
+        let h = model.forward(&tape, &batch, &mut echo_model::Plain, &[]).unwrap().hidden;
+        let merged = model.logits_at(&h, &rows).unwrap().value().clone();
+        let diff = merged.max_abs_diff(&with_adapter).unwrap();
+        assert!(diff < 2e-5, "{name}: merged model differs from model + adapter by {diff}");
+    }
+}
