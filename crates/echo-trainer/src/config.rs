@@ -80,6 +80,9 @@ pub struct AdapterSection {
     pub targets: Vec<String>,
     /// Layer indices to adapt (negative: from the end); empty: all layers.
     pub layers: Vec<i64>,
+    /// Start from this PEFT adapter folder (continued training) instead of a fresh init; its
+    /// `adapter_config.json` then decides method, rank, alpha, targets and layers.
+    pub from: Option<String>,
 }
 
 impl Default for AdapterSection {
@@ -92,6 +95,7 @@ impl Default for AdapterSection {
             dropout: 0.05,
             targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
             layers: vec![],
+            from: None,
         }
     }
 }

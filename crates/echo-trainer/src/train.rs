@@ -154,7 +154,10 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let resumed = if opts.resume { Some(checkpoint::load(&ckpt_dir)?) } else { None };
     let adapters = match &resumed {
         Some(_) => load_peft(&checkpoint::adapter_dir(&ckpt_dir), &model, &mut store).map_err(|e| e.to_string())?,
-        None => Adapters::init(cfg.adapter_config(n_layers)?, &model, &mut store, &mut Rng::derive(t.seed, "adapter-init")).map_err(|e| e.to_string())?,
+        None => match &cfg.adapter.from {
+            Some(dir) => load_peft(Path::new(dir), &model, &mut store).map_err(|e| format!("adapter.from: {e}"))?,
+            None => Adapters::init(cfg.adapter_config(n_layers)?, &model, &mut store, &mut Rng::derive(t.seed, "adapter-init")).map_err(|e| e.to_string())?,
+        },
     };
     let echo = match cfg.echo_config(n_layers)? {
         None => None,

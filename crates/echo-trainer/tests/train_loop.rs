@@ -66,13 +66,14 @@ fn weights(out: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn straight_and_resumed_runs_are_bit_identical() {
-    let cfg = config("max_steps = 8");
+    // 20 steps straight vs 10 + resume + 10 (the run crosses an epoch boundary at step 10).
+    let cfg = config("max_steps = 20");
     let (a, b) = (tmp("straight"), tmp("resumed"));
     let s = train(&cfg, &fixture(), &a, &RunOptions::default()).unwrap();
-    assert_eq!(s.steps, 8);
-    train(&cfg, &fixture(), &b, &RunOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    assert_eq!(s.steps, 20);
+    train(&cfg, &fixture(), &b, &RunOptions { stop_after: Some(10), ..Default::default() }).unwrap();
     let r = train(&cfg, &fixture(), &b, &RunOptions { resume: true, ..Default::default() }).unwrap();
-    assert_eq!(r.steps, 8);
+    assert_eq!(r.steps, 20);
     let (wa, wb) = (weights(&a), weights(&b));
     assert_eq!(wa.len(), wb.len());
     for ((na, va), (nb, vb)) in wa.iter().zip(&wb) {
@@ -160,4 +161,23 @@ fn every_shipped_config_parses() {
         }
     }
     assert!(n >= 17, "expected the default and the paper's setups, found {n} configs");
+}
+
+#[test]
+fn training_continues_from_a_peft_adapter() {
+    let text = format!(
+        "[model]\npath = \"x\"\n[data]\nsynthetic_records = 24\nval_count = 4\ncutoff = 200\n[adapter]\nfrom = \"{}\"\n[echo]\nenabled = false\n[train]\nmax_steps = 1\nbatch_size = 2\nmicro_batch_size = 2\nlr = 1e-3\nwarmup_steps = 0\n",
+        fixture().join("peft-dora").display()
+    );
+    let cfg = RunConfig::parse(&text).unwrap();
+    let out = tmp("from");
+    let s = train(&cfg, &fixture(), &out, &RunOptions::default()).unwrap();
+    // Started from the fixture's DoRA adapter: same key set (magnitudes included), moved by one step.
+    let ours = WeightFiles::open_files(&[s.adapter_dir.join("adapter_model.safetensors")]).unwrap();
+    let theirs = WeightFiles::open_files(&[fixture().join("peft-dora/adapter_model.safetensors")]).unwrap();
+    assert_eq!(ours.names(), theirs.names());
+    let key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let d = ours.f32_tensor(key, None).unwrap().max_abs_diff(&theirs.f32_tensor(key, None).unwrap()).unwrap();
+    assert!(d > 0.0 && d < 0.01, "one step of lr 1e-3 should move B a little, moved {d}");
+    std::fs::remove_dir_all(out).ok();
 }
