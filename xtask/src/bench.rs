@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: the criterion benchmarks of `benches/` side by side with the numpy
 //! (OpenBLAS) reference `benches/numpy_reference.py`.
 //!
-//! 1. `cargo bench -p echo-benches` (criterion writes `target/criterion/<id>/new/*.json`);
+//! 1. `cargo bench -p echo-benches --bench gemm --bench lora` (every bench file of the crate
+//!    with `--all`); criterion writes `target/criterion/<id>/new/*.json`;
 //! 2. the numpy script, in the venv `.venv-bench` (created, and numpy installed, on first use),
 //!    with `OPENBLAS_CORETYPE` / `OPENBLAS_L2_SIZE` removed from its environment so numpy runs
 //!    stock OpenBLAS;
-//! 3. one table: per benchmark id, our mean time and GFLOP/s, numpy's, and the ratio.
+//! 3. one table: per benchmark id, our mean time and GFLOP/s, numpy's, and the ratio. Results of
+//!    the other bench files (`--all`) follow as mean times: their throughput is not in FLOPs.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -19,6 +21,11 @@ const VENV: &str = ".venv-bench";
 const SCRIPT: &str = "benches/numpy_reference.py";
 /// Tuning overrides that would make the reference something other than stock OpenBLAS.
 const OPENBLAS_OVERRIDES: [&str; 2] = ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"];
+/// The bench files (`benches/benches/*.rs`) this command runs by default: those whose
+/// throughput is in FLOPs and that `numpy_reference.py` mirrors.
+const FLOP_BENCHES: [&str; 2] = ["gemm", "lora"];
+/// Their criterion groups: only these rows get a GFLOP/s column.
+const FLOP_GROUPS: [&str; 2] = ["gemm/", "lora_fwd_bwd/"];
 /// The foundation issue's target: our GEMM at no less than this fraction of OpenBLAS.
 const GEMM_GOAL: f64 = 0.90;
 
@@ -31,16 +38,25 @@ pub struct BenchArgs {
     /// Skip the numpy reference: criterion only (no venv, no network).
     #[arg(long)]
     no_numpy: bool,
+    /// Run every bench file of echo-benches (data pipeline, training step, ...), not only the
+    /// GEMM and LoRA ones; the others are listed by mean time after the table. Takes minutes.
+    #[arg(long)]
+    all: bool,
     /// Python used to create the venv.
     #[arg(long, default_value = "python3")]
     python: String,
 }
 
-/// One benchmark's result: mean seconds per iteration and FLOPs per iteration.
+/// One benchmark's result: mean seconds per iteration and FLOPs per iteration (the declared
+/// `Throughput::Elements`, which are FLOPs in the FLOP groups only).
 #[derive(Clone, Copy)]
 struct Timing {
     secs: f64,
     flops: f64,
+}
+
+fn is_flop_bench(id: &str) -> bool {
+    FLOP_GROUPS.iter().any(|g| id.starts_with(g))
 }
 
 impl Timing {
@@ -54,7 +70,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     warn_if_busy();
     let started = SystemTime::now();
 
-    run_criterion(&root, args.quick)?;
+    run_criterion(&root, args.quick, args.all)?;
     let ours = read_criterion(&target_dir(&root)?.join("criterion"), started)?;
     if ours.is_empty() {
         bail!("cargo bench ran but no criterion result of this run was found under target/criterion");
@@ -122,13 +138,20 @@ fn target_dir(root: &Path) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-fn run_criterion(root: &Path, quick: bool) -> Result<()> {
+fn run_criterion(root: &Path, quick: bool, all: bool) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["bench", "-p", "echo-benches", "--", "--noplot"]).current_dir(root);
+    cmd.args(["bench", "-p", "echo-benches"]).current_dir(root);
+    if !all {
+        for bench in FLOP_BENCHES {
+            cmd.args(["--bench", bench]);
+        }
+    }
+    cmd.args(["--", "--noplot"]);
     if quick {
         cmd.args(["--warm-up-time", "1", "--measurement-time", "3"]);
     }
-    eprintln!("==> cargo bench -p echo-benches{}", if quick { " (quick)" } else { "" });
+    let files = if all { String::new() } else { FLOP_BENCHES.map(|b| format!(" --bench {b}")).concat() };
+    eprintln!("==> cargo bench -p echo-benches{files}{}", if quick { " (quick)" } else { "" });
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench -p echo-benches failed ({status})");
@@ -157,11 +180,11 @@ fn read_criterion(dir: &Path, since: SystemTime) -> Result<BTreeMap<String, Timi
         let est = read_json(&estimates)?;
         let id = meta["full_id"].as_str().with_context(|| format!("{}: no full_id", bench.display()))?;
         let ns = est["mean"]["point_estimate"].as_f64().with_context(|| format!("{}: no mean", estimates.display()))?;
-        let Some(flops) = meta["throughput"]["Elements"].as_f64() else {
-            eprintln!("warning: {id} declares no Throughput::Elements (FLOPs); left out of the table");
-            continue;
-        };
-        out.insert(id.to_string(), Timing { secs: ns * 1e-9, flops });
+        let flops = meta["throughput"]["Elements"].as_f64();
+        if is_flop_bench(id) && flops.is_none() {
+            eprintln!("warning: {id} declares no Throughput::Elements (FLOPs): no GFLOP/s for it");
+        }
+        out.insert(id.to_string(), Timing { secs: ns * 1e-9, flops: flops.unwrap_or(f64::NAN) });
     }
     Ok(out)
 }
@@ -280,7 +303,8 @@ fn describe_blas(info: &Value) -> String {
 /// Rows in the numpy script's order (GEMMs, then LoRA), then any benchmark only we ran.
 fn print_table(ours: &BTreeMap<String, Timing>, reference: &[(String, Timing)], want_numpy: bool) {
     let mut rows: Vec<(&str, Option<Timing>)> = reference.iter().map(|(id, t)| (id.as_str(), Some(*t))).collect();
-    rows.extend(ours.keys().filter(|id| !reference.iter().any(|(r, _)| r == *id)).map(|id| (id.as_str(), None)));
+    let unpaired = |id: &&String| !reference.iter().any(|(r, _)| r == *id);
+    rows.extend(ours.keys().filter(unpaired).filter(|id| is_flop_bench(id)).map(|id| (id.as_str(), None)));
     println!();
     println!("| benchmark | ours ms | ours GFLOP/s | numpy ms | numpy GFLOP/s | ours/numpy |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -304,6 +328,14 @@ fn print_table(ours: &BTreeMap<String, Timing>, reference: &[(String, Timing)], 
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!("| {id} | {:.2} | {:.1} | {np_ms} | {np_gf} | {ratio} |", t.secs * 1e3, t.gflops());
+    }
+    let others: Vec<_> = ours.iter().filter(|(id, _)| !is_flop_bench(id)).collect();
+    if !others.is_empty() {
+        println!();
+        println!("Other benchmarks of this run (criterion mean time per iteration):");
+        for (id, t) in others {
+            println!("  {id}: {:.3} ms", t.secs * 1e3);
+        }
     }
     println!();
     if !gemm_ratios.is_empty() {
