@@ -77,7 +77,7 @@ def batch(vocab):
     return ids, labels
 
 
-def run_method(torch, dir_, method, ids, mask, labels, steps, warmup):
+def run_method(torch, dir_, method, ids, mask, labels, steps, warmup, profile=False):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
@@ -94,6 +94,16 @@ def run_method(torch, dir_, method, ids, mask, labels, steps, warmup):
         out.loss.backward()
         return float(out.loss.detach())
 
+    if profile:
+        step()
+        from torch.profiler import ProfilerActivity, profile as tprofile
+
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            step()
+            dt = time.perf_counter() - t
+        print(f"pytorch+peft {method}: profiled step {dt:.3f} s (profiler overhead included)", file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), file=sys.stderr)
     times, loss = [], None
     for i in range(warmup + steps):
         t = time.perf_counter()
@@ -171,7 +181,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--table", action="store_true", help="print the side-by-side table with target/criterion/train_step")
+    ap.add_argument("--profile", action="store_true", help="first print a torch.profiler table of one step per method (to stderr)")
+    ap.add_argument("--save", type=Path, default=None, help="also write the JSON lines to this file")
+    ap.add_argument("--table-from", type=Path, default=None, help="run nothing: print the table from a --save file and criterion's results")
     args = ap.parse_args()
+    if args.table_from:
+        rows = [json.loads(l) for l in args.table_from.read_text().splitlines() if l.strip()]
+        print(table([r for r in rows if r.get("impl") == "pytorch+peft"]))
+        return
     if args.install:
         install_and_reexec(sys.argv[1:])
     try:
@@ -200,13 +217,18 @@ def main():
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load": os.getloadavg(),
     }
-    print(json.dumps({"env": env}), flush=True)
+    lines = [{"env": env}]
+    print(json.dumps(lines[-1]), flush=True)
     results = []
     for m in args.methods.split(","):
-        r = run_method(torch, dir_, m, ids_t, mask_t, labels_t, args.steps, args.warmup)
+        r = run_method(torch, dir_, m, ids_t, mask_t, labels_t, args.steps, args.warmup, args.profile)
         results.append(r)
+        lines.append(r)
         print(json.dumps(r), flush=True)
-    print(json.dumps({"load_after": os.getloadavg()}), flush=True)
+    lines.append({"load_after": os.getloadavg()})
+    print(json.dumps(lines[-1]), flush=True)
+    if args.save:
+        args.save.write_text("".join(json.dumps(l) + "\n" for l in lines))
     if args.table:
         print()
         print(table(results))
