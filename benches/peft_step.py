@@ -185,12 +185,12 @@ def main():
     ap.add_argument("--save", type=Path, default=None, help="also write the JSON lines to this file")
     ap.add_argument("--table-from", type=Path, default=None, help="run nothing: print the table from a --save file and criterion's results")
     args = ap.parse_args()
+    if args.install:
+        install_and_reexec(sys.argv[1:])
     if args.table_from:
         rows = [json.loads(l) for l in args.table_from.read_text().splitlines() if l.strip()]
         print(table([r for r in rows if r.get("impl") == "pytorch+peft"]))
         return
-    if args.install:
-        install_and_reexec(sys.argv[1:])
     try:
         import torch
         import peft

@@ -276,7 +276,7 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
     }
     // Fused ops alone, forward + backward, x `l` layers.
     let mut rng = Rng::new(1);
-    let n = 5;
+    let n = 20;
     let x = |shape: &[usize], rng: &mut Rng| Tensor::randn(shape.to_vec(), 1.0, rng);
     let mut parts: Vec<(String, f64)> = Vec::new();
     let scale = ALPHA / RANK as f32;
