@@ -2,6 +2,7 @@
 
 mod bench;
 mod data;
+mod eval;
 mod export;
 mod model;
 mod parity;
@@ -33,6 +34,8 @@ enum Command {
     FetchModel(model::FetchArgs),
     /// Generate text from a HF model folder (KV cache; greedy or sampled; --chat).
     Generate(model::GenerateArgs),
+    /// Evaluate a model (+ adapter) on the commonsense test sets (LLM-Adapters protocol).
+    Eval(eval::EvalArgs),
     /// Show what the model will see: tokenised data, masks and counts.
     Data(data::DataArgs),
 }
@@ -47,5 +50,6 @@ fn main() -> Result<()> {
         Command::FetchModel(args) => model::fetch(args),
         Command::Generate(args) => model::generate(args),
         Command::Data(args) => data::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

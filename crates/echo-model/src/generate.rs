@@ -61,6 +61,7 @@ impl<F: FnMut(usize, Proj, &Tensor, &Tensor) -> Result<Tensor>> InferProjector f
 
 /// Keys (after RoPE) and values of every layer, `[B, Hkv, S, D]` each, and which slots hold
 /// real tokens.
+#[derive(Clone)]
 pub struct KvCache {
     pub batch: usize,
     pub capacity: usize,
@@ -87,7 +88,9 @@ impl KvCache {
 }
 
 /// Runs the model incrementally over a batch: [`Decoder::prefill`] once, then
-/// [`Decoder::step`] per new token. Both return next-token logits `[B, V]`.
+/// [`Decoder::step`] per new token. Both return next-token logits `[B, V]`. Cloning forks
+/// the cache, e.g. to score several continuations of one prefilled prompt.
+#[derive(Clone)]
 pub struct Decoder<'m> {
     model: &'m Llama,
     cache: KvCache,

@@ -1,0 +1,127 @@
+//! The commonsense evaluation of echo-lora (the LLM-Adapters protocol of `ECHO-LORA.md`).
+//!
+//! ```text
+//! data/<name>/test.json ─► datasets::load ─► score::score_dataset ─► Prediction per record
+//!                          (answer pattern)   (generate | loglik)      └► EvalReport (JSON)
+//! ```
+//!
+//! An adapter is evaluated by merging it into the base weights first ([`apply_adapter`]): the
+//! merged model computes what model + adapter computes, at no extra inference cost, and the
+//! decoder stays adapter-agnostic. Echo-LoRA's echo path is training-only, so an Echo adapter
+//! is a plain PEFT adapter here.
+
+pub mod datasets;
+pub mod score;
+
+pub use datasets::{answer_pattern, discover, extract_answer, known_datasets, load, Dataset};
+pub use score::{score_dataset, EvalOptions, Mode, Prediction};
+
+use echo_autograd::ParamStore;
+use echo_data::{Template, Tokenizer};
+use echo_model::Llama;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Model(#[from] echo_model::Error),
+    #[error(transparent)]
+    Tensor(#[from] echo_tensor::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Merges the PEFT adapter in `adapter_dir` into `model`'s weights. An adapter made for
+/// another model (its tensors do not fit this model's shapes) is an error naming both.
+pub fn apply_adapter(model: &mut Llama, adapter_dir: &Path, model_dir: &Path) -> Result<usize> {
+    let mut store = ParamStore::new();
+    let adapters = echo_adapters::load_peft(adapter_dir, model, &mut store)
+        .map_err(|e| Error::Input(format!("adapter {} does not fit the model {}: {e}", adapter_dir.display(), model_dir.display())))?;
+    let merged = echo_adapters::merged_weights(model, &adapters, &store).map_err(|e| Error::Input(format!("merging {}: {e}", adapter_dir.display())))?;
+    let n = merged.len();
+    for site in adapters.sites() {
+        let name = format!("{}.weight", site.proj.module_path(site.layer));
+        let w = merged.iter().find(|(k, _)| *k == name).map(|(_, w)| w.clone()).expect("merged_weights covers every site");
+        model.blocks[site.layer].proj[site.proj as usize] = w;
+    }
+    Ok(n)
+}
+
+/// Accuracy of one test set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatasetScore {
+    pub name: String,
+    pub total: usize,
+    pub correct: usize,
+    /// Records whose generated text held no match of the answer pattern (counted wrong).
+    pub no_answer: usize,
+    pub accuracy: f64,
+}
+
+impl DatasetScore {
+    pub fn from_predictions(name: &str, preds: &[Prediction]) -> Self {
+        let correct = preds.iter().filter(|p| p.correct).count();
+        let no_answer = preds.iter().filter(|p| p.prediction.is_none()).count();
+        DatasetScore { name: name.into(), total: preds.len(), correct, no_answer, accuracy: if preds.is_empty() { 0.0 } else { correct as f64 / preds.len() as f64 } }
+    }
+}
+
+/// Everything one evaluation produced: what was run, per-dataset scores, every prediction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvalReport {
+    pub model: String,
+    pub adapter: Option<String>,
+    pub mode: Mode,
+    /// How text was decoded (`greedy`; the LLM-Adapters script uses 4-beam search).
+    pub decoding: String,
+    pub max_new_tokens: usize,
+    pub limit: Option<usize>,
+    pub datasets: Vec<DatasetScore>,
+    /// Unweighted mean of the dataset accuracies (how the papers average).
+    pub average: f64,
+    pub seconds: f64,
+    pub predictions: Vec<Prediction>,
+}
+
+impl EvalReport {
+    pub fn average_of(scores: &[DatasetScore]) -> f64 {
+        if scores.is_empty() {
+            0.0
+        } else {
+            scores.iter().map(|s| s.accuracy).sum::<f64>() / scores.len() as f64
+        }
+    }
+
+    /// A Markdown table: one row per dataset, then the average.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("| dataset | records | accuracy | no answer |\n| --- | ---: | ---: | ---: |\n");
+        for d in &self.datasets {
+            s += &format!("| {} | {} | {:.1}% | {} |\n", d.name, d.total, 100.0 * d.accuracy, d.no_answer);
+        }
+        s += &format!("| **average** | | **{:.1}%** | |\n", 100.0 * self.average);
+        s
+    }
+}
+
+/// Evaluates `model` (adapter already applied) on every dataset in turn.
+/// `progress(dataset, done_in_dataset)` follows the work.
+pub fn evaluate(
+    model: &Llama,
+    tok: &Tokenizer,
+    data: &[Dataset],
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(&str, usize),
+) -> Result<(Vec<DatasetScore>, Vec<Prediction>)> {
+    let template = Template::alpaca();
+    let mut scores = Vec::new();
+    let mut all = Vec::new();
+    for ds in data {
+        let preds = score_dataset(model, tok, &template, ds, opts, &mut |n| progress(&ds.name, n))?;
+        scores.push(DatasetScore::from_predictions(&ds.name, &preds));
+        all.extend(preds);
+    }
+    Ok((scores, all))
+}
