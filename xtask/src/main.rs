@@ -6,6 +6,7 @@ mod eval;
 mod export;
 mod model;
 mod parity;
+mod study;
 mod train;
 
 use anyhow::Result;
@@ -36,6 +37,8 @@ enum Command {
     Generate(model::GenerateArgs),
     /// Evaluate a model (+ adapter) on the commonsense test sets (LLM-Adapters protocol).
     Eval(eval::EvalArgs),
+    /// Train several arms on the same data and budget, evaluate each, print one table.
+    Study(study::StudyArgs),
     /// Show what the model will see: tokenised data, masks and counts.
     Data(data::DataArgs),
 }
@@ -51,5 +54,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => model::generate(args),
         Command::Data(args) => data::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Study(args) => study::run(args),
     }
 }

@@ -1,0 +1,388 @@
+//! `cargo xtask study CONFIG`: trains several arms (LoRA, Echo-LoRA, ...) on the same data,
+//! budget and seeds, evaluates each, and writes one side-by-side table (Markdown + JSON) and a
+//! bar chart (SVG) to the study's output folder.
+//!
+//! A study config names a base run config and, per arm, the keys that differ (dotted names of
+//! the run config: `"echo.enabled" = false`). Every arm × seed trains into
+//! `<out>/<arm>-seed<N>/`; a finished one (summary.json + eval.json present) is reused and an
+//! interrupted one resumes from its checkpoint, so a long study survives being stopped.
+
+use crate::eval::{evaluate, write_report, EvalJob};
+use anyhow::{bail, Context, Result};
+use echo_eval::{EvalOptions, EvalReport, Mode};
+use echo_trainer::{train, RunConfig, RunOptions};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct StudyArgs {
+    /// Study configuration (TOML), e.g. configs/study-smollm2-135m.toml.
+    config: PathBuf,
+    /// Only (re)write the table from the arms already finished.
+    #[arg(long)]
+    report_only: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct StudyConfig {
+    /// The run config every arm starts from (relative to this file).
+    base: String,
+    /// Overrides applied to every arm (dotted run-config keys).
+    #[serde(default)]
+    set: toml::Table,
+    #[serde(default = "default_seeds")]
+    seeds: Vec<u64>,
+    /// Output folder (relative to the working directory, as run configs' paths are).
+    out: String,
+    /// Also evaluate the untuned base model, as a reference row.
+    #[serde(default = "yes")]
+    eval_base: bool,
+    eval: EvalSection,
+    arm: Vec<Arm>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![42]
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct EvalSection {
+    data: String,
+    /// Empty: every known dataset found in `data`.
+    #[serde(default)]
+    datasets: Vec<String>,
+    #[serde(default = "default_mode")]
+    mode: String,
+    limit: Option<usize>,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    #[serde(default = "default_new_tokens")]
+    max_new_tokens: usize,
+}
+
+fn default_mode() -> String {
+    "generate".into()
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_new_tokens() -> usize {
+    32
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct Arm {
+    name: String,
+    #[serde(default)]
+    set: toml::Table,
+}
+
+/// Sets `overrides` into `table`: a key `a.b.c` (quoted, or written as nested tables) reaches
+/// into sub-tables; tables merge, anything else replaces.
+fn apply(table: &mut toml::Table, overrides: &toml::Table, context: &str) -> Result<()> {
+    for (key, value) in overrides {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut t = &mut *table;
+        for p in &parts[..parts.len() - 1] {
+            t = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().with_context(|| format!("{context}: `{key}`: `{p}` is not a table"))?;
+        }
+        let last = parts[parts.len() - 1];
+        match (t.get_mut(last), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(sub)) => apply(existing, sub, context)?,
+            _ => {
+                t.insert(last.to_string(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn slug(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect()
+}
+
+/// One finished arm × seed.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct ArmRun {
+    arm: String,
+    seed: u64,
+    dir: PathBuf,
+    train_seconds: f64,
+    steps: usize,
+    tokens_per_second: f64,
+    best_val_loss: Option<f64>,
+    eval_seconds: f64,
+    /// Accuracy per dataset, in the order of `datasets`.
+    accuracy: Vec<f64>,
+    no_answer: Vec<usize>,
+    average: f64,
+}
+
+fn read_run(arm: &str, seed: u64, dir: &Path, report: &EvalReport) -> Result<ArmRun> {
+    let path = dir.join("summary.json");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    Ok(ArmRun {
+        arm: arm.into(),
+        seed,
+        dir: dir.into(),
+        train_seconds: s["wall_seconds"].as_f64().unwrap_or(0.0),
+        steps: s["steps"].as_u64().unwrap_or(0) as usize,
+        tokens_per_second: s["tokens_per_second"].as_f64().unwrap_or(0.0),
+        best_val_loss: s["best_val_loss"].as_f64(),
+        eval_seconds: report.seconds,
+        accuracy: report.datasets.iter().map(|d| d.accuracy).collect(),
+        no_answer: report.datasets.iter().map(|d| d.no_answer).collect(),
+        average: report.average,
+    })
+}
+
+fn read_report(path: &Path) -> Result<EvalReport> {
+    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn run(args: StudyArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    if study.arm.is_empty() || study.seeds.is_empty() {
+        bail!("{}: a study needs at least one [[arm]] and one seed", args.config.display());
+    }
+    let base_path = args.config.parent().unwrap_or(Path::new(".")).join(&study.base);
+    let base_text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: base = {}", args.config.display(), base_path.display()))?;
+    let base: toml::Table = toml::from_str(&base_text).with_context(|| format!("{}", base_path.display()))?;
+    let out = PathBuf::from(&study.out);
+    let mode = Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", args.config.display()))?;
+
+    // Every arm's run config, built and validated before anything runs.
+    let mut plans = Vec::new();
+    for seed in &study.seeds {
+        for arm in &study.arm {
+            let mut t = base.clone();
+            let ctx = format!("{} arm `{}`", args.config.display(), arm.name);
+            apply(&mut t, &study.set, &ctx)?;
+            apply(&mut t, &arm.set, &ctx)?;
+            let dir = out.join(format!("{}-seed{seed}", slug(&arm.name)));
+            let mut seed_dir = toml::Table::new();
+            seed_dir.insert("train.seed".into(), toml::Value::Integer(*seed as i64));
+            seed_dir.insert("output.dir".into(), toml::Value::String(dir.display().to_string()));
+            apply(&mut t, &seed_dir, &ctx)?;
+            let cfg = RunConfig::parse(&toml::to_string(&t)?).map_err(|e| anyhow::anyhow!("{ctx}: {e}"))?;
+            plans.push((arm.name.clone(), *seed, dir, cfg));
+        }
+    }
+    let model_dir = crate::model::resolve_model(&plans[0].3.model.path)?;
+    if plans.iter().any(|p| p.3.model.path != plans[0].3.model.path) {
+        bail!("{}: every arm must use the same base model", args.config.display());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let opts = EvalOptions { mode, batch: study.eval.batch, max_new_tokens: study.eval.max_new_tokens };
+    let data = PathBuf::from(&study.eval.data);
+    let run_eval = |adapter: Option<&Path>| -> Result<EvalReport> {
+        evaluate(&EvalJob { model_dir: &model_dir, adapter, data: &data, datasets: &study.eval.datasets, limit: study.eval.limit, opts: opts.clone(), progress: true })
+    };
+
+    let mut base_report = None;
+    if study.eval_base {
+        let path = out.join("base").join("eval.json");
+        if !path.exists() && !args.report_only {
+            println!("== base model (no adapter): evaluating");
+            write_report(&path, &run_eval(None)?)?;
+        }
+        if path.exists() {
+            base_report = Some(read_report(&path)?);
+        }
+    }
+    let mut runs = Vec::new();
+    let mut dataset_names: Option<Vec<String>> = base_report.as_ref().map(|r| r.datasets.iter().map(|d| d.name.clone()).collect());
+    for (i, (arm, seed, dir, cfg)) in plans.iter().enumerate() {
+        let eval_path = dir.join("eval.json");
+        let finished = dir.join("summary.json").exists();
+        if !args.report_only {
+            if !finished {
+                let resume = dir.join("checkpoint").exists();
+                println!("== [{}/{}] {arm}, seed {seed}: {} ({})", i + 1, plans.len(), if resume { "resuming" } else { "training" }, dir.display());
+                train(cfg, &model_dir, dir, &RunOptions { resume, progress: true, stop_after: None }).map_err(anyhow::Error::msg).with_context(|| format!("arm `{arm}` seed {seed}"))?;
+            }
+            if !eval_path.exists() {
+                // The adapter with the best validation loss when validation ran, else the last.
+                let best = dir.join("best-adapter");
+                let adapter = if best.join("adapter_config.json").exists() { best } else { dir.join("adapter") };
+                println!("== [{}/{}] {arm}, seed {seed}: evaluating {}", i + 1, plans.len(), adapter.display());
+                write_report(&eval_path, &run_eval(Some(&adapter))?)?;
+            }
+        }
+        if dir.join("summary.json").exists() && eval_path.exists() {
+            let report = read_report(&eval_path)?;
+            let names: Vec<String> = report.datasets.iter().map(|d| d.name.clone()).collect();
+            if dataset_names.get_or_insert_with(|| names.clone()) != &names {
+                bail!("{}: evaluated on {:?}, other arms on {:?} (delete it to re-evaluate)", eval_path.display(), names, dataset_names);
+            }
+            runs.push(read_run(arm, *seed, dir, &report)?);
+        }
+    }
+    let datasets = dataset_names.unwrap_or_default();
+    let table = Table { study: study.clone(), config_path: args.config.display().to_string(), datasets, base: base_report.map(|r| BaseRow { accuracy: r.datasets.iter().map(|d| d.accuracy).collect(), no_answer: r.datasets.iter().map(|d| d.no_answer).collect(), average: r.average }), runs };
+    let md = table.markdown();
+    echo_model::weights::write_atomic(&out.join("results.md"), md.as_bytes())?;
+    echo_model::weights::write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
+    echo_model::weights::write_atomic(&out.join("results.svg"), table.svg().as_bytes())?;
+    println!("{md}");
+    println!("wrote {}/results.{{md,json,svg}}", out.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BaseRow {
+    accuracy: Vec<f64>,
+    no_answer: Vec<usize>,
+    average: f64,
+}
+
+#[derive(Serialize)]
+struct Table {
+    study: StudyConfig,
+    config_path: String,
+    datasets: Vec<String>,
+    base: Option<BaseRow>,
+    runs: Vec<ArmRun>,
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+impl Table {
+    /// Arms in config order with their finished seeds: (name, per-column (mean, std) over
+    /// seeds, with the average as the last column).
+    fn arm_rows(&self) -> Vec<(String, usize, Vec<(f64, f64)>)> {
+        let mut rows = Vec::new();
+        for arm in &self.study.arm {
+            let runs: Vec<&ArmRun> = self.runs.iter().filter(|r| r.arm == arm.name).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let mut cols: Vec<(f64, f64)> = (0..self.datasets.len()).map(|j| mean_std(&runs.iter().map(|r| r.accuracy[j]).collect::<Vec<_>>())).collect();
+            cols.push(mean_std(&runs.iter().map(|r| r.average).collect::<Vec<_>>()));
+            rows.push((arm.name.clone(), runs.len(), cols));
+        }
+        rows
+    }
+
+    fn markdown(&self) -> String {
+        let pct = |(m, s): (f64, f64), n: usize| if n > 1 { format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s) } else { format!("{:.1}", 100.0 * m) };
+        let e = &self.study.eval;
+        let mut s = format!(
+            "Accuracy (%) on the first {} test records of each dataset, mode `{}`{}; {} seed(s): {:?}. Study: `{}`.\n\n",
+            e.limit.map(|l| l.to_string()).unwrap_or_else(|| "all".into()),
+            e.mode,
+            if e.mode == "generate" { format!(" (greedy, max {} new tokens, no-answers count as wrong)", e.max_new_tokens) } else { String::new() },
+            self.study.seeds.len(),
+            self.study.seeds,
+            self.config_path
+        );
+        s += &format!("| arm | seeds | {} | average |\n", self.datasets.join(" | "));
+        s += &format!("| --- | ---: |{}\n", " ---: |".repeat(self.datasets.len() + 1));
+        if let Some(b) = &self.base {
+            let cols: Vec<String> = b.accuracy.iter().map(|a| format!("{:.1}", 100.0 * a)).collect();
+            s += &format!("| base (untuned) | - | {} | {:.1} |\n", cols.join(" | "), 100.0 * b.average);
+        }
+        for (name, n, cols) in self.arm_rows() {
+            let cells: Vec<String> = cols.iter().map(|c| pct(*c, n)).collect();
+            s += &format!("| {name} | {n} | {} |\n", cells.join(" | "));
+        }
+        s += "\n| arm | seed | steps | train time | tokens/s | best val loss | eval time | no answers |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+        for r in &self.runs {
+            s += &format!(
+                "| {} | {} | {} | {:.0} s | {:.0} | {} | {:.0} s | {:?} |\n",
+                r.arm,
+                r.seed,
+                r.steps,
+                r.train_seconds,
+                r.tokens_per_second,
+                r.best_val_loss.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+                r.eval_seconds,
+                r.no_answer
+            );
+        }
+        s
+    }
+
+    /// Grouped bars: one group per dataset (and the average), one bar per arm (mean over
+    /// seeds, with a ±std whisker), plus the base model when evaluated.
+    fn svg(&self) -> String {
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        if let Some(b) = &self.base {
+            series.push(("base".into(), b.accuracy.iter().chain(std::iter::once(&b.average)).map(|&a| (a, 0.0)).collect()));
+        }
+        series.extend(self.arm_rows().into_iter().map(|(n, _, c)| (n, c)));
+        let groups: Vec<String> = self.datasets.iter().cloned().chain(std::iter::once("average".into())).collect();
+        let colors = ["#9e9e9e", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+        let (w, h, left, bottom, top) = (120.0 * groups.len() as f64 + 80.0, 360.0, 50.0, 40.0, 40.0);
+        let plot_h = h - bottom - top;
+        let bar_w = 100.0 / series.len().max(1) as f64;
+        let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+        for tick in 0..=5 {
+            let v = tick as f64 * 20.0;
+            let y = top + plot_h * (1.0 - v / 100.0);
+            s += &format!("<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v}</text>\n", w - 10.0, left - 4.0, y + 4.0);
+        }
+        for (g, name) in groups.iter().enumerate() {
+            let x0 = left + 10.0 + 120.0 * g as f64;
+            for (k, (_, vals)) in series.iter().enumerate() {
+                let (m, sd) = vals[g];
+                let bh = plot_h * m;
+                let x = x0 + bar_w * k as f64;
+                s += &format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{:.1}%</title></rect>\n", top + plot_h - bh, bar_w - 2.0, colors[k % colors.len()], 100.0 * m);
+                if sd > 0.0 {
+                    let cx = x + (bar_w - 2.0) / 2.0;
+                    s += &format!("<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n", top + plot_h * (1.0 - m - sd), top + plot_h * (1.0 - m + sd));
+                }
+            }
+            s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n", x0 + 50.0, h - bottom + 16.0);
+        }
+        for (k, (name, _)) in series.iter().enumerate() {
+            let x = left + 130.0 * k as f64;
+            s += &format!("<rect x=\"{x}\" y=\"12\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"22\">{name}</text>\n", colors[k % colors.len()], x + 16.0);
+        }
+        s += &format!("<text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">accuracy (%)</text>\n</svg>\n", top + plot_h / 2.0, top + plot_h / 2.0);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_reach_into_tables_and_typos_fail_validation() {
+        let mut base: toml::Table = toml::from_str("[model]\npath = \"m\"\n[echo]\nenabled = true\nd_echo = 64\n").unwrap();
+        let over: toml::Table = toml::from_str("\"echo.enabled\" = false\ntrain = { max_steps = 7 }\n").unwrap();
+        apply(&mut base, &over, "test").unwrap();
+        let cfg = RunConfig::parse(&toml::to_string(&base).unwrap()).unwrap();
+        assert!(!cfg.echo.enabled);
+        assert_eq!(cfg.echo.d_echo, 64, "siblings kept");
+        assert_eq!(cfg.train.max_steps, 7);
+        let typo: toml::Table = toml::from_str("\"echo.enabld\" = false\n").unwrap();
+        apply(&mut base, &typo, "test").unwrap();
+        let e = RunConfig::parse(&toml::to_string(&base).unwrap()).unwrap_err();
+        assert!(e.contains("enabld"), "{e}");
+        let bad: toml::Table = toml::from_str("\"model.path.x\" = 1\n").unwrap();
+        assert!(apply(&mut base, &bad, "test").unwrap_err().to_string().contains("not a table"));
+    }
+
+    #[test]
+    fn mean_and_spread() {
+        assert_eq!(mean_std(&[0.5]), (0.5, 0.0));
+        let (m, s) = mean_std(&[0.4, 0.6]);
+        assert!((m - 0.5).abs() < 1e-12 && (s - 0.1414213562).abs() < 1e-9);
+    }
+}
