@@ -46,6 +46,9 @@ fn data_dir(name: &str) -> PathBuf {
     let arc = vec![arc_record("why?", 4, 2), arc_record("a longer question about the sun and moon?", 3, 1), arc_record("x", 5, 5), arc_record("what now", 4, 4), arc_record("ok", 4, 3)];
     write_set(&d, "ARC-Easy", &arc);
     write_set(&d, "boolq", &[bool_record("is it?", "true"), bool_record("is it not, really?", "false"), bool_record("maybe", "true")]);
+    // Any LLM-Adapters test set whose name has a known pattern works as found.
+    let wino = |a: &str| Record { instruction: "Fill in: _ went home.\n\nOption1: Al Option2: Bo\n\nAnswer format: option1/option2".into(), input: String::new(), output: format!("the correct answer is {a}"), answer: Some(a.into()) };
+    write_set(&d, "winogrande", &[wino("option1"), wino("option2")]);
     d
 }
 
@@ -126,7 +129,7 @@ fn generation_does_not_depend_on_batching() {
     let tok = Tokenizer::from_dir(fixture()).unwrap();
     let dir = data_dir("generate");
     let sets = load(&dir, &[], Some(4)).unwrap();
-    assert_eq!(sets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["ARC-Easy", "boolq"], "all found, sorted");
+    assert_eq!(sets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["ARC-Easy", "boolq", "winogrande"], "all found, sorted");
     assert_eq!(sets[0].records.len(), 4, "--limit keeps the first records");
     let template = Template::alpaca();
     for ds in &sets {
@@ -145,9 +148,9 @@ fn bad_data_folders_are_clear_errors() {
     let dir = data_dir("bad");
     std::fs::create_dir_all(dir.join("piqa")).unwrap();
     let e = load(&dir, &["piqa".into()], None).unwrap_err().to_string();
-    assert!(e.contains("piqa") && e.contains("has no test.json") && e.contains("ARC-Easy, boolq"), "{e}");
+    assert!(e.contains("piqa") && e.contains("has no test.json") && e.contains("ARC-Easy, boolq, winogrande"), "{e}");
     let e = load(&dir, &["hellaswag".into()], None).unwrap_err().to_string();
-    assert!(e.contains("no dataset `hellaswag`") && e.contains("ARC-Easy, boolq"), "lists what was found: {e}");
+    assert!(e.contains("no dataset `hellaswag`") && e.contains("ARC-Easy, boolq, winogrande"), "lists what was found: {e}");
     write_set(&dir, "mystery", &[bool_record("q", "true")]);
     let e = load(&dir, &["mystery".into()], None).unwrap_err().to_string();
     assert!(e.contains("no answer pattern") && e.contains("winogrande"), "{e}");
