@@ -1,9 +1,11 @@
 //! `cargo xtask <command>`: the one entry point of echo-lora.
 
 mod bench;
+mod check_kernels;
 mod data;
 mod eval;
 mod export;
+mod gpu_check;
 mod model;
 mod parity;
 mod study;
@@ -41,6 +43,10 @@ enum Command {
     Study(study::StudyArgs),
     /// Show what the model will see: tokenised data, masks and counts.
     Data(data::DataArgs),
+    /// Compile every kernels/*.cu for sm_80 and sm_90 with nvcc and NVRTC (no GPU needed).
+    CheckKernels(check_kernels::CheckKernelsArgs),
+    /// On a GPU: every CUDA kernel against its CPU twin, then the CUDA benches (skips without one).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,6 +59,8 @@ fn main() -> Result<()> {
         Command::FetchModel(args) => model::fetch(args),
         Command::Generate(args) => model::generate(args),
         Command::Data(args) => data::run(args),
+        Command::CheckKernels(args) => check_kernels::run(args),
+        Command::GpuCheck(args) => gpu_check::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Study(args) => study::run(args),
     }

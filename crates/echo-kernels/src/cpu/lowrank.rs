@@ -140,3 +140,39 @@ pub fn dora_weight_norm(d: &LoraDims, w: &[f32], a: &[f32], b: &[f32], scale: f3
         norm[o] = (ww + 2.0 * s * cross + s * s * quad).max(0.0).sqrt() as f32;
     }
 }
+
+/// DoRA's column scaling `y[n, o] = pre[n, o] * (m[o] / norm[o])` (`pre` is the LoRA output
+/// before scaling; rows of `m.len()`).
+pub fn dora_scale_forward(pre: &[f32], magnitude: &[f32], norm: &[f32], y: &mut [f32]) {
+    let c: Vec<f32> = magnitude.iter().zip(norm).map(|(m, n)| m / n).collect();
+    for (yr, pr) in y.chunks_mut(c.len()).zip(pre.chunks(c.len())) {
+        yr.iter_mut().zip(pr).zip(&c).for_each(|((y, p), c)| *y = p * c);
+    }
+}
+
+/// Its backward with the norm detached (as PEFT): `dpre = dy * (m / norm)` per column and,
+/// when asked, `dm[o] = sum_n dy[n, o] * pre[n, o] / norm[o]` (accumulated in f64).
+pub fn dora_scale_backward(
+    dy: &[f32],
+    pre: &[f32],
+    magnitude: &[f32],
+    norm: &[f32],
+    dpre: &mut [f32],
+    dm: Option<&mut [f32]>,
+) {
+    let out = norm.len();
+    if let Some(dm) = dm {
+        let mut acc = vec![0.0f64; out];
+        for (g, pr) in dy.chunks(out).zip(pre.chunks(out)) {
+            for o in 0..out {
+                acc[o] += (g[o] * pr[o]) as f64;
+            }
+        }
+        dm.iter_mut().zip(&acc).zip(norm).for_each(|((d, a), n)| *d = (*a as f32) / n);
+    }
+    for (dr, g) in dpre.chunks_mut(out).zip(dy.chunks(out)) {
+        for o in 0..out {
+            dr[o] = g[o] * (magnitude[o] / norm[o]);
+        }
+    }
+}

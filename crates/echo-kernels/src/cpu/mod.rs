@@ -2,11 +2,15 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cast;
 pub mod decode;
+pub mod embed;
 pub mod gemm;
+pub mod gemm_avx2;
 pub mod loss;
 pub mod lowrank;
 pub mod norm;
+pub mod optim;
 pub mod pool;
 pub mod rope;
 
