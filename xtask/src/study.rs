@@ -103,8 +103,17 @@ fn apply(table: &mut toml::Table, overrides: &toml::Table, context: &str) -> Res
     Ok(())
 }
 
+/// A folder name for an arm: lower-case ASCII letters, digits and single dashes.
 fn slug(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' }).collect()
+    let mut s = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.is_empty() && !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').to_string()
 }
 
 /// One finished arm × seed.
@@ -377,6 +386,12 @@ mod tests {
         assert!(e.contains("enabld"), "{e}");
         let bad: toml::Table = toml::from_str("\"model.path.x\" = 1\n").unwrap();
         assert!(apply(&mut base, &bad, "test").unwrap_err().to_string().contains("not a table"));
+    }
+
+    #[test]
+    fn arm_folders() {
+        assert_eq!(slug("Echo-LoRA"), "echo-lora");
+        assert_eq!(slug("no KD (lambda_kd 0)"), "no-kd-lambda-kd-0");
     }
 
     #[test]
