@@ -155,24 +155,29 @@ fn read_report(path: &Path) -> Result<EvalReport> {
     serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("parsing {}", path.display()))
 }
 
-pub fn run(args: StudyArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+/// One arm × seed to run: its name, seed, output folder and full run config.
+type Plan = (String, u64, PathBuf, RunConfig);
+
+/// Reads a study config and builds (and validates) every arm's run config, before anything
+/// runs: a typo in any arm fails the whole study at once.
+fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
+    let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    let study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
     if study.arm.is_empty() || study.seeds.is_empty() {
-        bail!("{}: a study needs at least one [[arm]] and one seed", args.config.display());
+        bail!("{}: a study needs at least one [[arm]] and one seed", config.display());
     }
-    let base_path = args.config.parent().unwrap_or(Path::new(".")).join(&study.base);
-    let base_text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: base = {}", args.config.display(), base_path.display()))?;
+    let base_path = config.parent().unwrap_or(Path::new(".")).join(&study.base);
+    let base_text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: base = {}", config.display(), base_path.display()))?;
     let base: toml::Table = toml::from_str(&base_text).with_context(|| format!("{}", base_path.display()))?;
     let out = PathBuf::from(&study.out);
-    let mode = Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", args.config.display()))?;
+    Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", config.display()))?;
 
     // Every arm's run config, built and validated before anything runs.
     let mut plans = Vec::new();
     for seed in &study.seeds {
         for arm in &study.arm {
             let mut t = base.clone();
-            let ctx = format!("{} arm `{}`", args.config.display(), arm.name);
+            let ctx = format!("{} arm `{}`", config.display(), arm.name);
             apply(&mut t, &study.set, &ctx)?;
             apply(&mut t, &arm.set, &ctx)?;
             let dir = out.join(format!("{}-seed{seed}", slug(&arm.name)));
@@ -184,6 +189,13 @@ pub fn run(args: StudyArgs) -> Result<()> {
             plans.push((arm.name.clone(), *seed, dir, cfg));
         }
     }
+    Ok((study, plans))
+}
+
+pub fn run(args: StudyArgs) -> Result<()> {
+    let (study, plans) = plan(&args.config)?;
+    let out = PathBuf::from(&study.out);
+    let mode = Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", args.config.display()))?;
     let model_dir = crate::model::resolve_model(&plans[0].3.model.path)?;
     if plans.iter().any(|p| p.3.model.path != plans[0].3.model.path) {
         bail!("{}: every arm must use the same base model", args.config.display());
@@ -386,6 +398,37 @@ mod tests {
         assert!(e.contains("enabld"), "{e}");
         let bad: toml::Table = toml::from_str("\"model.path.x\" = 1\n").unwrap();
         assert!(apply(&mut base, &bad, "test").unwrap_err().to_string().contains("not a table"));
+    }
+
+    #[test]
+    fn every_shipped_study_config_builds_its_arms() {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../configs"));
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with("study-") {
+                let (study, plans) = plan(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                assert_eq!(plans.len(), study.arm.len() * study.seeds.len(), "{}", p.display());
+                // Arms differ from each other; same data and budget.
+                for w in plans.windows(2) {
+                    assert_eq!(w[0].3.data, w[1].3.data);
+                    assert_eq!(w[0].3.train.max_steps, w[1].3.train.max_steps);
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "found {n} study configs");
+    }
+
+    #[test]
+    fn a_typo_in_an_arm_names_the_arm_and_key() {
+        let dir = std::env::temp_dir().join(format!("echo-study-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("base.toml"), "[model]\npath = \"m\"\n").unwrap();
+        let study = "base = \"base.toml\"\nout = \"o\"\n[eval]\ndata = \"d\"\n[[arm]]\nname = \"A\"\n[[arm]]\nname = \"B\"\nset = { \"echo.p_rout\" = 1.0 }\n";
+        std::fs::write(dir.join("study.toml"), study).unwrap();
+        let e = format!("{:#}", plan(&dir.join("study.toml")).unwrap_err());
+        assert!(e.contains("arm `B`") && e.contains("p_rout"), "{e}");
     }
 
     #[test]
