@@ -6,7 +6,7 @@
 //! The last column says which path `cpu::gemm::gemm` takes for the shape.
 //!
 //! ```sh
-//! cargo run --release -p echo-kernels --example gemm_ratio [-- issue|train|small|all [rounds [serial]]]
+//! cargo run --release -p echo-kernels --example gemm_ratio [-- issue|train|small|all|MxKxN[nn|nt|tn|tt] [rounds [serial]]]
 //! ```
 
 use echo_kernels::cpu::gemm::{MatRef, Par};
@@ -74,6 +74,14 @@ fn main() {
             cases.push((format!("dx = dy W  in{i} out{o}"), t, o, i, false, false, r));
             cases.push((format!("dW = dy^T x in{i} out{o}"), o, t, i, true, false, r));
         }
+    }
+    // Or one shape: `MxKxN` with optional `t` suffixes for transposed A / B, e.g. `576x1700x576tn`.
+    if set.starts_with(|ch: char| ch.is_ascii_digit()) {
+        let dims: Vec<&str> = set.split('x').collect();
+        let last = dims[2].trim_end_matches(['t', 'n']);
+        let flags = &dims[2][last.len()..];
+        let (m, k, n) = (dims[0].parse().unwrap(), dims[1].parse().unwrap(), last.parse().unwrap());
+        cases.push((set.to_string(), m, k, n, flags.starts_with('t'), flags.ends_with('t') && flags.len() == 2, r));
     }
     if set == "small" || set == "all" {
         let s = Par::Serial;

@@ -63,6 +63,7 @@ fn assert_close(got: f32, dot: f64, abs: f64, c0: f32, alpha: f32, acc: bool, wh
 }
 
 /// Dense row-major operands in every transpose combination, compared with `matmul_naive`.
+#[allow(clippy::too_many_arguments)]
 fn check_dense(e: Entry, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, acc: bool, par: Par, g: &mut Gen) {
     let a = g.vec(m * k);
     let b = g.vec(k * n);
@@ -121,11 +122,28 @@ fn dense_all_transposes() {
                 for e in [Entry::Avx2, Entry::Dispatch] {
                     // Cycle the remaining options so every shape sees each of them.
                     let acc = case % 2 == 1;
-                    let par = if case % 3 == 0 { Par::Serial } else { Par::Rayon };
+                    let par = [Par::Serial, Par::Rayon, Par::Rayon][case % 3];
                     let alpha = [1.0, -0.75, 2.5][(case / 2) % 3];
                     case += 1;
                     check_dense(e, m, k, n, ta, tb, alpha, acc, par, &mut g);
                 }
+            }
+        }
+    }
+}
+
+/// Long k: B packed in k super-blocks (and, with n > 512, in two column blocks).
+#[test]
+fn long_k_super_blocks() {
+    if !have_avx2() {
+        return;
+    }
+    let mut g = Gen(6);
+    for (m, k, n) in [(30, 4100, 300), (13, 2500, 700)] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let par = if ta { Par::Rayon } else { Par::Serial };
+                check_dense(Entry::Avx2, m, k, n, ta, tb, 0.5, tb, par, &mut g);
             }
         }
     }
@@ -187,7 +205,7 @@ fn strided_offset_views() {
     }
     let mut g = Gen(3);
     let mut case = 0usize;
-    for (m, k, n) in [(7, 13, 5), (97, 61, 300), (150, 300, 40), (20, 33, 70), (1, 576, 64), (64, 9, 1), (130, 200, 100)] {
+    for (m, k, n) in [(7, 13, 5), (97, 61, 300), (150, 300, 40), (20, 33, 70), (1, 576, 64), (64, 9, 1), (130, 400, 100)] {
         for la in 0..4 {
             for lb in 0..4 {
                 let a = View::new(m, k, la, &mut g);
@@ -195,10 +213,10 @@ fn strided_offset_views() {
                 let (c_off, c_rs) = (7, n + 3);
                 let c_len = c_off + (m - 1) * c_rs + n + 2;
                 let c0 = g.vec(c_len);
-                let acc = case % 2 == 0;
+                let acc = case % 2 == 1;
                 let par = if case % 4 < 2 { Par::Rayon } else { Par::Serial };
-                let alpha = if case % 3 == 0 { 1.0 } else { -1.25 };
-                let e = if case % 5 == 0 { Entry::Dispatch } else { Entry::Avx2 };
+                let alpha = [1.0, -1.25, -1.25][case % 3];
+                let e = if case % 5 == 4 { Entry::Dispatch } else { Entry::Avx2 };
                 case += 1;
                 let mut c = c0.clone();
                 call(e, m, n, k, &mut c, c_off, c_rs, a.mat(), b.mat(), alpha, acc, par);

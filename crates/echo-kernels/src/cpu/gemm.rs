@@ -1,4 +1,5 @@
-//! Matrix multiply through the `gemm` crate (AVX2/AVX-512 micro-kernels, chosen at run time).
+//! Matrix multiply: our AVX2 + FMA kernel (`gemm_avx2`) where the CPU has it and the shape suits
+//! it, else the `gemm` crate (AVX2/AVX-512 micro-kernels, chosen at run time).
 //!
 //! All matrices are f32. A matrix operand is described by its element strides so that
 //! transposed operands and per-head slices of `[B, T, H, D]` tensors need no copies.
@@ -85,6 +86,11 @@ pub fn gemm(
     a.check(m, k, "A");
     b.check(k, n, "B");
     FLOPS.with(|f| f.set(f.get() + 2 * (m * n * k) as u64));
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm_avx2::use_for(m, n, k, &b) {
+        super::gemm_avx2::gemm(m, n, k, c, c_offset, c_rs, a, b, alpha, accumulate, par);
+        return;
+    }
     let parallelism = match par {
         Par::Serial => gemm::Parallelism::None,
         Par::Rayon => match rayon::current_num_threads() {

@@ -4,7 +4,8 @@
 //! Loop nest, innermost last:
 //!
 //! ```text
-//! jc: nc columns of C    B block (k x nc, <= 4 MiB) packed into NR-column panels, per k block
+//! jc: nc columns of C    B block (all k, or k > 2048 in super-blocks, x nc: <= 4 MiB) packed
+//!                        into NR-column panels, per k block
 //!   ic: MC rows of C     work items, taken by the rayon threads dynamically
 //!     pc: kc of k        A block (MC x kc = 144 KiB at kc 256) packed into MR-row panels (L2)
 //!       jr: NR columns   one B panel (kc x NR = 16 KiB at kc 256) stays in L1
@@ -21,8 +22,9 @@
 //! Parallelism (`Par::Rayon`): per column block, the threads first pack B's panels (shared
 //! tasks), then take the work items: MC rows of C each (times a share of the columns when there
 //! are fewer than 2 row blocks per thread), each item packing its rows of A into its thread's
-//! own buffer. Two fork-joins per column block (one for almost every shape); `Par::Serial`
-//! runs the same loops on the calling thread only.
+//! own buffer. Two fork-joins per column block and k super-block (a single block of each for
+//! every shape of the model's projections); `Par::Serial` runs the same loops on the calling
+//! thread only.
 //!
 //! Each C element gets the same arithmetic whatever tile or thread computes it (same k
 //! blocking, same order, `fma(acc, alpha, c)`), so `Serial` and `Rayon` give bit-identical
@@ -37,18 +39,23 @@ use std::cell::Cell;
 const MR: usize = 6;
 /// Micro-tile columns (two ymm vectors of C per row).
 const NR: usize = 16;
-/// Largest k block; k is cut into equal blocks no longer than this (576 -> 2 x 288).
+/// Largest k block; k is cut into equal blocks no longer than this (576 -> 3 x 192,
+/// 1536 -> 6 x 256, 1700 -> 7 x 243). 320, 384 and 576 measured no better.
 const KC_MAX: usize = 256;
 /// Largest row block (multiple of MR); m is cut into equal blocks (1024 -> 8 x 128).
 const MC: usize = 144;
-/// Floats of packed B per column block (4 MiB): all of k times as many columns as fit.
+/// Floats of packed B at a time (4 MiB): all of k times as many columns as fit (576 -> 1808,
+/// 1536 -> 672), but at least NC_MIN columns, k then being packed in super-blocks.
 const B_BLOCK: usize = 1 << 20;
+/// Fewest columns per column block: A is packed once per column block.
+const NC_MIN: usize = 512;
 /// A is read in place when each of its micro-panels meets at most this many B panels.
 const DIRECT_A_PANELS: usize = 4;
 /// B (column stride 1) is read in place when m spans at most this many micro-panels.
 const DIRECT_B_PANELS: usize = 4;
-/// Below this many multiply-adds a `Rayon` call runs on one thread.
-const PAR_MIN_MACS: usize = 1 << 21;
+/// Below this many multiply-adds (160³) a `Rayon` call runs on one thread: at 128³ the two
+/// fork-joins cost more than the second thread gave on the (busy) development machine.
+const PAR_MIN_MACS: usize = 1 << 22;
 
 /// Whether the CPU has what the micro-kernel needs (AVX2 and FMA). The standard library caches
 /// the detection, so this is a couple of loads.
@@ -60,11 +67,13 @@ pub fn available() -> bool {
 /// `B` as given: AVX2 + FMA present, and a shape where it beat the `gemm` crate path on the
 /// 2-core Zen 3 development machine. The crate wins where our 6 x 16 tile runs mostly empty or
 /// packing cannot pay: `n < 16`, `k < 4`, `m = 1` (its GEMV), `m < 6` with B's rows contiguous,
-/// and products below 32³ multiply-adds. On CPUs with AVX-512 the crate keeps every shape: its
-/// 512-bit kernels there have not been measured against this one.
+/// and products below 32³ multiply-adds. It also stayed ahead on vocabulary-sized products
+/// (ours at 0.81-0.93x its speed at 256 x 576 x 49152, 0.87-1.0x at 256 x 49152 x 576), so n
+/// or k above 16384 stay with it. On CPUs with AVX-512 the crate keeps every shape: its 512-bit kernels there
+/// have not been measured against this one.
 pub fn use_for(m: usize, n: usize, k: usize, b: &MatRef<'_>) -> bool {
-    n >= 16
-        && k >= 4
+    (16..=16384).contains(&n)
+        && (4..=16384).contains(&k)
         && (m >= 6 || (m >= 2 && b.cs != 1))
         && m * n * k >= 1 << 15
         && available()
@@ -209,9 +218,11 @@ impl Job {
         // Row blocks of equal height (a multiple of MR), at most MC.
         let mc_blk = m.div_ceil(m.div_ceil(MC)).div_ceil(MR) * MR;
         let m_blocks = m.div_ceil(mc_blk);
-        // Column blocks: all of k times `nc_max` columns of B packed at once (B_BLOCK floats).
-        let nc_max = (B_BLOCK / k).max(NR) / NR * NR;
+        // Column blocks: as many columns as B_BLOCK floats hold with all of k, but at least
+        // NC_MIN (then k is cut into super-blocks of whole k blocks, packed one at a time).
+        let nc_max = (B_BLOCK / k).max(NC_MIN) / NR * NR;
         let n_panels_max = n.min(nc_max).div_ceil(NR);
+        let ks_max = (B_BLOCK / (n_panels_max * NR) / kc_max).max(1) * kc_max;
         // With few row blocks, also cut the columns so every thread gets work.
         let col_parts = if threads > 1 { (2 * threads).div_ceil(m_blocks).min(n_panels_max) } else { 1 };
         let items = m_blocks * col_parts;
@@ -222,59 +233,63 @@ impl Job {
         let direct_b = self.b.cs == 1 && m.div_ceil(MR) <= DIRECT_B_PANELS;
         // +NR: the A packer's overlapping 8-wide stores may spill up to 2 floats past a panel.
         let a_len = mc_blk * kc_max + NR;
-        let b_len = n_panels_max * NR * k;
+        let b_len = n_panels_max * NR * ks_max.min(k);
         with_buffer(&PACK_B, b_len, |b_buf| {
             let b_buf = SharedPtr(b_buf);
             for jc in (0..n).step_by(nc_max) {
                 let nc = nc_max.min(n - jc);
                 let panels = nc.div_ceil(NR);
-                // The k block starting at pc sits at b_buf + pc * panels * NR.
+                // The k block starting at pc sits at b_buf + (pc - ks) * panels * NR.
                 let stride = panels * NR;
-                let k_blocks = k.div_ceil(kc_max);
-                // Pack task q: panels [p0, p1) of k block kb.
-                let chunk = if threads > 1 { panels.div_ceil((4 * threads).div_ceil(k_blocks)).max(1) } else { panels };
-                let chunks = panels.div_ceil(chunk);
-                let pack = |q: usize| {
-                    let (kb, c) = (q / chunks, q % chunks);
-                    let (pc, p1) = (kb * kc_max, ((c + 1) * chunk).min(panels));
-                    let kc = kc_max.min(k - pc);
-                    // In place: only a partial last panel needs packing (zero padding).
-                    let p0 = if direct_b { (c * chunk).max(nc / NR) } else { c * chunk };
-                    if p0 < p1 {
-                        let (j0, j1) = (p0 * NR, (p1 * NR).min(nc));
-                        // SAFETY: columns [j0, j1) of B's k block, into their own panels.
-                        unsafe { pack_b(kc, j1 - j0, self.b.at(pc, jc + j0), self.b.rs, self.b.cs, b_buf.get().add(pc * stride + j0 * kc)) }
-                    }
-                };
-                let item = |t: usize| {
-                    let (ib, part) = (t / col_parts, t % col_parts);
-                    let ic = ib * mc_blk;
-                    let mc = mc_blk.min(m - ic);
-                    let (p0, p1) = (part * panels / col_parts, (part + 1) * panels / col_parts);
-                    let (j0, j1) = (p0 * NR, (p1 * NR).min(nc));
-                    for pc in (0..k).step_by(kc_max) {
-                        let kc = kc_max.min(k - pc);
-                        // The first k block overwrites C unless accumulating; later ones add.
-                        let beta = self.accumulate || pc > 0;
-                        let bp = b_buf.get().add(pc * stride);
-                        // SAFETY (both): rows [ic, ic + mc) x columns [j0, j1) of C are this
-                        // item's alone; the B block is packed (where not read in place).
-                        if direct_a {
-                            unsafe { self.macro_kernel(ic, mc, pc, kc, jc, j0, j1, None, bp, direct_b, beta) }
-                        } else {
-                            with_buffer(&PACK_A, a_len, |a_buf| unsafe {
-                                self.macro_kernel(ic, mc, pc, kc, jc, j0, j1, Some(a_buf), bp, direct_b, beta)
-                            });
+                for ks in (0..k).step_by(ks_max) {
+                    let ke = (ks + ks_max).min(k);
+                    let k_blocks = (ke - ks).div_ceil(kc_max);
+                    // Pack task q: panels [p0, p1) of k block kb.
+                    let chunk = if threads > 1 { panels.div_ceil((4 * threads).div_ceil(k_blocks)).max(1) } else { panels };
+                    let chunks = panels.div_ceil(chunk);
+                    let pack = |q: usize| {
+                        let (kb, c) = (q / chunks, q % chunks);
+                        let (pc, p1) = (ks + kb * kc_max, ((c + 1) * chunk).min(panels));
+                        let kc = kc_max.min(ke - pc);
+                        // In place: only a partial last panel needs packing (zero padding).
+                        let p0 = if direct_b { (c * chunk).max(nc / NR) } else { c * chunk };
+                        if p0 < p1 {
+                            let (j0, j1) = (p0 * NR, (p1 * NR).min(nc));
+                            let dst = b_buf.get().add((pc - ks) * stride + j0 * kc);
+                            // SAFETY: columns [j0, j1) of B's k block, into their own panels.
+                            unsafe { pack_b(kc, j1 - j0, self.b.at(pc, jc + j0), self.b.rs, self.b.cs, dst) }
                         }
+                    };
+                    let item = |t: usize| {
+                        let (ib, part) = (t / col_parts, t % col_parts);
+                        let ic = ib * mc_blk;
+                        let mc = mc_blk.min(m - ic);
+                        let (p0, p1) = (part * panels / col_parts, (part + 1) * panels / col_parts);
+                        let (j0, j1) = (p0 * NR, (p1 * NR).min(nc));
+                        for pc in (ks..ke).step_by(kc_max) {
+                            let kc = kc_max.min(ke - pc);
+                            // The first k block overwrites C unless accumulating; later ones add.
+                            let beta = self.accumulate || pc > 0;
+                            let bp = b_buf.get().add((pc - ks) * stride);
+                            // SAFETY (both): rows [ic, ic + mc) x columns [j0, j1) of C are this
+                            // item's alone; the B block is packed (where not read in place).
+                            if direct_a {
+                                unsafe { self.macro_kernel(ic, mc, pc, kc, jc, j0, j1, None, bp, direct_b, beta) }
+                            } else {
+                                with_buffer(&PACK_A, a_len, |a_buf| unsafe {
+                                    self.macro_kernel(ic, mc, pc, kc, jc, j0, j1, Some(a_buf), bp, direct_b, beta)
+                                });
+                            }
+                        }
+                    };
+                    if threads > 1 {
+                        use rayon::prelude::*;
+                        (0..k_blocks * chunks).into_par_iter().with_max_len(1).for_each(pack);
+                        (0..items).into_par_iter().with_max_len(1).for_each(item);
+                    } else {
+                        (0..k_blocks * chunks).for_each(pack);
+                        (0..items).for_each(item);
                     }
-                };
-                if threads > 1 {
-                    use rayon::prelude::*;
-                    (0..k_blocks * chunks).into_par_iter().with_max_len(1).for_each(pack);
-                    (0..items).into_par_iter().with_max_len(1).for_each(item);
-                } else {
-                    (0..k_blocks * chunks).for_each(pack);
-                    (0..items).for_each(item);
                 }
             }
         });
