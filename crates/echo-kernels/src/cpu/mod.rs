@@ -1,4 +1,5 @@
-//! CPU kernels. Parallelism comes from rayon; GEMM from the `gemm` crate.
+//! CPU kernels. Parallelism comes from rayon; GEMM from our AVX2 kernel (`gemm_avx2`) or the
+//! `gemm` crate, chosen per call by `gemm::gemm`.
 
 pub mod activation;
 pub mod attention;
