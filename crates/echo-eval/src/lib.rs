@@ -42,9 +42,8 @@ pub fn apply_adapter(model: &mut Llama, adapter_dir: &Path, model_dir: &Path) ->
         .map_err(|e| Error::Input(format!("adapter {} does not fit the model {}: {e}", adapter_dir.display(), model_dir.display())))?;
     let merged = echo_adapters::merged_weights(model, &adapters, &store).map_err(|e| Error::Input(format!("merging {}: {e}", adapter_dir.display())))?;
     let n = merged.len();
-    for site in adapters.sites() {
-        let name = format!("{}.weight", site.proj.module_path(site.layer));
-        let w = merged.iter().find(|(k, _)| *k == name).map(|(_, w)| w.clone()).expect("merged_weights covers every site");
+    // `merged_weights` yields one weight per site, in `sites()` order.
+    for (site, (_, w)) in adapters.sites().zip(merged) {
         model.blocks[site.layer].proj[site.proj as usize] = w;
     }
     Ok(n)
