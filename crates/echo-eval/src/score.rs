@@ -124,8 +124,7 @@ fn generate_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], p
 
 /// `log softmax(row)[id]` for every requested id, from one logits row.
 fn log_probs(row: &[f32], ids: impl Iterator<Item = u32>) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lse = echo_kernels::cpu::loss::log_sum_exp(row, 1.0) as f64;
     ids.map(|id| row[id as usize] as f64 - lse).collect()
 }
 

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 /// Label value that marks a position without a target (HF / PyTorch convention).
 pub const IGNORE_INDEX: i64 = -100;
 
-fn log_sum_exp(row: &[f32], inv_tau: f32) -> f32 {
+/// `log sum exp(row * inv_tau)`, max-shifted, summed in f64.
+pub fn log_sum_exp(row: &[f32], inv_tau: f32) -> f32 {
     let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_tau));
     let s: f64 = row.iter().map(|&x| ((x * inv_tau - m) as f64).exp()).sum();
     m + s.ln() as f32
