@@ -14,6 +14,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod rope;
+pub mod tensor_ref;
 
 /// Rows per rayon task for row-wise kernels: big enough that scheduling is noise.
 pub(crate) fn rows_per_task(row_len: usize) -> usize {

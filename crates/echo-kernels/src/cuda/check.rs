@@ -10,6 +10,7 @@
 
 use super::ops::{self, InjectGpu, LoraGradsGpu};
 use super::runtime::Gpu;
+use super::tensor_ops::{self, BinaryOp, ReduceOp, UnaryOp};
 use super::{blas, Result};
 use crate::cpu;
 use crate::cpu::attention::AttnDims;
@@ -179,6 +180,7 @@ pub fn run_all(gpu: &Gpu) -> Vec<CheckResult> {
     for &n in &[1usize, 1000, 100_003] {
         adamw(&mut c, n);
     }
+    tensor_ops_checks(&mut c);
     c.results
 }
 
@@ -478,6 +480,266 @@ fn adamw(c: &mut Checker, n: usize) {
             cpu::optim::adamw_step(&mut wc, grad, &mut mc, &mut vc, &s);
         }
         Ok(vec![("w", g.download(&wg)?, wc), ("m", g.download(&mg)?, mc), ("v", g.download(&vg)?, vc)])
+    });
+}
+
+// ---------------------------------------------------------------- generic tensor ops (tensor.cu)
+// Exact where the kernel does the twin's operations on the same values (arithmetic, max,
+// layout, fill: tolerance 0); 1e-6 where CUDA's expf / logf may differ by an ulp or two, or
+// a double sum adds in another order than the twin's.
+
+/// Signed zeros, infinities, NaN, ±100 (exp overflows and underflows) and denormals.
+const SPECIALS: [f32; 9] = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 100.0, -100.0, 1e-40, -1e-40];
+
+/// `v` with special `i` at index `i * every` (while that is inside `v`).
+fn with_specials(mut v: Vec<f32>, every: usize) -> Vec<f32> {
+    for (i, &s) in SPECIALS.iter().enumerate() {
+        if let Some(x) = v.get_mut(i * every) {
+            *x = s;
+        }
+    }
+    v
+}
+
+fn tensor_ops_checks(c: &mut Checker) {
+    for &n in &[0usize, 1, 1000, 70_001] {
+        tensor_unary(c, n);
+        tensor_add_assign(c, n);
+        tensor_fill(c, n);
+    }
+    tensor_binary(c);
+    tensor_reductions(c);
+    tensor_sum_to(c);
+    tensor_softmax(c);
+    tensor_copy_2d(c);
+    tensor_permute(c);
+    tensor_misuse(c);
+}
+
+fn tensor_unary(c: &mut Checker, n: usize) {
+    let mut rng = TestRng::new(43 + n as u64);
+    let x = with_specials(rng.vec(n, 8.0), 7);
+    let ops = [
+        ("neg", UnaryOp::Neg, 0.0),
+        ("exp", UnaryOp::Exp, 1e-6),
+        ("ln", UnaryOp::Ln, 1e-6),
+        ("sqr", UnaryOp::Sqr, 0.0),
+        ("sigmoid", UnaryOp::Sigmoid, 1e-6),
+        ("silu", UnaryOp::Silu, 1e-6),
+        ("scale", UnaryOp::Scale(-1.5), 0.0),
+        ("add_scalar", UnaryOp::AddScalar(0.25), 0.0),
+    ];
+    for (what, op, tol) in ops {
+        c.run(&format!("tensor_unary.{what}"), format!("n={n}"), tol, |g| {
+            let xg = g.upload(&x)?;
+            let mut y = g.alloc::<f32>(n)?;
+            tensor_ops::unary(g, op, &xg, &mut y)?;
+            let mut yc = vec![0.0; n];
+            cpu::tensor_ref::unary(op, &x, &mut yc);
+            Ok(vec![("", g.download(&y)?, yc)])
+        });
+    }
+}
+
+fn tensor_add_assign(c: &mut Checker, n: usize) {
+    let mut rng = TestRng::new(53 + n as u64);
+    let (y0, x) = (rng.vec(n, 1.0), with_specials(rng.vec(n, 1.0), 5));
+    c.run("tensor_add_assign", format!("n={n}"), 0.0, |g| {
+        let (mut y, xg) = (g.upload(&y0)?, g.upload(&x)?);
+        tensor_ops::add_assign(g, &mut y, &xg)?;
+        let mut yc = y0.clone();
+        cpu::tensor_ref::add_assign(&mut yc, &x);
+        Ok(vec![("", g.download(&y)?, yc)])
+    });
+}
+
+fn tensor_fill(c: &mut Checker, n: usize) {
+    let value = if n == 1 { -0.0 } else { 3.5 };
+    c.run("tensor_fill", format!("n={n}"), 0.0, |g| {
+        let mut y = g.upload(&TestRng::new(59).vec(n, 1.0))?;
+        tensor_ops::fill(g, &mut y, value)?;
+        Ok(vec![("", g.download(&y)?, vec![value; n])])
+    });
+}
+
+fn tensor_binary(c: &mut Checker) {
+    type Case = (&'static [usize], &'static [usize], &'static [usize]);
+    let cases: [Case; 10] = [
+        (&[1000], &[1000], &[1000]),                                      // same shape, odd length
+        (&[64, 577], &[577], &[64, 577]),                                 // a bias row
+        (&[64, 1], &[64, 577], &[64, 577]),                               // a per-row column
+        (&[3, 1, 5], &[4, 1], &[3, 4, 5]),                                // both broadcast, b of lower rank
+        (&[1, 37], &[65, 1], &[65, 37]),                                  // outer product
+        (&[2, 3, 4, 5], &[], &[2, 3, 4, 5]),                              // a scalar b
+        (&[], &[7, 9], &[7, 9]),                                          // a scalar a
+        (&[2, 1, 3, 1, 4, 5], &[1, 3, 1, 2, 1, 5], &[2, 3, 3, 2, 4, 5]), // six dimensions, alternating
+        (&[1, 1, 1], &[1], &[1, 1, 1]),                                   // size 1 only
+        (&[0, 5], &[5], &[0, 5]),                                         // empty
+    ];
+    for (k, (sa, sb, so)) in cases.into_iter().enumerate() {
+        let mut rng = TestRng::new(61 + k as u64);
+        let a = with_specials(rng.vec(cpu::tensor_ref::numel(sa), 4.0), 3);
+        let mut b = rng.vec(cpu::tensor_ref::numel(sb), 4.0);
+        if b.len() > 2 {
+            b[1] = 0.0; // division by zero
+        }
+        let n = cpu::tensor_ref::numel(so);
+        c.run("tensor_binary", format!("{sa:?} {sb:?} -> {so:?}"), 0.0, |g| {
+            let (ag, bg) = (g.upload(&a)?, g.upload(&b)?);
+            let mut outputs = Vec::new();
+            for (what, op) in [("add", BinaryOp::Add), ("sub", BinaryOp::Sub), ("mul", BinaryOp::Mul), ("div", BinaryOp::Div)] {
+                let mut out = g.alloc::<f32>(n)?;
+                tensor_ops::binary(g, op, &ag, sa, &bg, sb, &mut out, so)?;
+                let mut oc = vec![0.0; n];
+                cpu::tensor_ref::binary(op, &a, sa, &b, sb, &mut oc, so);
+                outputs.push((what, g.download(&out)?, oc));
+            }
+            Ok(outputs)
+        });
+    }
+}
+
+fn tensor_reductions(c: &mut Checker) {
+    // (outer, n, inner): the row kernel, the column kernel, the strided one (short axes), an
+    // empty axis (0 / -inf) and no outputs at all.
+    for &(outer, n, inner) in &[(1, 1, 1), (1, 70_001, 1), (37, 1000, 1), (1, 33, 1), (3, 5, 7), (5, 300, 33), (2, 4099, 2), (20_000, 3, 1), (4, 0, 3), (0, 5, 3)] {
+        let mut rng = TestRng::new(67 + (outer * n + inner) as u64);
+        let mut x = rng.vec(outer * n * inner, 1.0);
+        if (outer, n, inner) == (37, 1000, 1) {
+            x = with_specials(x, 1001); // special i in row i
+        }
+        // The max is exact; the sum adds in double in another order than the twin.
+        for (what, op, tol) in [("sum", ReduceOp::Sum, 1e-6), ("max", ReduceOp::Max, 0.0)] {
+            c.run("tensor_reduce_axis", format!("outer={outer} n={n} inner={inner}"), tol, |g| {
+                let xg = g.upload(&x)?;
+                let mut y = g.alloc::<f32>(outer * inner)?;
+                tensor_ops::reduce_axis(g, op, &xg, outer, n, inner, &mut y)?;
+                let mut yc = vec![0.0; outer * inner];
+                cpu::tensor_ref::reduce_axis(op, &x, outer, n, inner, &mut yc);
+                Ok(vec![(what, g.download(&y)?, yc)])
+            });
+        }
+    }
+}
+
+fn tensor_sum_to(c: &mut Checker) {
+    type Case = (&'static [usize], &'static [usize]);
+    let cases: [Case; 11] = [
+        (&[64, 577], &[577]),                         // columns (a bias gradient)
+        (&[64, 577], &[64, 1]),                       // rows
+        (&[2, 40, 3], &[2, 1, 3]),                    // kept, reduced, kept
+        (&[1000, 3], &[3]),                           // narrow columns
+        (&[2, 3, 4, 5], &[]),                         // everything, to a scalar
+        (&[3, 2049], &[1, 1]),                        // everything, one long row
+        (&[5, 7, 9], &[1, 7, 1]),                     // reduced, kept, reduced
+        (&[2, 3, 4, 5, 6, 7], &[3, 1, 5, 1, 1]),      // six dimensions, alternating
+        (&[4, 1, 6], &[4, 1, 6]),                     // nothing to sum
+        (&[3, 1, 6], &[1, 1, 1]),                     // a size-1 axis among summed ones
+        (&[0, 5], &[5]),                              // an empty x: zeros
+    ];
+    for (k, (xs, ys)) in cases.into_iter().enumerate() {
+        let x = TestRng::new(71 + k as u64).vec(cpu::tensor_ref::numel(xs), 1.0);
+        let ny = cpu::tensor_ref::numel(ys);
+        c.run("tensor_sum_to", format!("{xs:?} -> {ys:?}"), 1e-6, |g| {
+            let xg = g.upload(&x)?;
+            let mut y = g.upload(&vec![f32::NAN; ny])?; // every element must be written
+            tensor_ops::sum_to(g, &xg, xs, &mut y, ys)?;
+            let mut yc = vec![0.0; ny];
+            cpu::tensor_ref::sum_to(&x, xs, &mut yc, ys);
+            Ok(vec![("", g.download(&y)?, yc)])
+        });
+    }
+}
+
+fn tensor_softmax(c: &mut Checker) {
+    for &(rows, cols) in &[(1, 1), (5, 7), (37, 1000), (3, 4099), (2000, 33), (0, 5), (4, 0)] {
+        let mut rng = TestRng::new(73 + (rows * cols) as u64);
+        let mut x = rng.vec(rows * cols, 5.0);
+        if (rows, cols) == (37, 1000) {
+            x[..1000].fill(f32::NEG_INFINITY); // row 0: NaN, as the twin
+            x[1005] = f32::INFINITY; // row 1: NaN
+            x[2007] = f32::NAN; // row 2: NaN
+            x[3000..4000].iter_mut().for_each(|v| *v *= 40.0); // row 3: |x| up to 200, stable
+            x[4000..4500].fill(f32::NEG_INFINITY); // row 4: half the entries get 0
+        }
+        c.run("tensor_softmax_rows", format!("rows={rows} cols={cols}"), 1e-6, |g| {
+            let xg = g.upload(&x)?;
+            let mut y = g.alloc::<f32>(rows * cols)?;
+            tensor_ops::softmax_rows(g, &xg, &mut y, rows, cols)?;
+            let mut yc = vec![0.0; rows * cols];
+            cpu::tensor_ref::softmax_rows(&x, &mut yc, rows, cols);
+            Ok(vec![("", g.download(&y)?, yc)])
+        });
+    }
+}
+
+fn tensor_copy_2d(c: &mut Checker) {
+    // (src len, src_off, src_pitch, dst len, dst_off, dst_pitch, rows, cols)
+    let cases = [
+        (40, 3, 10, 16, 0, 4, 4, 4),                         // narrow columns 3..7 of [4, 10]
+        (300 * 257, 0, 257, 300 * 600, 100, 600, 300, 257), // one part of a concat along columns
+        (5, 0, 0, 35, 0, 5, 7, 5),                           // pitch 0: a row repeated
+        (1000, 17, 1000, 2000, 3, 0, 1, 983),                // one row (its pitches unused)
+        (10, 0, 10, 10, 0, 10, 0, 10),                       // no rows
+    ];
+    for (k, (sl, so, sp, dl, doff, dp, rows, cols)) in cases.into_iter().enumerate() {
+        let mut rng = TestRng::new(79 + k as u64);
+        let (src, dst0) = (rng.vec(sl, 1.0), rng.vec(dl, 1.0));
+        c.run("tensor_copy_2d", format!("{rows}x{cols} src {so}+{sp}r dst {doff}+{dp}r"), 0.0, |g| {
+            let sg = g.upload(&src)?;
+            let mut dg = g.upload(&dst0)?;
+            tensor_ops::copy_2d(g, &sg, so, sp, &mut dg, doff, dp, rows, cols)?;
+            let mut dc = dst0.clone();
+            cpu::tensor_ref::copy_2d(&src, so, sp, &mut dc, doff, dp, rows, cols);
+            Ok(vec![("", g.download(&dg)?, dc)])
+        });
+    }
+}
+
+fn tensor_permute(c: &mut Checker) {
+    type Case = (&'static [usize], &'static [usize]);
+    let cases: [Case; 8] = [
+        (&[2, 3], &[1, 0]),
+        (&[64, 577], &[1, 0]),
+        (&[4, 5, 6], &[2, 0, 1]),
+        (&[2, 37, 4, 16], &[0, 2, 1, 3]), // [B, T, H, D] -> [B, H, T, D]
+        (&[2, 3, 1, 4, 2, 3], &[5, 3, 1, 0, 4, 2]),
+        (&[7, 9], &[0, 1]), // identity: a plain copy
+        (&[], &[]),         // a scalar
+        (&[0, 3], &[1, 0]), // empty
+    ];
+    for (k, (xs, perm)) in cases.into_iter().enumerate() {
+        let x = TestRng::new(83 + k as u64).vec(cpu::tensor_ref::numel(xs), 1.0);
+        c.run("tensor_permute", format!("{xs:?} by {perm:?}"), 0.0, |g| {
+            let xg = g.upload(&x)?;
+            let mut y = g.alloc::<f32>(x.len())?;
+            tensor_ops::permute(g, &xg, xs, perm, &mut y)?;
+            let mut yc = vec![0.0; x.len()];
+            cpu::tensor_ref::permute(&x, xs, perm, &mut yc);
+            Ok(vec![("", g.download(&y)?, yc)])
+        });
+    }
+}
+
+/// Wrong lengths and shapes are errors before any launch (1 per call rejected).
+fn tensor_misuse(c: &mut Checker) {
+    c.run("tensor_ops_misuse", "wrong lengths / shapes".into(), 0.0, |g| {
+        let (six, mut five) = (g.upload(&[1.0f32; 6])?, g.alloc::<f32>(5)?);
+        let mut six_out = g.alloc::<f32>(6)?;
+        let rejected = [
+            tensor_ops::unary(g, UnaryOp::Neg, &six, &mut five).is_err(),
+            tensor_ops::binary(g, BinaryOp::Add, &six, &[2, 3], &six, &[3], &mut five, &[2, 3]).is_err(),
+            tensor_ops::binary(g, BinaryOp::Add, &six, &[2, 3], &six, &[2, 3], &mut six_out, &[3, 2]).is_err(),
+            tensor_ops::add_assign(g, &mut five, &six).is_err(),
+            tensor_ops::reduce_axis(g, ReduceOp::Sum, &six, 2, 3, 1, &mut five).is_err(),
+            tensor_ops::sum_to(g, &six, &[2, 3], &mut five, &[2, 1]).is_err(),
+            tensor_ops::softmax_rows(g, &six, &mut five, 2, 3).is_err(),
+            tensor_ops::copy_2d(g, &six, 4, 1, &mut five, 0, 1, 2, 3).is_err(),
+            tensor_ops::copy_2d(g, &six, 0, 3, &mut six_out, 0, 2, 2, 3).is_err(),
+            tensor_ops::permute(g, &six, &[2, 3], &[0, 0], &mut six_out).is_err(),
+        ];
+        let got: Vec<f32> = rejected.iter().map(|&r| r as u8 as f32).collect();
+        Ok(vec![("", got, vec![1.0; rejected.len()])])
     });
 }
 

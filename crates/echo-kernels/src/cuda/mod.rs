@@ -16,6 +16,7 @@
 //! | [`alloc`] | the caching allocator and [`alloc::GpuBuf`] |
 //! | [`blas`] | row-major GEMM through cuBLAS (bf16 in, fp32 accumulate and out; fp32) |
 //! | [`ops`] | one launch wrapper per kernel, mirroring the CPU twin's signature |
+//! | [`tensor_ops`] | the generic tensor ops (maps, broadcasting arithmetic, reductions, softmax, layout) for echo-tensor |
 //! | [`check`] | every kernel against its twin, random and edge-case shapes |
 //! | [`bench`] | timing of the headline kernels against an unfused cuBLAS baseline |
 
@@ -27,6 +28,7 @@ pub mod libs;
 pub mod ops;
 pub mod runtime;
 pub mod source;
+pub mod tensor_ops;
 
 use std::fmt;
 use std::str::FromStr;

@@ -130,6 +130,34 @@ pub const SOURCES: &[KernelSource] = kernels![
         "f32_to_bf16": [P, P, I64],
         "bf16_to_f32": [P, P, I64],
     ],
+    // A shape or stride vector is six `long long`s (TS_VEC6): one line of I64 each below.
+    "tensor.cu" => [
+        "tensor_unary": [P, P, I64, I32, F32],
+        "tensor_binary": [
+            P, P, P, I64, I32,
+            I64, I64, I64, I64, I64, I64, // dims
+            I64, I64, I64, I64, I64, I64, // a strides
+            I64, I64, I64, I64, I64, I64, // b strides
+        ],
+        "tensor_add_assign": [P, P, I64],
+        "tensor_reduce_rows": [P, P, I64, I64, I32],
+        "tensor_reduce_cols": [P, P, I64, I64, I64, I32],
+        "tensor_reduce_strided": [
+            P, P, I64, I64, I32,
+            I64, I64, I64, I64, I64, I64, // kept dims
+            I64, I64, I64, I64, I64, I64, // their strides in x
+            I64, I64, I64, I64, I64, I64, // reduced dims
+            I64, I64, I64, I64, I64, I64, // their strides in x
+        ],
+        "tensor_softmax_rows": [P, P, I64, I64],
+        "tensor_copy_2d": [P, I64, I64, P, I64, I64, I64, I64],
+        "tensor_gather": [
+            P, P, I64,
+            I64, I64, I64, I64, I64, I64, // dims
+            I64, I64, I64, I64, I64, I64, // strides in x
+        ],
+        "tensor_fill": [P, I64, F32],
+    ],
 ];
 
 /// The source defining kernel `name`, and the kernel's declaration.
