@@ -1,7 +1,8 @@
 use std::fmt;
 
-/// Where a tensor's data lives. Only `Cpu` has a backend today; `Cuda(n)` is the seam the
-/// CUDA backend plugs into, and ops asked to run there answer [`crate::Error::DeviceUnavailable`].
+/// Where a tensor's data lives: host memory, or the memory of CUDA device `n` (see
+/// [`crate::Tensor::to_device`]; every op runs where its operands are, and operands on
+/// different devices are an [`crate::Error::DeviceMismatch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     #[default]

@@ -4,7 +4,12 @@
 //! Ops validate their arguments and return [`Error`] naming the op and the shapes involved;
 //! the arithmetic itself lives in `echo-kernels`. Compute ops run on f32; bf16 and f16 are
 //! storage types reached through [`Tensor::to_dtype`].
+//!
+//! A tensor's data lives on the host or on a CUDA device ([`Tensor::to_device`]); every op
+//! runs where its operands are (the CUDA forms are in `cuda/`), and operands on different
+//! devices are an [`Error::DeviceMismatch`].
 
+mod cuda;
 mod device;
 mod dtype;
 mod error;

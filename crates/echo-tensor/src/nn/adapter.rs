@@ -5,6 +5,7 @@
 //! belong to the `S` samples in order, `N / S` each.
 
 use super::expect_dims;
+use crate::cuda::{self, nn as gpu};
 use crate::{Error, Result, Shape, Tensor};
 use echo_kernels::cpu::lowrank::{self, Inject, LoraDims, LoraGrads};
 
@@ -53,7 +54,8 @@ fn lora_dims(op: &'static str, x: &Tensor, p: &LoraParams<'_>) -> Result<LoraDim
     Ok(LoraDims { rows: x.shape().rows(), d_in, d_out, rank })
 }
 
-fn inject_view<'a>(op: &'static str, inj: &Injection<'a>, d: &LoraDims) -> Result<Inject<'a>> {
+/// Checks an injection's shapes against the bottleneck; returns the rows per sample.
+pub(crate) fn inject_rows(op: &'static str, inj: &Injection<'_>, d: &LoraDims) -> Result<usize> {
     if inj.gate.rank() != 2 || inj.gate.dims()[1] != d.rank || inj.gate.shape() != inj.proj.shape() {
         return Err(Error::ShapeMismatch { op, lhs: inj.gate.shape().clone(), rhs: inj.proj.shape().clone() });
     }
@@ -61,7 +63,12 @@ fn inject_view<'a>(op: &'static str, inj: &Injection<'a>, d: &LoraDims) -> Resul
     if samples == 0 || d.rows % samples != 0 {
         return Err(Error::BadShape { op, msg: format!("{} rows cannot be split evenly over {samples} samples", d.rows) });
     }
-    Ok(Inject { gate: inj.gate.f32s(op)?, proj: inj.proj.f32s(op)?, rows_per_sample: d.rows / samples })
+    Ok(d.rows / samples)
+}
+
+fn inject_view<'a>(op: &'static str, inj: &Injection<'a>, d: &LoraDims) -> Result<Inject<'a>> {
+    let rows_per_sample = inject_rows(op, inj, d)?;
+    Ok(Inject { gate: inj.gate.f32s(op)?, proj: inj.proj.f32s(op)?, rows_per_sample })
 }
 
 fn check_xd(op: &'static str, x: &Tensor, xd: Option<&Tensor>) -> Result<()> {
@@ -83,6 +90,9 @@ pub fn lora_forward(x: &Tensor, xd: Option<&Tensor>, p: &LoraParams<'_>, inj: Op
     let op = "lora_linear";
     let d = lora_dims(op, x, p)?;
     check_xd(op, x, xd)?;
+    if cuda::on_gpu(gpu::lora_operands(x, xd, None, p, inj)) {
+        return gpu::lora_forward(&d, x, xd, p, inj);
+    }
     let inject = inj.map(|i| inject_view(op, i, &d)).transpose()?;
     let mut y = vec![0.0f32; d.rows * d.d_out];
     let mut z = vec![0.0f32; d.rows * d.rank];
@@ -109,6 +119,9 @@ pub fn lora_backward(
     check_xd(op, x, keep)?;
     expect_dims(op, "dy", dy, out_shape(x, d.d_out).dims())?;
     expect_dims(op, "z", z, &[d.rows, d.rank])?;
+    if cuda::on_gpu(gpu::lora_operands(x, xd, keep, p, None).chain([dy, z])) {
+        return gpu::lora_backward(&d, dy, x, xd, keep, p, z, want);
+    }
     let mut dx = want.dx.then(|| vec![0.0f32; x.numel()]);
     let mut da = want.da.then(|| vec![0.0f32; p.a.numel()]);
     let mut db = want.db.then(|| vec![0.0f32; p.b.numel()]);
@@ -141,6 +154,9 @@ pub fn gated_inject_forward(z: &Tensor, inj: &Injection<'_>) -> Result<Tensor> {
         return Err(Error::BadShape { op, msg: format!("z must be [N, r], got {}", z.shape()) });
     }
     let d = LoraDims { rows: z.dims()[0], d_in: 0, d_out: 0, rank: z.dims()[1] };
+    if cuda::on_gpu([z, inj.gate, inj.proj]) {
+        return gpu::gated_inject_forward(z, inj, &d);
+    }
     let view = inject_view(op, inj, &d)?;
     let mut out = z.f32s(op)?.to_vec();
     lowrank::gated_inject_forward(&mut out, view, d.rank);
@@ -154,6 +170,9 @@ pub fn gated_inject_backward(dz: &Tensor, inj: &Injection<'_>) -> Result<(Tensor
         return Err(Error::BadShape { op, msg: format!("dz must be [N, r], got {}", dz.shape()) });
     }
     let d = LoraDims { rows: dz.dims()[0], d_in: 0, d_out: 0, rank: dz.dims()[1] };
+    if cuda::on_gpu([dz, inj.gate, inj.proj]) {
+        return gpu::gated_inject_backward(dz, inj, &d);
+    }
     let view = inject_view(op, inj, &d)?;
     let (mut dg, mut dp) = (vec![0.0f32; inj.gate.numel()], vec![0.0f32; inj.gate.numel()]);
     lowrank::gated_inject_backward(dz.f32s(op)?, view, d.rank, &mut dg, &mut dp);
@@ -164,6 +183,9 @@ pub fn gated_inject_backward(dz: &Tensor, inj: &Injection<'_>) -> Result<(Tensor
 pub fn dora_weight_norm(p: &LoraParams<'_>) -> Result<Tensor> {
     let op = "dora_weight_norm";
     let d = lora_dims(op, &Tensor::zeros([0, p.w.dims().get(1).copied().unwrap_or(0)]), p)?;
+    if cuda::on_gpu([p.w, p.a, p.b]) {
+        return gpu::dora_weight_norm(&d, p);
+    }
     let mut n = vec![0.0f32; d.d_out];
     lowrank::dora_weight_norm(&d, p.w.f32s(op)?, p.a.f32s(op)?, p.b.f32s(op)?, p.scale, &mut n);
     Ok(p.w.with_data(n, Shape::new(vec![d.d_out])))
@@ -189,6 +211,9 @@ pub fn dora_forward(
     expect_dims("dora_linear", "magnitude", magnitude, &[p.w.dims()[0]])?;
     let (pre, z) = lora_forward(x, xd, p, inj)?;
     let norm = dora_weight_norm(p)?;
+    if cuda::on_gpu([&pre, &norm, magnitude]) {
+        return gpu::dora_scale_forward(pre, z, norm, magnitude);
+    }
     let c: Vec<f32> = magnitude.f32s("dora_linear")?.iter().zip(norm.as_f32()).map(|(m, n)| m / n).collect();
     let mut y = pre.as_f32().to_vec();
     for row in y.chunks_mut(c.len()) {
@@ -214,6 +239,10 @@ pub fn dora_backward(
 ) -> Result<(LoraGradsOut, Option<Tensor>)> {
     let op = "dora_linear_backward";
     expect_dims(op, "dy", dy, saved.pre.dims())?;
+    if cuda::on_gpu([dy, magnitude, &saved.pre, &saved.norm]) {
+        let (dpre, dm) = gpu::dora_scale_backward(dy, magnitude, saved, want_dm)?;
+        return Ok((lora_backward(&dpre, x, xd, keep, p, &saved.z, want)?, dm));
+    }
     let (m, n) = (magnitude.f32s(op)?, saved.norm.f32s(op)?);
     let out = n.len();
     let dyd = dy.f32s(op)?;

@@ -1,6 +1,7 @@
 //! RMSNorm, RoPE, causal GQA attention and SwiGLU.
 
 use super::{expect_dims, expect_rank};
+use crate::cuda::{self, nn as gpu};
 use crate::{Error, Result, RopeTable, Shape, Tensor};
 use echo_kernels::cpu::{activation, attention, norm, rope};
 
@@ -13,6 +14,9 @@ pub fn rmsnorm_forward(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<(Tens
     }
     if !(eps >= 0.0) {
         return Err(Error::BadValue { op, what: "eps", expected: ">= 0".into(), got: eps.to_string() });
+    }
+    if cuda::on_gpu([x].into_iter().chain(w)) {
+        return gpu::rmsnorm_forward(x, w, eps);
     }
     let mut y = vec![0.0f32; x.numel()];
     let mut rstd = vec![0.0f32; x.shape().rows()];
@@ -32,6 +36,9 @@ pub fn rmsnorm_backward(
 ) -> Result<(Tensor, Option<Tensor>)> {
     let op = "rmsnorm_backward";
     expect_dims(op, "dy", dy, x.dims())?;
+    if cuda::on_gpu([dy, x, rstd].into_iter().chain(w)) {
+        return gpu::rmsnorm_backward(dy, x, w, rstd, want_dw);
+    }
     let dim = x.shape().last();
     let mut dx = vec![0.0f32; x.numel()];
     let mut dw = (want_dw && w.is_some()).then(|| vec![0.0f32; dim]);
@@ -54,6 +61,9 @@ pub fn rope(x: &Tensor, positions: &[usize], table: &RopeTable, inverse: bool) -
     }
     if let Some(&p) = positions.iter().find(|&&p| p >= table.max_pos) {
         return Err(Error::IndexOutOfRange { op, index: p as i64, size: table.max_pos });
+    }
+    if cuda::on_gpu([x]) {
+        return gpu::rope(x, positions, table, inverse);
     }
     let mut out = x.f32s(op)?.to_vec();
     rope::rope_apply(&mut out, positions, heads, table, inverse);
@@ -82,6 +92,9 @@ fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<a
 /// scores scaled by `1/sqrt(D)`. Returns `(out [B, T, Hq, D], lse [B, Hq, T])`.
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<(Tensor, Tensor)> {
     let dims = attn_dims(q, k, v, key_valid)?;
+    if cuda::on_gpu([q, k, v]) {
+        return gpu::attention_forward(&dims, q, k, v, key_valid);
+    }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
     let mut out = vec![0.0f32; q.numel()];
     let mut lse = vec![0.0f32; dims.batch * dims.q_heads * dims.seq];
@@ -106,6 +119,9 @@ pub fn attention_backward(
     let op = "attention_backward";
     expect_dims(op, "dout", dout, q.dims())?;
     expect_dims(op, "out", out, q.dims())?;
+    if cuda::on_gpu([q, k, v, out, lse, dout]) {
+        return gpu::attention_backward(&dims, q, k, v, key_valid, out, lse, dout);
+    }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.numel()], vec![0.0f32; k.numel()], vec![0.0f32; v.numel()]);
     attention::attention_backward(
@@ -130,6 +146,9 @@ pub fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.shape() != up.shape() {
         return Err(Error::ShapeMismatch { op: "swiglu", lhs: gate.shape().clone(), rhs: up.shape().clone() });
     }
+    if cuda::on_gpu([gate, up]) {
+        return gpu::swiglu_forward(gate, up);
+    }
     let mut out = vec![0.0f32; gate.numel()];
     activation::swiglu_forward(gate.f32s("swiglu")?, up.f32s("swiglu")?, &mut out);
     Ok(gate.with_data(out, gate.shape().clone()))
@@ -140,6 +159,9 @@ pub fn swiglu_backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Ten
     let op = "swiglu_backward";
     if gate.shape() != up.shape() || dout.shape() != gate.shape() {
         return Err(Error::ShapeMismatch { op, lhs: gate.shape().clone(), rhs: dout.shape().clone() });
+    }
+    if cuda::on_gpu([dout, gate, up]) {
+        return gpu::swiglu_backward(dout, gate, up);
     }
     let (mut dg, mut du) = (vec![0.0f32; gate.numel()], vec![0.0f32; gate.numel()]);
     activation::swiglu_backward(dout.f32s(op)?, gate.f32s(op)?, up.f32s(op)?, &mut dg, &mut du);

@@ -1,3 +1,4 @@
+use crate::cuda::{self, ops::BinaryOp, ops::UnaryOp};
 use crate::{Error, Result, Shape, Tensor};
 use echo_kernels::cpu::activation::{sigmoid, silu};
 use rayon::prelude::*;
@@ -53,7 +54,10 @@ fn for_each_broadcast(out: &Shape, sa: &[usize], sb: &[usize], mut f: impl FnMut
 }
 
 impl Tensor {
-    fn binary(&self, rhs: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    fn binary(&self, rhs: &Tensor, op: &'static str, kind: BinaryOp, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+        if cuda::on_gpu([self, rhs]) {
+            return cuda::ops::binary(self, rhs, op, kind);
+        }
         let (a, b) = (self.f32s(op)?, rhs.f32s(op)?);
         if self.shape() == rhs.shape() {
             let mut out = vec![0.0f32; a.len()];
@@ -72,20 +76,24 @@ impl Tensor {
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "add", |a, b| a + b)
+        self.binary(rhs, "add", BinaryOp::Add, |a, b| a + b)
     }
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "sub", |a, b| a - b)
+        self.binary(rhs, "sub", BinaryOp::Sub, |a, b| a - b)
     }
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "mul", |a, b| a * b)
+        self.binary(rhs, "mul", BinaryOp::Mul, |a, b| a * b)
     }
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "div", |a, b| a / b)
+        self.binary(rhs, "div", BinaryOp::Div, |a, b| a / b)
     }
 
-    /// Applies `f` to every element.
+    /// Applies `f` to every element. Host tensors only: a closure cannot run on a GPU, so a
+    /// device tensor answers [`Error::DeviceUnavailable`] (the named ops below run anywhere).
     pub fn map(&self, op: &'static str, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
+        if cuda::on_gpu([self]) {
+            return Err(cuda::ops::map_unavailable(self, op));
+        }
         let a = self.f32s(op)?;
         let mut out = vec![0.0f32; a.len()];
         if a.len() >= PAR_MIN {
@@ -96,35 +104,46 @@ impl Tensor {
         Ok(self.with_data(out, self.shape().clone()))
     }
 
+    /// A named elementwise op: `f` on the host, the unary kernel `kind` on a GPU.
+    fn unary(&self, op: &'static str, kind: UnaryOp, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
+        if cuda::on_gpu([self]) {
+            return cuda::ops::unary(self, op, kind);
+        }
+        self.map(op, f)
+    }
+
     pub fn scale(&self, s: f32) -> Result<Tensor> {
-        self.map("scale", |x| x * s)
+        self.unary("scale", UnaryOp::Scale(s), |x| x * s)
     }
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {
-        self.map("add_scalar", |x| x + s)
+        self.unary("add_scalar", UnaryOp::AddScalar(s), |x| x + s)
     }
     pub fn neg(&self) -> Result<Tensor> {
-        self.map("neg", |x| -x)
+        self.unary("neg", UnaryOp::Neg, |x| -x)
     }
     pub fn exp(&self) -> Result<Tensor> {
-        self.map("exp", f32::exp)
+        self.unary("exp", UnaryOp::Exp, f32::exp)
     }
     pub fn ln(&self) -> Result<Tensor> {
-        self.map("ln", f32::ln)
+        self.unary("ln", UnaryOp::Ln, f32::ln)
     }
     pub fn sqr(&self) -> Result<Tensor> {
-        self.map("sqr", |x| x * x)
+        self.unary("sqr", UnaryOp::Sqr, |x| x * x)
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        self.map("sigmoid", sigmoid)
+        self.unary("sigmoid", UnaryOp::Sigmoid, sigmoid)
     }
     pub fn silu(&self) -> Result<Tensor> {
-        self.map("silu", silu)
+        self.unary("silu", UnaryOp::Silu, silu)
     }
 
     /// `self += rhs` in place, same shape (gradient accumulation).
     pub fn add_assign(&mut self, rhs: &Tensor) -> Result<()> {
         if self.shape() != rhs.shape() {
             return Err(Error::ShapeMismatch { op: "add_assign", lhs: self.shape().clone(), rhs: rhs.shape().clone() });
+        }
+        if cuda::on_gpu([&*self, rhs]) {
+            return cuda::ops::add_assign(self, rhs);
         }
         let b = rhs.f32s("add_assign")?.to_vec();
         let a = self.f32_mut("add_assign")?;
@@ -138,6 +157,9 @@ impl Tensor {
         let b = broadcast_shape("broadcast_to", self.shape(), &shape)?;
         if b != shape {
             return Err(Error::ShapeMismatch { op: "broadcast_to", lhs: self.shape().clone(), rhs: shape });
+        }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::broadcast_to(self, shape);
         }
         let a = self.f32s("broadcast_to")?;
         let sa = broadcast_strides(self.shape(), &shape);
@@ -156,6 +178,9 @@ impl Tensor {
         let b = broadcast_shape("sum_to", shape, self.shape())?;
         if &b != self.shape() {
             return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
+        }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::sum_to(self, shape);
         }
         let a = self.f32s("sum_to")?;
         let st = broadcast_strides(shape, self.shape());

@@ -1,3 +1,4 @@
+use crate::cuda;
 use crate::{Error, Result, Shape, Tensor};
 
 impl Tensor {
@@ -7,6 +8,9 @@ impl Tensor {
         let mut seen = vec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::BadShape { op: "permute", msg: format!("{perm:?} is not a permutation of the dims of {}", self.shape()) });
+        }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::permute(self, perm);
         }
         let a = self.f32s("permute")?;
         let in_strides = self.shape().strides();
@@ -49,6 +53,9 @@ impl Tensor {
                 msg: format!("range {start}..{} of dim {dim} out of bounds for {}", start + len, self.shape()),
             });
         }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::narrow(self, dim, start, len);
+        }
         let a = self.f32s("narrow")?;
         let (outer, size, inner) = self.split_at_dim(dim);
         let mut out = Vec::with_capacity(outer * len * inner);
@@ -73,6 +80,9 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: "concat", lhs: first.shape().clone(), rhs: p.shape().clone() });
             }
         }
+        if cuda::on_gpu(parts.iter().copied()) {
+            return cuda::ops::concat(parts, dim);
+        }
         let (outer, _, inner) = first.split_at_dim(dim);
         let total: usize = parts.iter().map(|p| p.dims()[dim]).sum();
         let mut out = Vec::with_capacity(outer * total * inner);
@@ -91,6 +101,9 @@ impl Tensor {
     pub fn index_select(&self, idx: &[usize]) -> Result<Tensor> {
         if self.rank() == 0 {
             return Err(Error::BadShape { op: "index_select", msg: "cannot index a scalar".into() });
+        }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::index_select(self, idx);
         }
         let rows = self.dims()[0];
         let inner = self.numel() / rows.max(1);
@@ -115,6 +128,9 @@ impl Tensor {
                 op: "scatter_add_rows",
                 msg: format!("{} indices for a source of shape {}", idx.len(), self.shape()),
             });
+        }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::scatter_add_rows(self, idx, rows);
         }
         let inner = self.numel() / idx.len().max(1);
         let a = self.f32s("scatter_add_rows")?;

@@ -1,3 +1,4 @@
+use crate::cuda;
 use crate::{Error, Result, Shape, Tensor};
 use echo_kernels::cpu::gemm::{matmul, Par};
 
@@ -5,6 +6,8 @@ impl Tensor {
     /// Batched matrix product `op(a) @ op(b)` where `op` transposes the last two dims when
     /// asked. `a` is `[..., m, k]` (`[..., k, m]` if `ta`); `b` is `[..., k, n]`
     /// (`[..., n, k]` if `tb`) with the same batch dims as `a`, or 2-D (shared by every batch).
+    /// On a GPU a shared 2-D `b` may be a bf16 base weight when `a` is not transposed (see
+    /// [`Tensor::linear`]).
     pub fn matmul_t(&self, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         let op = "matmul";
         let mismatch = || Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: b.shape().clone() };
@@ -18,6 +21,9 @@ impl Tensor {
         let batch_dims = &ad[..ar - 2];
         if k != k2 || (br > 2 && &bd[..br - 2] != batch_dims) {
             return Err(mismatch());
+        }
+        if cuda::on_gpu([self, b]) {
+            return cuda::ops::matmul_t(self, b, ta, tb, m, k, n);
         }
         let (a_data, b_data) = (self.f32s(op)?, b.f32s(op)?);
         let batch: usize = batch_dims.iter().product();
@@ -52,7 +58,9 @@ impl Tensor {
         self.matmul_t(b, false, false)
     }
 
-    /// `x @ w^T` for `x` `[..., in]` and a weight `w` `[out, in]` (the PyTorch layout).
+    /// `x @ w^T` for `x` `[..., in]` and a weight `w` `[out, in]` (the PyTorch layout). On a
+    /// GPU `w` may be bf16 (a frozen base weight): `x` is then cast to bf16 for cuBLAS, which
+    /// accumulates in fp32 and returns f32.
     pub fn linear(&self, w: &Tensor) -> Result<Tensor> {
         if self.rank() < 1 || w.rank() != 2 || self.shape().last() != w.dims()[1] {
             return Err(Error::ShapeMismatch { op: "linear", lhs: self.shape().clone(), rhs: w.shape().clone() });

@@ -1,3 +1,4 @@
+use crate::cuda::{self, ops::ReduceOp};
 use crate::{Error, Result, Shape, Tensor};
 
 impl Tensor {
@@ -14,8 +15,11 @@ impl Tensor {
         (d[..dim].iter().product(), d[dim], d[dim + 1..].iter().product())
     }
 
-    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, init: f32, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
+    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp, init: f32, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
         self.check_dim(op, dim)?;
+        if cuda::on_gpu([self]) {
+            return cuda::ops::reduce_dim(self, op, dim, keepdim, kind);
+        }
         let a = self.f32s(op)?;
         let (outer, size, inner) = self.split_at_dim(dim);
         let mut out = vec![init; outer * inner];
@@ -37,15 +41,18 @@ impl Tensor {
     }
 
     pub fn sum_dim(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.reduce_dim("sum_dim", dim, keepdim, 0.0, |a, x| a + x)
+        self.reduce_dim("sum_dim", dim, keepdim, ReduceOp::Sum, 0.0, |a, x| a + x)
     }
 
     pub fn max_dim(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.reduce_dim("max_dim", dim, keepdim, f32::NEG_INFINITY, f32::max)
+        self.reduce_dim("max_dim", dim, keepdim, ReduceOp::Max, f32::NEG_INFINITY, f32::max)
     }
 
     /// Sum of all elements as a scalar tensor (f64 accumulation).
     pub fn sum_all(&self) -> Result<Tensor> {
+        if cuda::on_gpu([self]) {
+            return cuda::ops::sum_all(self);
+        }
         let s: f64 = self.f32s("sum_all")?.iter().map(|&x| x as f64).sum();
         Ok(self.with_data(vec![s as f32], Shape::new(vec![])))
     }
@@ -54,12 +61,18 @@ impl Tensor {
         if self.numel() == 0 {
             return Err(Error::BadShape { op: "mean_all", msg: "mean of an empty tensor".into() });
         }
+        if cuda::on_gpu([self]) {
+            return cuda::ops::mean_all(self);
+        }
         let s = self.sum_all()?.item()?;
         Ok(Tensor::scalar(s / self.numel() as f32))
     }
 
     /// Softmax over the last dimension.
     pub fn softmax_last(&self) -> Result<Tensor> {
+        if cuda::on_gpu([self]) {
+            return cuda::ops::softmax_last(self);
+        }
         let n = self.shape().last();
         let a = self.f32s("softmax_last")?;
         let mut out = a.to_vec();
