@@ -1,14 +1,31 @@
 //! `cargo xtask gpu-check`: on a GPU machine, every CUDA kernel against its CPU twin (random
-//! and edge-case shapes, max error vs tolerance), then the headline benches against the
-//! unfused cuBLAS baseline, and one summary. Without a CUDA driver it says so and succeeds.
+//! and edge-case shapes, max error vs tolerance), the whole training step on tiny-llama-a
+//! against the CPU (LoRA, DoRA, Echo-LoRA, Echo-DoRA: loss, every gradient, one AdamW step),
+//! then the benches: the kernels against the unfused cuBLAS baseline, and the headline LoRA
+//! step on a LLaMA-7B-shaped model against transformers + PEFT on the same GPU (a ratio of
+//! tokens/s), and one summary. Without a CUDA driver it says so and succeeds.
 //!
-//! Everything runs from library code (`echo_kernels::cuda::{check, bench}`), so the prebuilt
-//! `target/release/xtask gpu-check` works on a GPU machine that has no Rust toolchain: the
-//! kernels are embedded and compiled there by NVRTC (cached under ~/.cache/echo-lora/kernels).
+//! Everything runs from library code (`echo_kernels::cuda::{check, bench}`,
+//! `echo_trainer::{device_check, step_bench}`), so the prebuilt `target/release/xtask
+//! gpu-check` works on a GPU machine that has no Rust toolchain: the kernels are embedded and
+//! compiled there by NVRTC (cached under ~/.cache/echo-lora/kernels), and so is the PEFT
+//! script (`benches/peft_step_7b.py`), run with `python3` from PATH when torch, transformers
+//! and peft are importable (skipped with a message otherwise). The step check needs the
+//! tiny-llama-a fixture folder (`--fixture`, or found next to the repository).
 
 use anyhow::{bail, Result};
 use echo_kernels::cuda::{self, bench, check, runtime::Gpu, CudaError};
+use echo_tensor::Device;
+use echo_trainer::device_check::{self, StepCheck};
+use echo_trainer::step_bench::{self, StepBench, StepBenchResult};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Instant;
+
+/// The transformers + PEFT side of the headline bench, run with `--python`.
+const PEFT_SCRIPT: &str = include_str!("../../benches/peft_step_7b.py");
+/// The goal for ours / transformers+PEFT tokens per second.
+const GOAL_RATIO: f64 = 2.0;
 
 #[derive(clap::Args)]
 pub struct GpuCheckArgs {
@@ -18,7 +35,113 @@ pub struct GpuCheckArgs {
     /// Checks only, no benches.
     #[arg(long)]
     no_bench: bool,
+    /// The tiny-llama-a fixture folder for the whole-step check (default: looked for next to
+    /// the repository, `../shared/fixtures/tiny-llama-a`, and under $ECHO_FIXTURES).
+    #[arg(long)]
+    fixture: Option<PathBuf>,
+    /// Decoder layers of the LLaMA-7B-shaped step bench (32 is the real shape).
+    #[arg(long, default_value_t = 32)]
+    layers: usize,
+    /// Timed steps of the step bench (each side), after --warmup steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps of the step bench before the timed ones (compilation, allocator warm-up).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Python with torch, transformers and peft for the reference side of the step bench.
+    #[arg(long, default_value = "python3")]
+    python: String,
 }
+
+/// The fixture folder: `--fixture`, else the first candidate holding a config.json.
+fn find_fixture(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return match p.join("config.json").exists() {
+            true => Ok(p.to_path_buf()),
+            false => Err(format!("--fixture {}: no config.json there", p.display())),
+        };
+    }
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("ECHO_FIXTURES") {
+        candidates.push(PathBuf::from(d).join("tiny-llama-a"));
+    }
+    for base in ["../shared/fixtures", "shared/fixtures"] {
+        candidates.push(PathBuf::from(base).join("tiny-llama-a"));
+    }
+    // target/release/xtask sits three levels below the repository's parent.
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        candidates.push(exe_dir.join("../../../shared/fixtures/tiny-llama-a"));
+    }
+    candidates.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/tiny-llama-a")));
+    candidates.iter().find(|c| c.join("config.json").exists()).cloned().ok_or_else(|| {
+        let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+        format!("the tiny-llama-a fixture was not found (tried {}): pass --fixture DIR", tried.join(", "))
+    })
+}
+
+/// The reference side's outcome.
+enum Peft {
+    Ran(serde_json::Value),
+    Skipped(String),
+    Failed(String),
+}
+
+/// Runs `peft_step_7b.py` with `python` and reads its JSON line: the file named by
+/// `$ECHO_PEFT_SCRIPT` if set, else the copy embedded in this binary (written to a temporary
+/// file for the run).
+fn run_peft(python: &str, ordinal: usize, layers: usize, steps: usize, warmup: usize) -> Peft {
+    let (script, temporary) = match std::env::var_os("ECHO_PEFT_SCRIPT") {
+        Some(p) => (PathBuf::from(p), false),
+        None => (std::env::temp_dir().join(format!("echo-lora-peft_step_7b-{}.py", std::process::id())), true),
+    };
+    if temporary {
+        if let Err(e) = std::fs::write(&script, PEFT_SCRIPT) {
+            return Peft::Failed(format!("writing {}: {e}", script.display()));
+        }
+    }
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--layers", &layers.to_string(), "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--device", &format!("cuda:{ordinal}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output();
+    if temporary {
+        let _ = std::fs::remove_file(&script);
+    }
+    let out = match out {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peft::Skipped(format!("{python} not found on PATH")),
+        Err(e) => return Peft::Failed(format!("running {python}: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok());
+    match (out.status.code(), json) {
+        (Some(3 | 4), j) => Peft::Skipped(j.and_then(|j| j["skipped"].as_str().map(String::from)).unwrap_or_else(|| "torch, transformers or peft unavailable".into())),
+        (Some(0), Some(j)) if j["tokens_per_s"].is_number() => Peft::Ran(j),
+        (code, _) => Peft::Failed(format!("{python} peft_step_7b.py exited with {code:?}, no result line")),
+    }
+}
+
+/// `f()`, with a panic turned into an error, so one broken stage still leaves the others and
+/// the summary (the panic's message is printed by the default hook as it happens).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(format!("{what} panicked (message above)")))
+}
+
+fn print_bench(r: &StepBenchResult) {
+    let mean = r.step_seconds.iter().sum::<f64>() / r.step_seconds.len().max(1) as f64;
+    println!(
+        "ours: {:.0} tokens/s ({} tokens/step, mean {:.3} s over {} steps; setup {:.1} s; loss {:.4} -> {:.4})",
+        r.tokens_per_s,
+        r.tokens_per_step,
+        mean,
+        r.step_seconds.len(),
+        r.setup_seconds,
+        r.first_loss,
+        r.last_loss
+    );
+}
+
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
     let probe = cuda::probe();
@@ -53,8 +176,35 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     let failed = results.iter().filter(|r| !r.ok).count();
     println!("{} comparisons in {:.1} s", results.len(), t.elapsed().as_secs_f64());
 
+    println!("\n== whole training step on tiny-llama-a: cuda:{} vs cpu", gpu.ordinal);
+    let t = Instant::now();
+    let steps: Result<Vec<StepCheck>, String> = find_fixture(args.fixture.as_deref()).and_then(|dir| {
+        println!("fixture: {}", dir.display());
+        guarded("the whole-step check", || device_check::step_checks(&dir, Device::Cuda(gpu.ordinal)))
+    });
+    match &steps {
+        Ok(s) => {
+            for c in s {
+                println!("{c}");
+            }
+            println!(
+                "{} cases in {:.1} s (tolerances: loss and gradient norm rel {:.0e}; each gradient cosine >= {}, norm within {:.0}%; AdamW update {:.0e} lr)",
+                s.len(),
+                t.elapsed().as_secs_f64(),
+                device_check::LOSS_TOL,
+                1.0 - device_check::COS_TOL,
+                device_check::NORM_TOL * 100.0,
+                device_check::UPDATE_TOL
+            );
+        }
+        Err(e) => println!("step check error: {e}"),
+    }
+    let step_failed = steps.as_ref().map_or(0, |s| s.iter().filter(|c| !c.ok()).count());
+
     let mut benches = Vec::new();
     let mut bench_error = None;
+    let mut step_bench: Option<Result<StepBenchResult, String>> = None;
+    let mut peft = None;
     if !args.no_bench {
         println!("\n== benches (ours vs unfused cuBLAS baseline)");
         match bench::run_all(&gpu) {
@@ -69,6 +219,25 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
                 bench_error = Some(e);
             }
         }
+        let b = StepBench { steps: args.steps.max(1), warmup: args.warmup, ..StepBench::llama_7b().with_layers(args.layers) };
+        println!(
+            "\n== LoRA step, LLaMA-7B shape ({} layers), batch {} x {}, r = {} on q,k,v,up,down, bf16 base weights",
+            args.layers, b.batch, b.seq, b.r
+        );
+        let ours = guarded("the step bench", || step_bench::run(&b, Device::Cuda(gpu.ordinal)));
+        match &ours {
+            Ok(r) => print_bench(r),
+            Err(e) => println!("ours: error: {e}"),
+        }
+        step_bench = Some(ours);
+        println!("transformers + PEFT ({}):", args.python);
+        let p = run_peft(&args.python, gpu.ordinal, args.layers, args.steps.max(1), args.warmup);
+        match &p {
+            Peft::Ran(j) => println!("transformers+peft: {j}"),
+            Peft::Skipped(why) => println!("transformers+peft: skipped: {why}"),
+            Peft::Failed(why) => println!("transformers+peft: failed: {why}"),
+        }
+        peft = Some(p);
     }
     let stats = gpu.pool_stats();
     println!("\n== summary");
@@ -76,6 +245,15 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     println!("checks: {} ok, {} failed", results.len() - failed, failed);
     for r in results.iter().filter(|r| !r.ok) {
         println!("  {r}");
+    }
+    match &steps {
+        Ok(s) => {
+            println!("whole step vs cpu: {} ok, {step_failed} failed", s.len() - step_failed);
+            for c in s.iter().filter(|c| !c.ok()) {
+                println!("  {c}");
+            }
+        }
+        Err(e) => println!("whole step vs cpu: error: {e}"),
     }
     if !args.no_bench {
         match &bench_error {
@@ -86,6 +264,23 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
                 }
             }
         }
+        let ours = step_bench.as_ref().and_then(|r| r.as_ref().ok()).map(|r| r.tokens_per_s);
+        let theirs = match &peft {
+            Some(Peft::Ran(j)) => j["tokens_per_s"].as_f64(),
+            _ => None,
+        };
+        let line = match (&step_bench, ours, theirs, &peft) {
+            (Some(Err(e)), ..) => format!("error (ours): {e}"),
+            (_, Some(o), Some(t), _) => format!(
+                "ours {o:.0} tokens/s, transformers+PEFT {t:.0} tokens/s: x{:.2} (goal >= x{GOAL_RATIO}: {})",
+                o / t,
+                if o / t >= GOAL_RATIO { "met" } else { "NOT met" }
+            ),
+            (_, Some(o), None, Some(Peft::Skipped(why))) => format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT skipped ({why})"),
+            (_, Some(o), None, Some(Peft::Failed(why))) => format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT failed ({why})"),
+            _ => "not run".into(),
+        };
+        println!("bench LoRA step LLaMA-7B shape ({} layers, 16 x 256, r 32): {line}", args.layers);
     }
     println!(
         "allocator: peak {:.1} MiB in use, {} driver allocations, {:.1} MiB cached",
@@ -93,8 +288,15 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         stats.driver_allocs,
         stats.cached as f64 / (1 << 20) as f64
     );
-    if failed > 0 || bench_error.is_some() {
-        bail!("gpu-check failed: {failed} comparison(s) out of tolerance{}", if bench_error.is_some() { ", benches errored" } else { "" });
+    let step_error = steps.is_err();
+    let step_bench_error = matches!(step_bench, Some(Err(_)));
+    if failed > 0 || step_failed > 0 || step_error || bench_error.is_some() || step_bench_error {
+        bail!(
+            "gpu-check failed: {failed} kernel comparison(s) and {step_failed} whole-step case(s) out of tolerance{}{}{}",
+            if step_error { ", the whole-step check errored" } else { "" },
+            if bench_error.is_some() { ", kernel benches errored" } else { "" },
+            if step_bench_error { ", the step bench errored" } else { "" }
+        );
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ enum Command {
     Data(data::DataArgs),
     /// Compile every kernels/*.cu for sm_80 and sm_90 with nvcc and NVRTC (no GPU needed).
     CheckKernels(check_kernels::CheckKernelsArgs),
-    /// On a GPU: every CUDA kernel against its CPU twin, then the CUDA benches (skips without one).
+    /// On a GPU: every CUDA kernel against its CPU twin, the whole training step against the CPU, then the benches incl. the LLaMA-7B LoRA step vs transformers+PEFT (skips without one).
     GpuCheck(gpu_check::GpuCheckArgs),
 }
 

@@ -21,6 +21,10 @@ pub struct TrainArgs {
     /// Override `train.max_steps`.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Where to compute: auto, cpu, cuda or cuda:N (overrides `train.device`; auto takes the
+    /// first CUDA device when one is usable, else the CPU, and says which and why).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -30,6 +34,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     if let Some(n) = args.max_steps {
         cfg.train.max_steps = n;
+    }
+    if let Some(d) = args.device {
+        cfg.train.device = d;
+        cfg.validate().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
     let model_dir = crate::model::resolve_model(&cfg.model.path)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(&cfg.output.dir));
@@ -46,7 +54,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)
         .context("training failed")?;
     let f = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    println!("done: {}/{} steps in {:.0} s ({:.0} tokens/s)", s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second);
+    println!("done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}", s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second, s.device);
     println!("  train loss: first step {} -> last step {}", f(s.first_loss), f(s.last_loss));
     println!("  validation loss (plain route, {} held-out records): before training {} -> best {} (step {})", s.val_examples, f(s.first_val_loss), f(s.best_val_loss), s.best_step.map(|x| x.to_string()).unwrap_or("-".into()));
     println!("  adapter (HF PEFT): {}", s.adapter_dir.display());

@@ -178,10 +178,20 @@ impl Adapters {
     }
 }
 
-/// L2 norm of each row of `w` (`[out, in]` -> `[out]`).
+/// L2 norm of each row of `w` (`[out, in]` -> `[out]`), on the host. A weight on a device
+/// (bf16 there) is read back once, so the norms are those of the weight the model computes
+/// with; this runs once per site at init.
 pub fn row_norms(w: &Tensor) -> Tensor {
     let d_in = w.dims()[1];
-    let n: Vec<f32> = w.as_f32().chunks(d_in).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).collect();
+    let host;
+    let data = match w.f32s("row_norms") {
+        Ok(d) => d,
+        Err(_) => {
+            host = w.to_vec_f32();
+            &host[..]
+        }
+    };
+    let n: Vec<f32> = data.chunks(d_in).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).collect();
     Tensor::new(n, [w.dims()[0]]).expect("one norm per row")
 }
 

@@ -1,5 +1,5 @@
 use crate::{Error, Result};
-use echo_tensor::Tensor;
+use echo_tensor::{Device, Tensor};
 use std::collections::HashMap;
 
 /// Index of a parameter in its [`ParamStore`].
@@ -85,6 +85,18 @@ impl ParamStore {
             Some(acc) => acc.add_assign(&g)?,
         }
         Ok(())
+    }
+
+    /// A copy of the store with every value (and gradient) on `device`: names, order,
+    /// trainability and ids unchanged. On the device the values are f32, as here (adapter and
+    /// echo parameters are trained in f32 everywhere).
+    pub fn to_device(&self, device: Device) -> Result<ParamStore> {
+        let mut params = Vec::with_capacity(self.params.len());
+        for p in &self.params {
+            let grad = p.grad.as_ref().map(|g| g.to_device(device)).transpose()?;
+            params.push(Param { name: p.name.clone(), value: p.value.to_device(device)?, grad, trainable: p.trainable });
+        }
+        Ok(ParamStore { params, by_name: self.by_name.clone() })
     }
 
     /// Drops every gradient buffer.

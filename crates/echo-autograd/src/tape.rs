@@ -163,7 +163,7 @@ impl Tape {
         if loss.value.numel() != 1 {
             return Err(Error::NotScalar(loss.shape().clone()));
         }
-        let seed = Tensor::ones(loss.shape().clone());
+        let seed = Tensor::full_on(1.0, loss.shape().clone(), loss.value.device())?;
         self.backward_from(loss, seed, store)
     }
 

@@ -3,6 +3,7 @@
 //! [`Projector`] seam where adapters attach.
 
 mod config;
+mod device;
 mod error;
 pub mod generate;
 pub mod gguf;

@@ -4,11 +4,12 @@
 //! Every projection goes through a [`Projector`], the seam where adapters (LoRA, DoRA, the echo
 //! path's injection) attach without this crate knowing about them.
 
+use crate::device::{place, Role};
 use crate::weights::WeightFiles;
 use crate::{Error, LlamaConfig, Result};
 use echo_autograd::ops;
 use echo_autograd::{Tape, Var};
-use echo_tensor::{RopeTable, Tensor, IGNORE_INDEX};
+use echo_tensor::{Device, RopeTable, Tensor, IGNORE_INDEX};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -171,16 +172,30 @@ pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> (Vec<usize>,
 impl Llama {
     /// Loads `config.json` and the safetensors weights of a HF model folder.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, Device::Cpu)
+    }
+
+    /// [`Llama::load`] onto `device` (see [`Llama::from_weights_on`]).
+    pub fn load_on(dir: &Path, device: Device) -> Result<Self> {
         let config = LlamaConfig::from_dir(dir)?;
         let files = WeightFiles::open_dir(dir)?;
-        Self::from_weights(config, &files)
+        Self::from_weights_on(config, &files, device)
     }
 
     /// Builds the model from open weight files, checking every shape against the config.
     pub fn from_weights(config: LlamaConfig, w: &WeightFiles) -> Result<Self> {
+        Self::from_weights_on(config, w, Device::Cpu)
+    }
+
+    /// [`Llama::from_weights`] with each tensor placed on `device` as soon as it is read (see
+    /// `device.rs`: bf16 frozen matrices and f32 norms on a GPU), so at most one tensor at a
+    /// time is held on the host in f32.
+    pub fn from_weights_on(config: LlamaConfig, w: &WeightFiles, device: Device) -> Result<Self> {
         let c = &config;
         let (d, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let embed = w.f32_tensor("model.embed_tokens.weight", Some(&[c.vocab_size, d]))?;
+        let matrix = |name: &str, shape: &[usize]| -> Result<Tensor> { place(w.f32_tensor(name, Some(shape))?, Role::Matrix, device) };
+        let vector = |name: &str, shape: &[usize]| -> Result<Tensor> { place(w.f32_tensor(name, Some(shape))?, Role::Vector, device) };
+        let embed = matrix("model.embed_tokens.weight", &[c.vocab_size, d])?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
             let shape = |p: Proj| -> [usize; 2] {
@@ -192,18 +207,18 @@ impl Llama {
                     Proj::Down => [d, c.intermediate_size],
                 }
             };
-            let load = |p: Proj| w.f32_tensor(&format!("{}.weight", p.module_path(l)), Some(&shape(p)));
+            let load = |p: Proj| matrix(&format!("{}.weight", p.module_path(l)), &shape(p));
             blocks.push(Block {
-                attn_norm: w.f32_tensor(&format!("model.layers.{l}.input_layernorm.weight"), Some(&[d]))?,
-                mlp_norm: w.f32_tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"), Some(&[d]))?,
+                attn_norm: vector(&format!("model.layers.{l}.input_layernorm.weight"), &[d])?,
+                mlp_norm: vector(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[d])?,
                 proj: [load(Proj::Q)?, load(Proj::K)?, load(Proj::V)?, load(Proj::O)?, load(Proj::Gate)?, load(Proj::Up)?, load(Proj::Down)?],
             });
         }
-        let norm = w.f32_tensor("model.norm.weight", Some(&[d]))?;
+        let norm = vector("model.norm.weight", &[d])?;
         let lm_head = if c.tie_word_embeddings && !w.contains("lm_head.weight") {
             embed.clone()
         } else {
-            w.f32_tensor("lm_head.weight", Some(&[c.vocab_size, d]))?
+            matrix("lm_head.weight", &[c.vocab_size, d])?
         };
         let rope = Arc::new(RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling));
         Ok(Llama { config, embed, blocks, norm, lm_head, rope })

@@ -13,6 +13,7 @@ mod cuda;
 mod device;
 mod dtype;
 mod error;
+mod mixed;
 pub mod nn;
 mod ops;
 mod rng;

@@ -270,6 +270,15 @@ impl Tensor {
         Ok(Tensor { data: self.data.clone(), shape, device: self.device })
     }
 
+    /// Whether the two tensors hold the same data (one is a clone or reshape of the other).
+    pub fn shares_data(&self, other: &Tensor) -> bool {
+        match (&self.data, &other.data) {
+            (Data::Host(a), Data::Host(b)) => Arc::ptr_eq(a, b),
+            (Data::Cuda(a), Data::Cuda(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     pub fn downgrade(&self) -> WeakTensor {
         WeakTensor(match &self.data {
             Data::Host(b) => WeakData::Host(Arc::downgrade(b)),

@@ -44,11 +44,12 @@ pub fn save(dir: &Path, state: &TrainState, adapters: &Adapters, echo_params: &[
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     save_peft(&tmp.join("adapter"), adapters, store, base_model).map_err(|e| e.to_string())?;
     let mut tensors: Vec<(String, SaveTensor)> = echo_params.iter().map(|&id| (store.get(id).name.clone(), SaveTensor::from_tensor(store.value(id)))).collect();
+    // Moments are stored flat (`[numel]`), read back from a device if they live there.
     for (k, m) in &adam.m {
-        tensors.push((format!("optim.m.{k}"), SaveTensor::F32(m.clone(), vec![m.len()])));
+        tensors.push((format!("optim.m.{k}"), SaveTensor::F32(m.try_to_vec_f32().map_err(|e| e.to_string())?, vec![m.numel()])));
     }
     for (k, v) in &adam.v {
-        tensors.push((format!("optim.v.{k}"), SaveTensor::F32(v.clone(), vec![v.len()])));
+        tensors.push((format!("optim.v.{k}"), SaveTensor::F32(v.try_to_vec_f32().map_err(|e| e.to_string())?, vec![v.numel()])));
     }
     save_safetensors(&tmp.join("state.safetensors"), tensors, None).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
@@ -87,9 +88,9 @@ pub fn load(dir: &Path) -> Result<Loaded, String> {
     for name in files.names() {
         let t = files.f32_tensor(name, None).map_err(|e| e.to_string())?;
         if let Some(k) = name.strip_prefix("optim.m.") {
-            adam.m.insert(k.to_string(), t.as_f32().to_vec());
+            adam.m.insert(k.to_string(), t);
         } else if let Some(k) = name.strip_prefix("optim.v.") {
-            adam.v.insert(k.to_string(), t.as_f32().to_vec());
+            adam.v.insert(k.to_string(), t);
         } else {
             echo.insert(name.to_string(), t);
         }

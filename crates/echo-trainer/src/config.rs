@@ -165,6 +165,17 @@ pub struct TrainSection {
     pub eval_every: usize,
     /// Write a checkpoint every N steps (0: only at the end).
     pub save_every: usize,
+    /// Where to compute: `auto` (the first CUDA device when a usable driver, NVRTC and cuBLAS
+    /// are there, else the CPU), `cpu`, `cuda` or `cuda:N` (an error without that GPU).
+    /// `cargo xtask train --device` overrides it. Not part of a run's identity: a checkpoint
+    /// may be resumed on another device. Written out only when it is not `auto`, so configs
+    /// serialised before the key existed read the same.
+    #[serde(skip_serializing_if = "is_auto")]
+    pub device: String,
+}
+
+fn is_auto(device: &str) -> bool {
+    device == "auto"
 }
 
 impl Default for TrainSection {
@@ -185,6 +196,7 @@ impl Default for TrainSection {
             max_grad_norm: 1.0,
             eval_every: 200,
             save_every: 200,
+            device: "auto".into(),
         }
     }
 }
@@ -289,6 +301,9 @@ impl RunConfig {
             if !(0.0..1.0).contains(&v) {
                 return Err(bad(k, "a value in [0, 1)", v));
             }
+        }
+        if t.device.parse::<echo_kernels::cuda::DeviceSpec>().is_err() {
+            return Err(bad("train.device", "auto, cpu, cuda or cuda:N", format!("\"{}\"", t.device)));
         }
         if !(t.adam_eps > 0.0) || !(t.weight_decay >= 0.0) || !(t.max_grad_norm >= 0.0) {
             return Err(bad("train.adam_eps / weight_decay / max_grad_norm", "adam_eps > 0, weight_decay >= 0, max_grad_norm >= 0", format!("{} / {} / {}", t.adam_eps, t.weight_decay, t.max_grad_norm)));

@@ -6,7 +6,7 @@
 use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamId, ParamStore, Tape, Var};
 use echo_model::Proj;
-use echo_tensor::{Rng, Tensor, IGNORE_INDEX};
+use echo_tensor::{Device, Rng, Tensor, IGNORE_INDEX};
 use std::collections::HashMap;
 
 /// How the source layers' states become one vector per sample.
@@ -221,7 +221,9 @@ impl EchoPath {
             Aggregation::LastPromptToken => last_token_mask(prompt_mask, seq),
             _ => prompt_mask.to_vec(),
         };
-        let mask = Tensor::new(mask, [batch, seq])?;
+        // Built on the host from the batch, used where the boundary states are.
+        let device = boundary.first().map_or(Device::Cpu, |h| h.value().device());
+        let mask = Tensor::new(mask, [batch, seq])?.to_device(device)?;
         let n_src = if self.config.aggregation == Aggregation::SingleLayer { 1 } else { self.sources.len() };
         let mut pooled = Vec::with_capacity(n_src);
         for h in &boundary[..n_src] {
@@ -254,7 +256,7 @@ impl EchoPath {
                 let logits = ops::add(&ops::linear(&u, &tape.param(store, m.gate_w))?, &tape.param(store, m.gate_b))?;
                 ops::sigmoid(&logits)?
             } else {
-                tape.constant(Tensor::ones(p.shape().clone()))
+                tape.constant(Tensor::full_on(1.0, p.shape().clone(), p.value().device())?)
             };
             out.insert((m.layer, m.proj), (g, p));
         }

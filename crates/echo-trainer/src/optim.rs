@@ -2,6 +2,8 @@
 //! warm-up (as transformers' `get_*_schedule_with_warmup`), and global-norm clipping.
 
 use echo_autograd::{ParamId, ParamStore};
+use echo_tensor::nn::{self, AdamWStep};
+use echo_tensor::{Device, Tensor};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -26,13 +28,31 @@ pub fn lr_at(schedule: Schedule, base: f32, step: usize, warmup: usize, total: u
 }
 
 /// L2 norm over every gradient of `ids` (f64 accumulation); params without a gradient count 0.
-pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> f32 {
-    let s: f64 = ids
-        .iter()
-        .filter_map(|&id| store.grad(id))
-        .map(|g| g.as_f32().iter().map(|&x| x as f64 * x as f64).sum::<f64>())
-        .sum();
-    s.sqrt() as f32
+/// Gradients on a device are reduced there (a sum of squares per tensor, then one sum of
+/// those) and the one scalar is read back: the single wait for the GPU of an optimizer step.
+pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> Result<f32, String> {
+    let grads: Vec<&Tensor> = ids.iter().filter_map(|&id| store.grad(id)).collect();
+    if grads.iter().all(|g| g.device() == Device::Cpu) {
+        let s: f64 = grads.iter().map(|g| g.as_f32().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum();
+        return Ok(s.sqrt() as f32);
+    }
+    let device_sum = || -> echo_tensor::Result<f32> {
+        let sums = grads.iter().map(|g| g.sqr()?.sum_all()?.reshape([1])).collect::<echo_tensor::Result<Vec<_>>>()?;
+        let total = Tensor::concat(&sums.iter().collect::<Vec<_>>(), 0)?.sum_all()?;
+        total.item()
+    };
+    let s = device_sum().map_err(|e| format!("gradient norm: {e}"))?;
+    Ok((s as f64).sqrt() as f32)
+}
+
+/// The factor global-norm clipping multiplies gradients by (1 when under `max_norm` or
+/// clipping is off), as `torch.nn.utils.clip_grad_norm_`.
+pub fn clip_factor(grad_norm: f32, max_norm: f32) -> f32 {
+    if max_norm > 0.0 && grad_norm > max_norm {
+        max_norm / (grad_norm + 1e-6)
+    } else {
+        1.0
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,12 +69,13 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Per-parameter moments, keyed by parameter name so a checkpoint can restore them.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Per-parameter moments (f32, on the parameter's device), keyed by parameter name so a
+/// checkpoint can restore them.
+#[derive(Clone, Debug, Default)]
 pub struct AdamWState {
     pub step: u64,
-    pub m: BTreeMap<String, Vec<f32>>,
-    pub v: BTreeMap<String, Vec<f32>>,
+    pub m: BTreeMap<String, Tensor>,
+    pub v: BTreeMap<String, Tensor>,
 }
 
 pub struct AdamW {
@@ -69,29 +90,32 @@ impl AdamW {
 
     /// One update of every parameter in `ids` that has a gradient, with gradients multiplied
     /// by `grad_scale` first (clipping). Parameters without a gradient are left untouched,
-    /// their moments too (as PyTorch skips params whose `.grad` is None).
-    pub fn step(&mut self, store: &mut ParamStore, ids: &[ParamId], lr: f32, grad_scale: f32) {
+    /// their moments too (as PyTorch skips params whose `.grad` is None). Each tensor is one
+    /// fused update where the parameter lives (`echo_tensor::nn::adamw_step`: the CPU twin on
+    /// the host, the `adamw_step` kernel on a GPU); moments start at zero on the parameter's
+    /// device, and moments restored from a checkpoint (host) move there on first use.
+    pub fn step(&mut self, store: &mut ParamStore, ids: &[ParamId], lr: f32, grad_scale: f32) -> Result<(), String> {
         self.state.step += 1;
         let c = &self.config;
-        let t = self.state.step as i32;
-        let (bc1, bc2) = (1.0 - (c.beta1 as f64).powi(t), 1.0 - (c.beta2 as f64).powi(t));
+        let (bc1, bc2) = AdamWStep::bias_corrections(c.beta1, c.beta2, self.state.step);
+        let hyper = AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, grad_scale, bc1, bc2 };
         for &id in ids {
             let p = store.get_mut(id);
             let Some(grad) = p.grad.as_ref() else { continue };
-            let g = grad.as_f32().to_vec();
-            let n = g.len();
-            let m = self.state.m.entry(p.name.clone()).or_insert_with(|| vec![0.0; n]);
-            let v = self.state.v.entry(p.name.clone()).or_insert_with(|| vec![0.0; n]);
-            let w = p.value.f32_mut("adamw").expect("parameters are f32");
-            for i in 0..n {
-                let gi = g[i] * grad_scale;
-                m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * gi;
-                v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * gi * gi;
-                let m_hat = m[i] as f64 / bc1;
-                let v_hat = v[i] as f64 / bc2;
-                w[i] -= lr * c.weight_decay * w[i];
-                w[i] -= (lr as f64 * m_hat / (v_hat.sqrt() + c.eps as f64)) as f32;
-            }
+            let fail = |e: echo_tensor::Error| format!("adamw on `{}`: {e}", p.name);
+            let device = p.value.device();
+            let moment = |map: &mut BTreeMap<String, Tensor>| -> echo_tensor::Result<Tensor> {
+                match map.remove(&p.name) {
+                    // Restored moments are flat (`[numel]`, the checkpoint layout).
+                    Some(t) => t.reshape(p.value.shape().clone())?.to_device(device),
+                    None => Tensor::full_on(0.0, p.value.shape().clone(), device),
+                }
+            };
+            let (mut m, mut v) = (moment(&mut self.state.m).map_err(fail)?, moment(&mut self.state.v).map_err(fail)?);
+            nn::adamw_step(&mut p.value, grad, &mut m, &mut v, &hyper).map_err(|e| format!("adamw on `{}`: {e}", p.name))?;
+            self.state.m.insert(p.name.clone(), m);
+            self.state.v.insert(p.name.clone(), v);
         }
+        Ok(())
     }
 }

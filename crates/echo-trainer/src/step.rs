@@ -7,7 +7,7 @@ use crate::echo::{prompt_mask, EchoPath};
 use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamStore, Tape, Var};
 use echo_model::{shifted_targets, Batch, Llama};
-use echo_tensor::{Rng, Tensor};
+use echo_tensor::{Device, Rng, Tensor};
 
 /// A batch as the data pipeline produces it: `[B, T]` row-major, right-padded.
 pub struct StepInput<'a> {
@@ -56,6 +56,38 @@ pub struct StepContext<'a> {
     pub model: &'a Llama,
     pub adapters: &'a Adapters,
     pub echo: Option<&'a EchoPath>,
+}
+
+/// The loss terms a step reports, read together once the forward is built: on a device one
+/// concatenation and one download (a single wait for the GPU per step for logging), on the
+/// host each value as it is.
+#[derive(Default)]
+struct Readback {
+    ce_plain: Option<Tensor>,
+    ce_echo: Option<Tensor>,
+    loss_kd: Option<Tensor>,
+}
+
+impl Readback {
+    fn fill(&self, stats: &mut StepStats, loss: &Tensor) -> echo_tensor::Result<()> {
+        let terms = [&self.ce_plain, &self.ce_echo, &self.loss_kd];
+        let mut scalars: Vec<&Tensor> = vec![loss];
+        scalars.extend(terms.iter().filter_map(|t| t.as_ref()));
+        let values = if scalars.iter().all(|t| t.device() == Device::Cpu) {
+            scalars.iter().map(|t| t.item()).collect::<echo_tensor::Result<Vec<f32>>>()?
+        } else {
+            let flat = scalars.iter().map(|t| t.reshape([1])).collect::<echo_tensor::Result<Vec<_>>>()?;
+            Tensor::concat(&flat.iter().collect::<Vec<_>>(), 0)?.try_to_vec_f32()?
+        };
+        let mut values = values.into_iter();
+        stats.loss = values.next().expect("the loss is read");
+        for (slot, term) in [&mut stats.ce_plain, &mut stats.ce_echo, &mut stats.loss_kd].into_iter().zip(terms) {
+            if term.is_some() {
+                *slot = values.next().expect("one value per term");
+            }
+        }
+        Ok(())
+    }
 }
 
 fn rows_of(a: &[i64], rows: &[usize], seq: usize) -> Vec<i64> {
@@ -110,6 +142,7 @@ pub fn forward_backward(
     let tape = Tape::new();
     let mut stats = StepStats { tokens: n, routed_tokens: rows_r.len(), routed_samples: routed.len(), ..Default::default() };
     let mut tr = None;
+    let mut read = Readback::default();
     let loss = {
         let capture = echo.map(|e| e.sources.clone()).unwrap_or_default();
         let plain = {
@@ -120,7 +153,7 @@ pub fn forward_backward(
         if !rows_p.is_empty() {
             let logits = model.logits_at(&plain.hidden, &rows_p).map_err(|e| fail(&e))?;
             let ce = ops::cross_entropy(&logits, &tgt_p, n as f32).map_err(|e| fail(&e))?;
-            stats.ce_plain = ce.value().item().map_err(|e| fail(&e))?;
+            read.ce_plain = Some(ce.value().clone());
             terms.push(ce);
         }
         let mut trace_echo = None;
@@ -143,12 +176,12 @@ pub fn forward_backward(
                     .collect();
                 let logits_echo = model.logits_at(&hidden_echo, &pos).map_err(|e| fail(&e))?;
                 let ce = ops::cross_entropy(&logits_echo, &tgt_r, n as f32).map_err(|e| fail(&e))?;
-                stats.ce_echo = ce.value().item().map_err(|e| fail(&e))?;
+                read.ce_echo = Some(ce.value().clone());
                 terms.push(ce);
                 let c = &ep.config;
                 let student = model.logits_at(&plain.hidden, &rows_r).map_err(|e| fail(&e))?;
                 let kd = ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32).map_err(|e| fail(&e))?;
-                stats.loss_kd = kd.value().item().map_err(|e| fail(&e))?;
+                read.loss_kd = Some(kd.value().clone());
                 if c.lambda_kd > 0.0 {
                     terms.push(ops::scale(&kd, c.lambda_kd * c.tau * c.tau).map_err(|e| fail(&e))?);
                 }
@@ -177,7 +210,7 @@ pub fn forward_backward(
         }
         total
     };
-    stats.loss = loss.value().item().map_err(|e| fail(&e))?;
+    read.fill(&mut stats, loss.value()).map_err(|e| fail(&e))?;
     stats.loss_ce = stats.ce_plain + stats.ce_echo;
     let scaled = if loss_scale == 1.0 { loss } else { ops::scale(&loss, loss_scale).map_err(|e| fail(&e))? };
     tape.backward(&scaled, store).map_err(|e| fail(&e))?;

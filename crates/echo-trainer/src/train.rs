@@ -6,7 +6,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::RunConfig;
 use crate::echo::EchoPath;
 use crate::metrics::{Metrics, StepLine};
-use crate::optim::{global_grad_norm, lr_at, AdamW, AdamWConfig};
+use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore, Tape};
@@ -44,6 +44,8 @@ pub struct RunSummary {
     pub tokens_per_second: f64,
     pub out_dir: PathBuf,
     pub adapter_dir: PathBuf,
+    /// Where the run computed (`cpu`, `cuda:0`, ...).
+    pub device: String,
 }
 
 /// The loaded data: train and validation examples.
@@ -131,12 +133,18 @@ pub fn validation_loss(model: &Llama, adapters: &Adapters, store: &ParamStore, v
 /// Trains as `cfg` says on the model in `model_dir`, writing into `out_dir`.
 pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOptions) -> Result<RunSummary, String> {
     let started = Instant::now();
-    let model = Llama::load(model_dir).map_err(|e| e.to_string())?;
+    let (device, notice) = crate::device::resolve(&cfg.train.device)?;
+    println!("{notice}");
+    let model = Llama::load_on(model_dir, device).map_err(|e| e.to_string())?;
     let tok = Tokenizer::from_dir(model_dir).map_err(|e| e.to_string())?;
     let data = load_data(cfg, &tok, opts.progress)?;
     let t = &cfg.train;
     let n_layers = model.config.num_hidden_layers;
-    let config_toml = toml::to_string(cfg).map_err(|e| e.to_string())?;
+    // The device is where a run computes, not what it computes: it is left out of the config
+    // a checkpoint must match, so a run may be resumed on another device.
+    let mut identity = cfg.clone();
+    identity.train.device = crate::config::TrainSection::default().device;
+    let config_toml = toml::to_string(&identity).map_err(|e| e.to_string())?;
 
     let mut batcher = Batcher::new(data.train.clone(), data.pad_id, BatchConfig {
         batch_size: t.batch_size,
@@ -171,6 +179,9 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             })
         }
     };
+    // Adapter and echo parameters are made on the host (seeded, as on the CPU) and moved to
+    // the run's device once, in f32.
+    let mut store = store.to_device(device).map_err(|e| e.to_string())?;
     let mut trainable: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
     let echo_ids = echo.as_ref().map(|e| e.param_ids()).unwrap_or_default();
     trainable.extend(&echo_ids);
@@ -246,7 +257,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             agg.routed_samples += s.routed_samples;
             step_tokens += mb.tokens();
         }
-        let grad_norm = global_grad_norm(&store, &trainable);
+        let grad_norm = global_grad_norm(&store, &trainable)?;
         if !grad_norm.is_finite() {
             return Err(format!(
                 "step {}: the gradient norm is {grad_norm} (non-finite); stopping. The last checkpoint ({}) is untouched.",
@@ -254,9 +265,9 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                 ckpt_dir.display()
             ));
         }
-        let clip = if t.max_grad_norm > 0.0 && grad_norm > t.max_grad_norm { t.max_grad_norm / (grad_norm + 1e-6) } else { 1.0 };
+        let clip = clip_factor(grad_norm, t.max_grad_norm);
         let lr = lr_at(t.schedule, t.lr, state.step, t.warmup_steps, total_steps);
-        adam.step(&mut store, &trainable, lr, clip);
+        adam.step(&mut store, &trainable, lr, clip)?;
         store.zero_grad();
         state.step += 1;
         state.position = batcher.position();
@@ -317,6 +328,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         tokens_per_second: tokens_seen as f64 / compute_secs.max(1e-9),
         out_dir: out_dir.to_path_buf(),
         adapter_dir,
+        device: device.to_string(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes()).map_err(|e| e.to_string())?;

@@ -30,7 +30,9 @@ fn apply_dropout(x: &Tensor, dropout: Option<Dropout<'_>>) -> Result<Option<(Ten
     }
     let inv = 1.0 / (1.0 - d.p);
     let keep: Vec<f32> = (0..x.numel()).map(|_| if d.rng.bernoulli(d.p) { 0.0 } else { inv }).collect();
-    let keep = Tensor::new(keep, x.shape().clone())?;
+    // Drawn on the host from the seeded stream (the same masks on every device), then moved
+    // where `x` is.
+    let keep = Tensor::new(keep, x.shape().clone())?.to_device(x.device())?;
     Ok(Some((x.mul(&keep)?, keep)))
 }
 

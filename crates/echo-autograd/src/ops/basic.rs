@@ -2,7 +2,7 @@
 
 use crate::{Error, Result, Var};
 use echo_kernels::cpu::activation::silu_grad;
-use echo_tensor::{Shape, Tensor};
+use echo_tensor::{Device, Shape, Tensor};
 
 fn binary(a: &Var, b: &Var, value: Tensor, da: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static, db: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static) -> Result<Var> {
     let (sa, sb) = (a.shape().clone(), b.shape().clone());
@@ -117,7 +117,7 @@ pub fn narrow(a: &Var, dim: usize, start: usize, len: usize) -> Result<Var> {
         before[dim] = start;
         let mut after = dims.clone();
         after[dim] = dims[dim] - start - len;
-        let (z0, z1) = (Tensor::zeros(before), Tensor::zeros(after));
+        let (z0, z1) = (Tensor::full_on(0.0, before, g.device())?, Tensor::full_on(0.0, after, g.device())?);
         Ok(vec![Some(Tensor::concat(&[&z0, g, &z1], dim)?)])
     })
 }
@@ -137,15 +137,30 @@ pub fn concat(parts: &[&Var], dim: usize) -> Result<Var> {
     })
 }
 
+/// The gradient of a full reduction: the scalar `g` (times `factor`) everywhere in `shape`.
+/// On the host the value is read and filled (what this always did); on a device it is
+/// broadcast there, so backward never waits for the GPU.
+fn spread(g: &Tensor, shape: Shape, factor: Option<f32>) -> Result<Tensor> {
+    if g.device() == Device::Cpu {
+        let v = g.item()?;
+        return Ok(Tensor::full(factor.map_or(v, |n| v / n), shape));
+    }
+    let g = match factor {
+        Some(n) => g.scale(1.0 / n)?,
+        None => g.clone(),
+    };
+    Ok(g.reshape(vec![1; shape.rank()])?.broadcast_to(shape)?)
+}
+
 pub fn sum_all(a: &Var) -> Result<Var> {
     let shape = a.shape().clone();
-    a.tape().record(a.value().sum_all()?, &[a], move |g, _| Ok(vec![Some(Tensor::full(g.item()?, shape))]))
+    a.tape().record(a.value().sum_all()?, &[a], move |g, _| Ok(vec![Some(spread(g, shape, None)?)]))
 }
 
 pub fn mean_all(a: &Var) -> Result<Var> {
     let shape = a.shape().clone();
     let n = shape.numel() as f32;
-    a.tape().record(a.value().mean_all()?, &[a], move |g, _| Ok(vec![Some(Tensor::full(g.item()? / n, shape))]))
+    a.tape().record(a.value().mean_all()?, &[a], move |g, _| Ok(vec![Some(spread(g, shape, Some(n))?)]))
 }
 
 pub fn sum_dim(a: &Var, dim: usize, keepdim: bool) -> Result<Var> {
@@ -162,6 +177,11 @@ pub fn softmax_last(a: &Var) -> Result<Var> {
     let y = a.value().softmax_last()?;
     let yv = y.clone();
     a.tape().record(y, &[a], move |g, _| {
+        if yv.device() != Device::Cpu {
+            // The same formula from tensor ops: dot = sum(g * y) per row.
+            let dot = g.mul(&yv)?.sum_dim(yv.rank() - 1, true)?;
+            return Ok(vec![Some(yv.mul(&g.sub(&dot)?)?)]);
+        }
         let n = yv.shape().last();
         let (gd, yd) = (g.as_f32(), yv.as_f32());
         let mut dx = vec![0.0f32; gd.len()];
@@ -186,6 +206,10 @@ pub fn sigmoid(a: &Var) -> Result<Var> {
     let y = a.value().sigmoid()?;
     let yv = y.clone();
     a.tape().record(y, &[a], move |g, _| {
+        if yv.device() != Device::Cpu {
+            // g * y * (1 - y), from tensor ops.
+            return Ok(vec![Some(g.mul(&yv)?.mul(&yv.neg()?.add_scalar(1.0)?)?)]);
+        }
         let d: Vec<f32> = g.as_f32().iter().zip(yv.as_f32()).map(|(g, y)| g * y * (1.0 - y)).collect();
         Ok(vec![Some(Tensor::new(d, yv.shape().clone())?)])
     })
@@ -194,6 +218,12 @@ pub fn sigmoid(a: &Var) -> Result<Var> {
 pub fn silu(a: &Var) -> Result<Var> {
     let xv = a.value().clone();
     a.tape().record(a.value().silu()?, &[a], move |g, _| {
+        if xv.device() != Device::Cpu {
+            // silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x), as `silu_grad`, from tensor ops.
+            let s = xv.sigmoid()?;
+            let inner = xv.mul(&s.neg()?.add_scalar(1.0)?)?.add_scalar(1.0)?;
+            return Ok(vec![Some(g.mul(&s)?.mul(&inner)?)]);
+        }
         let d: Vec<f32> = g.as_f32().iter().zip(xv.as_f32()).map(|(g, x)| g * silu_grad(*x)).collect();
         Ok(vec![Some(Tensor::new(d, xv.shape().clone())?)])
     })

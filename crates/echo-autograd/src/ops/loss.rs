@@ -1,7 +1,26 @@
 //! Losses and pooling.
 
 use crate::{Error, Result, Var};
-use echo_tensor::{nn, Tensor};
+use echo_tensor::{nn, Device, Tensor};
+
+/// `sum_r w[r] rows[r] / denom` as a scalar tensor where `rows` is. On the host: an f64 sum
+/// divided in f64 (what the losses always computed). On a device: the sum reduction (f64
+/// inside, rounded once) times `1/denom`, so the forward does not wait for the GPU; the
+/// value is read once per step, by the caller.
+fn mean_of_rows(rows: &Tensor, weight: Option<&[f32]>, denom: f32) -> Result<Tensor> {
+    if rows.device() == Device::Cpu {
+        let total: f64 = match weight {
+            None => rows.as_f32().iter().map(|&x| x as f64).sum(),
+            Some(w) => rows.as_f32().iter().zip(w).map(|(&k, &w)| (k * w) as f64).sum(),
+        };
+        return Ok(Tensor::scalar((total / denom as f64) as f32));
+    }
+    let weighted = match weight {
+        None => rows.clone(),
+        Some(w) => rows.mul(&Tensor::from_slice(w, [w.len()])?.to_device(rows.device())?)?,
+    };
+    Ok(weighted.sum_all()?.scale(1.0 / denom)?)
+}
 
 /// `sum_r CE(logits[r], targets[r]) / denom` over rows whose target is not `IGNORE_INDEX`.
 /// Callers pass only the rows that carry a label (the LM head never runs on the others) and
@@ -11,10 +30,10 @@ pub fn cross_entropy(logits: &Var, targets: &[i64], denom: f32) -> Result<Var> {
         return Err(Error::Invalid(format!("cross_entropy: denominator must be > 0, got {denom}")));
     }
     let (rows, lse) = nn::cross_entropy_forward(logits.value(), targets)?;
-    let total: f64 = rows.as_f32().iter().map(|&x| x as f64).sum();
+    let value = mean_of_rows(&rows, None, denom)?;
     let lv = logits.value().clone();
     let targets = targets.to_vec();
-    logits.tape().record(Tensor::scalar((total / denom as f64) as f32), &[logits], move |g, _| {
+    logits.tape().record(value, &[logits], move |g, _| {
         let s = g.item()? / denom;
         let row_scale = vec![s; targets.len()];
         Ok(vec![Some(nn::cross_entropy_backward(&lv, &targets, &lse, &row_scale)?)])
@@ -31,9 +50,9 @@ pub fn kl_div(teacher: &Tensor, student: &Var, tau: f32, row_weight: &[f32], den
         return Err(Error::Invalid(format!("kl_div: {} row weights for student logits {}", row_weight.len(), student.shape())));
     }
     let rows = nn::kl_forward(teacher, student.value(), tau)?;
-    let total: f64 = rows.as_f32().iter().zip(row_weight).map(|(&k, &w)| (k * w) as f64).sum();
+    let value = mean_of_rows(&rows, Some(row_weight), denom)?;
     let (tv, sv, w) = (teacher.clone(), student.value().clone(), row_weight.to_vec());
-    student.tape().record(Tensor::scalar((total / denom as f64) as f32), &[student], move |g, _| {
+    student.tape().record(value, &[student], move |g, _| {
         let s = g.item()? / denom;
         let row_scale: Vec<f32> = w.iter().map(|w| w * s).collect();
         Ok(vec![Some(nn::kl_backward_student(&tv, &sv, tau, &row_scale)?)])

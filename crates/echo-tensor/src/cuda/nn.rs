@@ -351,3 +351,36 @@ pub(crate) fn masked_mean_backward(dout: &Tensor, x_shape: &Shape, mask: &Tensor
     cx.k(k::masked_mean_backward(&cx.gpu, db, mb, b, t, d, &mut dx))?;
     Ok(cx.tensor(dx, x_shape.clone()))
 }
+
+// ---------------------------------------------------------------- optimizer
+
+/// Gives `t` a device buffer of its own (a copy when the data is shared), so it can be
+/// written in place without changing what another holder sees.
+fn unshare(cx: &Cx, t: &mut Tensor) -> Result<()> {
+    if t.cuda_data_mut().is_none() {
+        let copy = cx.tensor(cx.copy(cx.f32(t)?)?, t.shape().clone());
+        *t = copy;
+    }
+    Ok(())
+}
+
+/// The f32 device buffer of a tensor that holds it alone (after [`unshare`]).
+fn buf_mut(t: &mut Tensor) -> &mut GpuBuf<f32> {
+    match t.cuda_data_mut() {
+        Some(super::CudaData { buf: super::DevBuf::F32(b), .. }) => b,
+        _ => unreachable!("unshare gave an f32 device buffer held alone"),
+    }
+}
+
+/// One fused AdamW step (`adamw.cu`) of `w`, `m`, `v` in place from `grad`.
+pub(crate) fn adamw_step(w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &echo_kernels::cpu::optim::AdamWStep) -> Result<()> {
+    let cx = Cx::of("adamw_step", [&*w, grad, &*m, &*v])?;
+    for t in [&*w, &*m, &*v] {
+        cx.f32(t)?;
+    }
+    let gb = cx.f32(grad)?;
+    for t in [&mut *w, &mut *m, &mut *v] {
+        unshare(&cx, t)?;
+    }
+    cx.k(k::adamw_step(&cx.gpu, buf_mut(w), gb, buf_mut(m), buf_mut(v), s))
+}

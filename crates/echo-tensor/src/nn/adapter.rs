@@ -6,7 +6,8 @@
 
 use super::expect_dims;
 use crate::cuda::{self, nn as gpu};
-use crate::{Error, Result, Shape, Tensor};
+use crate::{mixed, Error, Result, Shape, Tensor};
+use echo_kernels::cpu::gemm::{matmul, Par};
 use echo_kernels::cpu::lowrank::{self, Inject, LoraDims, LoraGrads};
 
 /// The tensors of one adapted linear.
@@ -97,7 +98,15 @@ pub fn lora_forward(x: &Tensor, xd: Option<&Tensor>, p: &LoraParams<'_>, inj: Op
     let mut y = vec![0.0f32; d.rows * d.d_out];
     let mut z = vec![0.0f32; d.rows * d.rank];
     let xdd = xd.map(|t| t.f32s(op)).transpose()?;
-    lowrank::lora_forward(&d, x.f32s(op)?, xdd, p.w.f32s(op)?, p.a.f32s(op)?, p.b.f32s(op)?, p.scale, inject, &mut y, &mut z);
+    let (x32, w) = (x.f32s(op)?, mixed::weight_f32(p.w, op)?);
+    let (a, b) = (p.a.f32s(op)?, p.b.f32s(op)?);
+    if mixed::is_bf16_host(p.w) {
+        // The base product sees `x` rounded to bf16 (as cuBLAS on a GPU); the low-rank path
+        // keeps the f32 input.
+        lowrank::lora_forward(&d, &mixed::round_bf16(x32), Some(xdd.unwrap_or(x32)), &w, a, b, p.scale, inject, &mut y, &mut z);
+    } else {
+        lowrank::lora_forward(&d, x32, xdd, &w, a, b, p.scale, inject, &mut y, &mut z);
+    }
     Ok((x.with_data(y, out_shape(x, d.d_out)), x.with_data(z, Shape::new(vec![d.rows, d.rank]))))
 }
 
@@ -122,6 +131,9 @@ pub fn lora_backward(
     if cuda::on_gpu(gpu::lora_operands(x, xd, keep, p, None).chain([dy, z])) {
         return gpu::lora_backward(&d, dy, x, xd, keep, p, z, want);
     }
+    if mixed::is_bf16_host(p.w) {
+        return lora_backward_bf16(&d, dy, x, xd, keep, p, z, want);
+    }
     let mut dx = want.dx.then(|| vec![0.0f32; x.numel()]);
     let mut da = want.da.then(|| vec![0.0f32; p.a.numel()]);
     let mut db = want.db.then(|| vec![0.0f32; p.b.numel()]);
@@ -139,6 +151,42 @@ pub fn lora_backward(
         p.scale,
         LoraGrads { dx: dx.as_deref_mut(), da: da.as_deref_mut(), db: db.as_deref_mut(), dz: &mut dz },
     );
+    Ok(LoraGradsOut {
+        dx: dx.map(|v| x.with_data(v, x.shape().clone())),
+        da: da.map(|v| x.with_data(v, p.a.shape().clone())),
+        db: db.map(|v| x.with_data(v, p.b.shape().clone())),
+        dz: x.with_data(dz, Shape::new(vec![d.rows, d.rank])),
+    })
+}
+
+/// [`lora_backward`] with a bf16 base weight on the CPU, as the GPU computes it: `dA`, `dB`
+/// and `dz` from the f32 `dy` (the low-rank routine without its `dx`), then
+/// `dx = bf16(dy) W + (dz A) ⊙ keep` (the base part as cuBLAS gets it, `crate::mixed`).
+#[allow(clippy::too_many_arguments)]
+fn lora_backward_bf16(d: &LoraDims, dy: &Tensor, x: &Tensor, xd: Option<&Tensor>, keep: Option<&Tensor>, p: &LoraParams<'_>, z: &Tensor, want: Want) -> Result<LoraGradsOut> {
+    let op = "lora_linear_backward";
+    let (dyd, a) = (dy.f32s(op)?, p.a.f32s(op)?);
+    let mut da = want.da.then(|| vec![0.0f32; p.a.numel()]);
+    let mut db = want.db.then(|| vec![0.0f32; p.b.numel()]);
+    let mut dz = vec![0.0f32; d.rows * d.rank];
+    let xd32 = xd.map(|t| t.f32s(op)).transpose()?;
+    let w = mixed::weight_f32(p.w, op)?;
+    let grads = LoraGrads { dx: None, da: da.as_deref_mut(), db: db.as_deref_mut(), dz: &mut dz };
+    lowrank::lora_backward(d, dyd, x.f32s(op)?, xd32, None, &w, a, p.b.f32s(op)?, z.f32s(op)?, p.scale, grads);
+    let dx = match want.dx {
+        false => None,
+        true => {
+            let mut dx = vec![0.0f32; x.numel()];
+            matmul(&mut dx, &mixed::round_bf16(dyd), &w, d.rows, d.d_out, d.d_in, false, false, 1.0, false, Par::Rayon);
+            let mut low = vec![0.0f32; x.numel()];
+            matmul(&mut low, &dz, a, d.rows, d.rank, d.d_in, false, false, 1.0, false, Par::Rayon);
+            match keep.map(|k| k.f32s(op)).transpose()? {
+                Some(k) => dx.iter_mut().zip(low.iter().zip(k)).for_each(|(o, (l, k))| *o += l * k),
+                None => dx.iter_mut().zip(&low).for_each(|(o, l)| *o += l),
+            }
+            Some(dx)
+        }
+    };
     Ok(LoraGradsOut {
         dx: dx.map(|v| x.with_data(v, x.shape().clone())),
         da: da.map(|v| x.with_data(v, p.a.shape().clone())),
@@ -187,7 +235,7 @@ pub fn dora_weight_norm(p: &LoraParams<'_>) -> Result<Tensor> {
         return gpu::dora_weight_norm(&d, p);
     }
     let mut n = vec![0.0f32; d.d_out];
-    lowrank::dora_weight_norm(&d, p.w.f32s(op)?, p.a.f32s(op)?, p.b.f32s(op)?, p.scale, &mut n);
+    lowrank::dora_weight_norm(&d, &mixed::weight_f32(p.w, op)?, p.a.f32s(op)?, p.b.f32s(op)?, p.scale, &mut n);
     Ok(p.w.with_data(n, Shape::new(vec![d.d_out])))
 }
 

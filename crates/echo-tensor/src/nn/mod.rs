@@ -4,10 +4,12 @@
 
 mod adapter;
 mod loss;
+mod optim;
 mod transformer;
 
 pub use adapter::*;
 pub use loss::*;
+pub use optim::*;
 pub use transformer::*;
 
 use crate::{Error, Result, Tensor};

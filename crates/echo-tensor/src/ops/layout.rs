@@ -1,5 +1,5 @@
 use crate::cuda;
-use crate::{Error, Result, Shape, Tensor};
+use crate::{Buffer, Error, Result, Shape, Tensor};
 
 impl Tensor {
     /// Reorders dimensions: output dimension `i` is input dimension `perm[i]`.
@@ -107,13 +107,20 @@ impl Tensor {
         }
         let rows = self.dims()[0];
         let inner = self.numel() / rows.max(1);
-        let a = self.f32s("index_select")?;
+        // A frozen bf16 table (the base embedding) is accepted, its rows widened as they are
+        // gathered, as the GPU's gather does (`crate::mixed`); other dtypes must be f32.
+        let table32 = match self.buffer() {
+            Buffer::BF16(_) => None,
+            _ => Some(self.f32s("index_select")?),
+        };
+        if let Some(&i) = idx.iter().find(|&&i| i >= rows) {
+            return Err(Error::IndexOutOfRange { op: "index_select", index: i as i64, size: rows });
+        }
         let mut out = Vec::with_capacity(idx.len() * inner);
-        for &i in idx {
-            if i >= rows {
-                return Err(Error::IndexOutOfRange { op: "index_select", index: i as i64, size: rows });
-            }
-            out.extend_from_slice(&a[i * inner..(i + 1) * inner]);
+        match (table32, self.buffer()) {
+            (Some(a), _) => idx.iter().for_each(|&i| out.extend_from_slice(&a[i * inner..(i + 1) * inner])),
+            (None, Buffer::BF16(a)) => idx.iter().for_each(|&i| out.extend(a[i * inner..(i + 1) * inner].iter().map(|h| h.to_f32()))),
+            (None, _) => unreachable!("only a bf16 table has no f32 view"),
         }
         let mut dims = self.dims().to_vec();
         dims[0] = idx.len();
