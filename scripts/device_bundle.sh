@@ -41,6 +41,7 @@ OUT=\${1:-.}
 mkdir -p "\$OUT"
 if [ ! -e "$SHARED_AT" ]; then mkdir -p "$(dirname "$SHARED_AT")" && ln -s "\$PWD/$B/shared" "$SHARED_AT"; fi
 export ECHO_PEFT_SCRIPT="\$PWD/$B/peft_step_7b.py"
+export ECHO_FIXTURES="\$PWD/$B/shared/fixtures"
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
     for t in $B/bin/test-*; do
