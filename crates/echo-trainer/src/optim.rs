@@ -112,7 +112,7 @@ impl AdamW {
                 }
             };
             let (mut m, mut v) = (moment(&mut self.state.m).map_err(fail)?, moment(&mut self.state.v).map_err(fail)?);
-            nn::adamw_step(&mut p.value, grad, &mut m, &mut v, &hyper).map_err(|e| format!("adamw on `{}`: {e}", p.name))?;
+            nn::adamw_step(&mut p.value, grad, &mut m, &mut v, &hyper).map_err(fail)?;
             self.state.m.insert(p.name.clone(), m);
             self.state.v.insert(p.name.clone(), v);
         }
