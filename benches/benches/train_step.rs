@@ -51,19 +51,10 @@ fn model_dir() -> PathBuf {
     root.join("models").join("smollm2-135m-instruct")
 }
 
-/// splitmix64, the same generator `benches/peft_step.py` uses for the batch.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// `(input_ids, attention_mask, labels)`, `[BATCH, SEQ]` row-major.
+/// `(input_ids, attention_mask, labels)`, `[BATCH, SEQ]` row-major. The ids are those of the
+/// GPU step bench (splitmix64 from seed 0, in `[16, V)`), which `benches/peft_step.py` repeats.
 fn batch(vocab: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
-    let mut s = 0u64;
-    let ids: Vec<i64> = (0..BATCH * SEQ).map(|_| 16 + (splitmix64(&mut s) % (vocab as u64 - 16)) as i64).collect();
+    let ids = echo_trainer::step_bench::bench_batch(BATCH, SEQ, vocab);
     let mask = vec![1i64; BATCH * SEQ];
     let labels = ids.iter().enumerate().map(|(i, &t)| if i % SEQ >= SEQ - ANSWER { t } else { -100 }).collect();
     (ids, mask, labels)
