@@ -7,8 +7,8 @@
 //! jc: nc columns of C    B block (all k, or k > 2048 in super-blocks, x nc: <= 4 MiB) packed
 //!                        into NR-column panels, per k block
 //!   ic: MC rows of C     work items, taken by the rayon threads dynamically
-//!     pc: kc of k        A block (MC x kc = 144 KiB at kc 256) packed into MR-row panels (L2)
-//!       jr: NR columns   one B panel (kc x NR = 16 KiB at kc 256) stays in L1
+//!     pc: kc of k        A block (MC x kc = 432 KiB at kc 768) packed into MR-row panels (L2)
+//!       jr: NR columns   one B panel (kc x NR = 48 KiB at kc 768), reread from L1/L2
 //!         ir: MR rows    micro-kernel: a 6 x 16 tile of C in 12 ymm accumulators
 //! ```
 //!
@@ -39,9 +39,12 @@ use std::cell::Cell;
 const MR: usize = 6;
 /// Micro-tile columns (two ymm vectors of C per row).
 const NR: usize = 16;
-/// Largest k block; k is cut into equal blocks no longer than this (576 -> 3 x 192,
-/// 1536 -> 6 x 256, 1700 -> 7 x 243). 320, 384 and 576 measured no better.
-const KC_MAX: usize = 256;
+/// Largest k block; k is cut into equal blocks no longer than this (576 -> 1 x 576,
+/// 1536 -> 2 x 768, 1700 -> 3 x 567). Fewer k blocks mean fewer read-modify-write passes over
+/// C, which costs more here than a B panel spilling from L1 to L2: in interleaved paired runs
+/// against 256 on the 2-core Zen 3 machine, 768 was 3-9% faster at 1024 x 576 x 1536 and
+/// 1024 x 1536 x 576 and no slower on the dW shapes (384 and 512 gained less).
+const KC_MAX: usize = 768;
 /// Largest row block (multiple of MR); m is cut into equal blocks (1024 -> 8 x 128).
 const MC: usize = 144;
 /// Floats of packed B at a time (4 MiB): all of k times as many columns as fit (576 -> 1808,
