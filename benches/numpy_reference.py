@@ -17,6 +17,8 @@ the two side by side.
 
 Run it from the venv that `cargo xtask bench` creates (.venv-bench, numpy only):
   .venv-bench/bin/python benches/numpy_reference.py [--quick]
+With --openblas-path it only prints where numpy's OpenBLAS library is, for the paired run
+(src/bin/gemm_paired.rs) that calls the same library from Rust.
 """
 
 import argparse
@@ -42,11 +44,16 @@ GEMM_SHAPES = [(TOKENS, 576, 1536), (TOKENS, 1536, 576)]  # (m, k, n)
 LORA_SHAPES = [(TOKENS, 576, 1536, RANK), (TOKENS, 1536, 576, RANK)]  # (N, in, out, r)
 
 
+def openblas_library_paths():
+    """The OpenBLAS shared libraries bundled with numpy's wheel (numpy.libs/), if any."""
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    return [os.path.realpath(p) for p in sorted(glob.glob(os.path.join(libs, "*openblas*.so*")))]
+
+
 def openblas_runtime():
     """Core kernel and thread count of the OpenBLAS numpy loaded, via its exported C API
     (scipy-openblas wheels prefix the symbols). Empty when the library is not found."""
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "*openblas*.so*"))):
+    for path in openblas_library_paths():
         try:
             lib = ctypes.CDLL(path)  # already loaded by numpy: same handle, no re-init
         except OSError:
@@ -167,7 +174,19 @@ def main():
     p.add_argument("--quick", action="store_true", help="1 s warm-up and 3 s of measurement per benchmark")
     p.add_argument("--warm-up-time", type=float, default=2.0, help="seconds of untimed calls (default 2)")
     p.add_argument("--measurement-time", type=float, default=6.0, help="seconds of timed calls (default 6)")
+    p.add_argument(
+        "--openblas-path",
+        action="store_true",
+        help="print {\"openblas_path\": ...}, the OpenBLAS library numpy loads (for gemm_paired), and exit",
+    )
     args = p.parse_args()
+    if args.openblas_path:
+        paths = openblas_library_paths()
+        if not paths:
+            print("numpy_reference.py: numpy bundles no OpenBLAS library (numpy.libs/*openblas*.so)", file=sys.stderr)
+            return 1
+        print(json.dumps({"openblas_path": paths[0]}), flush=True)
+        return 0
     warmup_s, measure_s = (1.0, 3.0) if args.quick else (args.warm_up_time, args.measurement_time)
 
     print(json.dumps({"blas": blas_info()}), flush=True)

@@ -6,6 +6,8 @@
 
 use echo_tensor::{Rng, Tensor};
 
+pub mod paired;
+
 /// Rows of the activations: a batch of 1024 tokens.
 pub const TOKENS: usize = 1024;
 /// LoRA rank of the adapter benchmark.

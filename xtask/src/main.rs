@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the one entry point of echo-lora.
 
 mod bench;
+mod bench_paired;
 mod check_kernels;
 mod data;
 mod eval;
