@@ -263,7 +263,7 @@ fn serial_and_rayon_bit_identical() {
         return;
     }
     let mut g = Gen(4);
-    for (m, k, n, ta, tb) in [(301, 600, 250, false, true), (250, 520, 301, true, false), (1024, 576, 96, false, false), (200, 1700, 130, true, false)] {
+    for (m, k, n, ta, tb) in [(301, 600, 250, false, true), (250, 520, 301, true, false), (1024, 576, 96, false, false), (200, 1700, 130, true, false), (32, 1500, 576, true, false), (20, 900, 300, true, false)] {
         let a = g.vec(m * k);
         let b = g.vec(k * n);
         let mut s = vec![0.0; m * n];
