@@ -79,20 +79,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("cargo bench ran but no criterion result of this run was found under target/criterion");
     }
 
+    // The venv's interpreter, kept for the paired run, which needs numpy's OpenBLAS: it runs
+    // only when the numpy step worked.
+    let mut venv_py = None;
     let (reference, numpy_error) = if args.no_numpy {
         (Vec::new(), None)
     } else {
-        match run_numpy(&root, &args) {
-            Ok(r) => (r, None),
+        match ensure_venv(&root, &args.python).and_then(|py| run_numpy(&root, &py, &args).map(|r| (py, r))) {
+            Ok((py, r)) => {
+                venv_py = Some(py);
+                (r, None)
+            }
             Err(e) => (Vec::new(), Some(e)),
         }
     };
-    // The paired run needs numpy's OpenBLAS: only when the numpy step worked.
-    let paired = if args.no_numpy || numpy_error.is_some() {
-        None
-    } else {
-        Some(ensure_venv(&root, &args.python).and_then(|py| crate::bench_paired::run(&root, &py, args.quick)))
-    };
+    let paired = venv_py.map(|py| crate::bench_paired::run(&root, &py, args.quick));
 
     let separate_worst = print_table(&ours, &reference);
     let paired_worst = match &paired {
@@ -151,18 +152,20 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// Runs `cmd` with its stderr passed through and returns its stdout; `what` names it in errors
+/// ("running {what}", "{what} failed (exit status)").
+pub(crate) fn stdout_of(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({})", out.status);
+    }
+    Ok(out.stdout)
+}
+
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and `build.target-dir`).
 fn target_dir(root: &Path) -> Result<PathBuf> {
-    let out = cargo()
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed ({})", out.status);
-    }
-    let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let stdout = stdout_of(cargo().args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(root), "cargo metadata")?;
+    let meta: Value = serde_json::from_slice(&stdout).context("parsing cargo metadata")?;
     let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
@@ -283,12 +286,11 @@ fn ensure_venv(root: &Path, python: &str) -> Result<PathBuf> {
     Ok(py)
 }
 
-/// Runs the numpy reference; its results by benchmark id.
-fn run_numpy(root: &Path, args: &BenchArgs) -> Result<Vec<(String, Timing)>> {
-    let py = ensure_venv(root, &args.python)?;
+/// Runs the numpy reference with the venv's interpreter `py`; its results by benchmark id.
+fn run_numpy(root: &Path, py: &Path, args: &BenchArgs) -> Result<Vec<(String, Timing)>> {
     eprintln!("==> {SCRIPT}{}", if args.quick { " --quick" } else { "" });
-    let mut cmd = Command::new(&py);
-    cmd.arg(root.join(SCRIPT)).current_dir(root).stderr(Stdio::inherit());
+    let mut cmd = Command::new(py);
+    cmd.arg(root.join(SCRIPT)).current_dir(root);
     for var in OPENBLAS_OVERRIDES {
         if let Some(v) = std::env::var_os(var) {
             eprintln!("    ({var}={} is set here; removed for the numpy run)", v.to_string_lossy());
@@ -298,12 +300,9 @@ fn run_numpy(root: &Path, args: &BenchArgs) -> Result<Vec<(String, Timing)>> {
     if args.quick {
         cmd.arg("--quick");
     }
-    let out = cmd.output().with_context(|| format!("running {SCRIPT}"))?;
-    if !out.status.success() {
-        bail!("{SCRIPT} failed ({})", out.status);
-    }
+    let stdout = stdout_of(&mut cmd, SCRIPT)?;
     let mut results = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim_start().starts_with('{')) {
+    for line in String::from_utf8_lossy(&stdout).lines().filter(|l| l.trim_start().starts_with('{')) {
         let v: Value = serde_json::from_str(line).with_context(|| format!("{SCRIPT} printed bad JSON: {line}"))?;
         if let Some(info) = v.get("blas") {
             println!("numpy reference: {}", describe_blas(info));

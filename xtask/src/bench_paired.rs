@@ -5,8 +5,9 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use crate::bench::{self, stdout_of};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::Command;
 
 /// One shape's result: median times, the median per-round ratio and its quartiles.
 pub struct PairedRow {
@@ -19,33 +20,22 @@ pub struct PairedRow {
 
 /// Finds numpy's OpenBLAS with the venv's interpreter, builds and runs `gemm_paired` on it.
 pub fn run(root: &Path, py: &Path, quick: bool) -> Result<Vec<PairedRow>> {
-    let out = std::process::Command::new(py)
-        .arg(root.join(super::bench::SCRIPT))
-        .arg("--openblas-path")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("asking numpy_reference.py where numpy's OpenBLAS is")?;
-    if !out.status.success() {
-        bail!("numpy_reference.py --openblas-path failed ({})", out.status);
-    }
-    let line = String::from_utf8_lossy(&out.stdout);
+    let stdout = stdout_of(Command::new(py).arg(root.join(bench::SCRIPT)).arg("--openblas-path"), "numpy_reference.py --openblas-path")?;
+    let line = String::from_utf8_lossy(&stdout);
     let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("numpy_reference.py --openblas-path printed {line}"))?;
     let lib = v["openblas_path"].as_str().context("numpy_reference.py --openblas-path printed no openblas_path")?.to_string();
 
     let (rounds, warm_up) = if quick { ("40", "0.5") } else { ("100", "1") };
     eprintln!("==> gemm_paired --openblas {lib} --rounds {rounds} (ours and OpenBLAS interleaved)");
-    let out = super::bench::cargo()
-        .args(["run", "--release", "--quiet", "-p", "echo-benches", "--bin", "gemm_paired", "--"])
-        .args(["--openblas", &lib, "--rounds", rounds, "--warm-up-secs", warm_up])
-        .current_dir(root)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running gemm_paired")?;
-    if !out.status.success() {
-        bail!("gemm_paired failed ({})", out.status);
-    }
+    let stdout = stdout_of(
+        bench::cargo()
+            .args(["run", "--release", "--quiet", "-p", "echo-benches", "--bin", "gemm_paired", "--"])
+            .args(["--openblas", &lib, "--rounds", rounds, "--warm-up-secs", warm_up])
+            .current_dir(root),
+        "gemm_paired",
+    )?;
     let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
+    for line in String::from_utf8_lossy(&stdout).lines().filter(|l| l.starts_with('{')) {
         let v: Value = serde_json::from_str(line).with_context(|| format!("gemm_paired printed bad JSON: {line}"))?;
         if let Some(info) = v.get("openblas") {
             println!(

@@ -171,14 +171,15 @@ fn main() -> Result<()> {
         }
         let p = Paired::run(args.rounds, || call_ours(&mut ours), || call_ref(&mut reference));
         let [q1, ratio, q3] = quartiles(&p.ratios());
+        let [ours_by_position, reference_by_position] = p.by_position();
         println!(
             "{}",
             serde_json::json!({
                 "name": format!("gemm/{}", s.id()), "flops": s.flops(), "rounds": args.rounds,
                 "ours_ms": quartiles(&p.ours)[1] * 1e3, "reference_ms": quartiles(&p.reference)[1] * 1e3,
                 "ratio_q1": q1, "ratio": ratio, "ratio_q3": q3, "max_abs_diff": max_abs_diff,
-                "ours_ms_first_second": p.by_position()[0].map(|t| t * 1e3),
-                "reference_ms_first_second": p.by_position()[1].map(|t| t * 1e3),
+                "ours_ms_first_second": ours_by_position.map(|t| t * 1e3),
+                "reference_ms_first_second": reference_by_position.map(|t| t * 1e3),
             })
         );
     }

@@ -262,7 +262,9 @@ impl Job {
                     let k_blocks = (ke - ks).div_ceil(kc_max);
                     // Pack task q: panels [p0, p1) of k block kb.
                     let chunk = if threads > 1 { panels.div_ceil((4 * threads).div_ceil(k_blocks)).max(1) } else { panels };
-                    let chunks = if pack_b_in_items { 0 } else { panels.div_ceil(chunk) };
+                    let chunks = panels.div_ceil(chunk);
+                    // With a single row block the items pack their own panels: no pack tasks.
+                    let pack_tasks = if pack_b_in_items { 0 } else { k_blocks * chunks };
                     let pack = |q: usize| {
                         let (kb, c) = (q / chunks, q % chunks);
                         let (pc, p1) = (ks + kb * kc_max, ((c + 1) * chunk).min(panels));
@@ -302,10 +304,10 @@ impl Job {
                     };
                     if threads > 1 {
                         use rayon::prelude::*;
-                        (0..k_blocks * chunks).into_par_iter().with_max_len(1).for_each(pack);
+                        (0..pack_tasks).into_par_iter().with_max_len(1).for_each(pack);
                         (0..items).into_par_iter().with_max_len(1).for_each(item);
                     } else {
-                        (0..k_blocks * chunks).for_each(pack);
+                        (0..pack_tasks).for_each(pack);
                         (0..items).for_each(item);
                     }
                 }
