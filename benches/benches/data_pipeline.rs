@@ -1,5 +1,5 @@
 //! Data pipeline throughput on the boolq train set (9427 records) with the fixture tokenizer
-//! (`../shared/fixtures/tiny-llama-a`, byte-level BPE, vocabulary 512), in records/s
+//! (`fixtures/tiny-llama-a`, byte-level BPE, vocabulary 512), in records/s
 //! (criterion's "elem/s"):
 //!
 //! - `tokenise`: records → examples (prompt and full text tokenised, prefix check, EOS,
@@ -11,17 +11,12 @@
 //! The records are read once, outside the timing (reading is a small share and depends on
 //! the disk).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use echo_data::{
     encode_records, read_records, BatchConfig, Batcher, EncodeConfig, Example, Template, Tokenizer,
 };
-
-fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared"))
-}
 
 fn one_epoch(examples: Vec<Example>, pad: u32) -> usize {
     let cfg = BatchConfig {
@@ -38,9 +33,9 @@ fn one_epoch(examples: Vec<Example>, pad: u32) -> usize {
 }
 
 fn bench_data(c: &mut Criterion) {
-    let data = shared().join("data/commonsense/boolq/train.json");
+    let data = echo_testdata::commonsense().join("boolq/train.json");
     let tok =
-        Tokenizer::from_dir(shared().join("fixtures/tiny-llama-a")).expect("fixture tokenizer");
+        Tokenizer::from_dir(echo_testdata::tiny_llama_a()).expect("fixture tokenizer");
     let records = read_records(&data).expect("boolq train");
     let tpl = Template::alpaca();
     let cfg = EncodeConfig::default();

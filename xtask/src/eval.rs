@@ -17,9 +17,10 @@ pub struct EvalArgs {
     /// A PEFT adapter folder (a run's `adapter/` or `best-adapter/`), merged before scoring.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Folder with one sub-folder per dataset, each holding a test.json.
-    #[arg(long, default_value = "../shared/data/commonsense")]
-    pub data: PathBuf,
+    /// Folder with one sub-folder per dataset, each holding a test.json (default: the
+    /// repository's `data/commonsense`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Comma-separated dataset names (default: every known dataset found in --data).
     #[arg(long, value_delimiter = ',')]
     pub datasets: Vec<String>,
@@ -104,7 +105,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mode = Mode::parse(&a.mode)?;
     let model_dir = crate::model::resolve_model(&a.model)?;
     let opts = EvalOptions { mode, batch: a.batch, max_new_tokens: a.max_new_tokens };
-    let job = EvalJob { model_dir: &model_dir, adapter: a.adapter.as_deref(), data: &a.data, datasets: &a.datasets, limit: a.limit, opts, progress: !a.quiet };
+    let job = EvalJob { model_dir: &model_dir, adapter: a.adapter.as_deref(), data: &a.data.clone().unwrap_or_else(echo_testdata::commonsense), datasets: &a.datasets, limit: a.limit, opts, progress: !a.quiet };
     let report = evaluate(&job)?;
     let out = a.out.clone().unwrap_or_else(|| match &a.adapter {
         Some(ad) => ad.parent().unwrap_or(Path::new(".")).join(format!("eval-{}.json", mode.name())),

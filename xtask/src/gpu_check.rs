@@ -36,7 +36,7 @@ pub struct GpuCheckArgs {
     #[arg(long)]
     no_bench: bool,
     /// The tiny-llama-a fixture folder for the whole-step check (default: looked for next to
-    /// the repository, `../shared/fixtures/tiny-llama-a`, and under $ECHO_FIXTURES).
+    /// the repository, `fixtures/tiny-llama-a`, or under $ECHO_FIXTURES).
     #[arg(long)]
     fixture: Option<PathBuf>,
     /// Decoder layers of the LLaMA-7B-shaped step bench (32 is the real shape).
@@ -61,18 +61,9 @@ fn find_fixture(given: Option<&Path>) -> Result<PathBuf, String> {
             false => Err(format!("--fixture {}: no config.json there", p.display())),
         };
     }
-    let mut candidates = Vec::new();
-    if let Some(d) = std::env::var_os("ECHO_FIXTURES") {
-        candidates.push(PathBuf::from(d).join("tiny-llama-a"));
-    }
-    for base in ["../shared/fixtures", "shared/fixtures"] {
-        candidates.push(PathBuf::from(base).join("tiny-llama-a"));
-    }
-    // target/release/xtask sits three levels below the repository's parent.
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        candidates.push(exe_dir.join("../../../shared/fixtures/tiny-llama-a"));
-    }
-    candidates.push(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/tiny-llama-a")));
+    // The repository's copy ($ECHO_FIXTURES when set), then the working directory's (the
+    // device bundle runs from the root of a copy of the tree, not where this was compiled).
+    let candidates = [echo_testdata::tiny_llama_a(), PathBuf::from("fixtures/tiny-llama-a")];
     candidates.iter().find(|c| c.join("config.json").exists()).cloned().ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
         format!("the tiny-llama-a fixture was not found (tried {}): pass --fixture DIR", tried.join(", "))

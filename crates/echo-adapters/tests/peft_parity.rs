@@ -8,7 +8,7 @@ use echo_model::{Batch, Llama};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 struct Step {

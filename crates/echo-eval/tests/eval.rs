@@ -11,7 +11,7 @@ use echo_tensor::Tensor;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -5,7 +5,7 @@ use echo_model::{Llama, LlamaConfig};
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 /// A copy of the fixture's config and weights in a fresh folder.

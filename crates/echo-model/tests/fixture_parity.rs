@@ -1,4 +1,4 @@
-//! The base model against HF transformers on `../shared/fixtures/tiny-llama-a` (float32, eager
+//! The base model against HF transformers on `fixtures/tiny-llama-a` (float32, eager
 //! attention): logits at every real position within 1e-4, and the masked loss.
 
 use echo_autograd::Tape;
@@ -7,7 +7,7 @@ use echo_model::{Batch, Llama, Plain};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use echo_tensor::Tensor;
 use std::path::PathBuf;
 
 fn model() -> Llama {
-    Llama::load(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))).unwrap()
+    Llama::load(&echo_testdata::tiny_llama_a()).unwrap()
 }
 
 /// Two prompts of different lengths (token ids from the fixture's batch).

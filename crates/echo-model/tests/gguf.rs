@@ -12,7 +12,7 @@ use half::f16;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -1,4 +1,4 @@
-//! The echo parity format of `../shared/fixtures/tiny-llama-a/echo/`: `echo-config.json`
+//! The echo parity format of `fixtures/tiny-llama-a/echo/`: `echo-config.json`
 //! (keys map one-to-one to the `[echo]` section of a run config) and `echo-init.safetensors`
 //! (echo parameters under the spec's names).
 

@@ -6,7 +6,7 @@ use echo_trainer::{train, RunConfig, RunOptions};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 fn config(device: Option<&str>) -> RunConfig {

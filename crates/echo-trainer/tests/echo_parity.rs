@@ -1,5 +1,5 @@
 //! One Echo-LoRA and one Echo-DoRA step on tiny-llama-a against the independent PyTorch
-//! reference in `../shared/fixtures/tiny-llama-a/echo/`, at the tolerances its README suggests.
+//! reference in `fixtures/tiny-llama-a/echo/`, at the tolerances its README suggests.
 
 use echo_adapters::load_peft;
 use echo_autograd::ParamStore;
@@ -11,7 +11,7 @@ use echo_trainer::{forward_backward, StepContext, StepInput};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 fn max_diff_masked(got: &Tensor, want: &Tensor, mask: &[i64]) -> f32 {

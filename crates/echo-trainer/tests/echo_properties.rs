@@ -9,7 +9,7 @@ use echo_trainer::{forward_backward, EchoConfig, EchoPath, StepContext, StepInpu
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tiny-llama-a"))
+    echo_testdata::tiny_llama_a()
 }
 
 struct Setup {

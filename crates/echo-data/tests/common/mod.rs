@@ -1,5 +1,5 @@
 #![allow(dead_code)]
-//! Paths to the shared data and fixture tokenizer, relative to this crate.
+//! Paths to the repository's commonsense data and fixture tokenizer.
 
 use std::path::PathBuf;
 
@@ -12,19 +12,12 @@ pub const SETS: [(&str, usize); 4] = [
     ("openbookqa", 4957),
 ];
 
-pub fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
-}
-
 pub fn train(set: &str) -> PathBuf {
-    shared()
-        .join("data/commonsense")
-        .join(set)
-        .join("train.json")
+    echo_testdata::commonsense().join(set).join("train.json")
 }
 
 pub fn fixture_dir() -> PathBuf {
-    shared().join("fixtures/tiny-llama-a")
+    echo_testdata::tiny_llama_a()
 }
 
 pub fn tokenizer() -> Tokenizer {
