@@ -14,28 +14,17 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use echo_data::{
-    encode_records, read_records, BatchConfig, Batcher, EncodeConfig, Example, Template, Tokenizer,
-};
+use echo_data::{encode_records, read_records, BatchConfig, Batcher, EncodeConfig, Example, Template, Tokenizer};
 
 fn one_epoch(examples: Vec<Example>, pad: u32) -> usize {
-    let cfg = BatchConfig {
-        batch_size: 16,
-        seed: 1,
-        shuffle: true,
-        bucket: Some(8),
-        drop_last: false,
-    };
+    let cfg = BatchConfig { batch_size: 16, seed: 1, shuffle: true, bucket: Some(8), drop_last: false };
     let mut b = Batcher::new(examples, pad, cfg).expect("batcher");
-    (0..b.batches_per_epoch())
-        .map(|_| b.next_batch().input_ids.len())
-        .sum()
+    (0..b.batches_per_epoch()).map(|_| b.next_batch().input_ids.len()).sum()
 }
 
 fn bench_data(c: &mut Criterion) {
     let data = echo_testdata::commonsense().join("boolq/train.json");
-    let tok =
-        Tokenizer::from_dir(echo_testdata::tiny_llama_a()).expect("fixture tokenizer");
+    let tok = Tokenizer::from_dir(echo_testdata::tiny_llama_a()).expect("fixture tokenizer");
     let records = read_records(&data).expect("boolq train");
     let tpl = Template::alpaca();
     let cfg = EncodeConfig::default();
@@ -46,12 +35,8 @@ fn bench_data(c: &mut Criterion) {
     let mut g = c.benchmark_group("data_boolq_train");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("tokenise", |b| b.iter(|| black_box(encode())));
-    g.bench_function("tokenise+batch", |b| {
-        b.iter(|| black_box(one_epoch(encode().examples, tok.pad_id())))
-    });
-    g.bench_function("batch", |b| {
-        b.iter(|| black_box(one_epoch(examples.clone(), tok.pad_id())))
-    });
+    g.bench_function("tokenise+batch", |b| b.iter(|| black_box(one_epoch(encode().examples, tok.pad_id()))));
+    g.bench_function("batch", |b| b.iter(|| black_box(one_epoch(examples.clone(), tok.pad_id()))));
     g.finish();
 }
 

@@ -26,7 +26,12 @@ fn bench(c: &mut Criterion) {
     let model = Llama::load(&dir).unwrap();
     let prompt: Vec<u32> = (0..32).map(|i| 100 + 37 * i).collect();
     let new_tokens = 32;
-    let opts = GenerateOptions { max_new_tokens: new_tokens, eos_token_ids: vec![], pad_token_id: model.config.pad_token_id, sampling: None };
+    let opts = GenerateOptions {
+        max_new_tokens: new_tokens,
+        eos_token_ids: vec![],
+        pad_token_id: model.config.pad_token_id,
+        sampling: None,
+    };
     g.throughput(Throughput::Elements(new_tokens as u64));
     g.bench_function("generate_32_new_tokens_greedy", |b| {
         b.iter(|| generate(&model, std::slice::from_ref(&prompt), &opts, &mut PlainInfer).unwrap())

@@ -90,7 +90,16 @@ fn variant(model: &Llama, id: &'static str, method: Method, echo: bool) -> Varia
             ..Default::default()
         };
         let c = &model.config;
-        EchoPath::init(ec, &adapters, n_layers, c.hidden_size, c.rms_norm_eps, &mut store, &mut Rng::derive(0, "echo-init")).expect("echo path")
+        EchoPath::init(
+            ec,
+            &adapters,
+            n_layers,
+            c.hidden_size,
+            c.rms_norm_eps,
+            &mut store,
+            &mut Rng::derive(0, "echo-init"),
+        )
+        .expect("echo path")
     });
     Variant { id, store, adapters, echo }
 }
@@ -106,14 +115,24 @@ fn bench_train_step(c: &mut Criterion) {
     eprintln!("train_step: loaded {} in {:.1} s", dir.display(), t0.elapsed().as_secs_f64());
     let (ids, mask, labels) = batch(model.config.vocab_size);
     let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
-    let input = StepInput { input_ids: &ids, attention_mask: &mask, labels: &labels, batch: BATCH, seq: SEQ, route: &route, prompt_mask: None };
+    let input = StepInput {
+        input_ids: &ids,
+        attention_mask: &mask,
+        labels: &labels,
+        batch: BATCH,
+        seq: SEQ,
+        route: &route,
+        prompt_mask: None,
+    };
 
     if std::env::var_os("ECHO_STEP_PROFILE").is_some_and(|v| v == "1") {
         profile(&model, &ids, &mask, &labels);
     }
 
     let mut group = c.benchmark_group("train_step");
-    for (id, method, echo) in [("lora", Method::Lora, false), ("dora", Method::Dora, false), ("echo_lora", Method::Lora, true)] {
+    for (id, method, echo) in
+        [("lora", Method::Lora, false), ("dora", Method::Dora, false), ("echo_lora", Method::Lora, true)]
+    {
         let mut v = variant(&model, id, method, echo);
         let ctx = StepContext { model: &model, adapters: &v.adapters, echo: v.echo.as_ref() };
         // One untimed step: the loss (for comparison with PEFT's) and that gradients arrive.
@@ -183,7 +202,14 @@ fn op_fwd_bwd(n: usize, leaves: &[Tensor], op: impl Fn(&[Var]) -> Var) -> f64 {
 
 fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
     let c = &model.config;
-    let (d, ff, hd, hq, hkv, l) = (c.hidden_size, c.intermediate_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers);
+    let (d, ff, hd, hq, hkv, l) = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.head_dim,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.num_hidden_layers,
+    );
     let n_tok = BATCH * SEQ;
     let batch = Batch::new(ids, mask, BATCH, SEQ, c.vocab_size).expect("batch");
     let (rows, targets) = shifted_targets(labels, BATCH, SEQ);
@@ -234,7 +260,15 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let mut store = v4.store;
         let ctx = StepContext { model, adapters: &v4.adapters, echo: None };
         let route = vec![false; half];
-        let input = StepInput { input_ids: &ids[..half * SEQ], attention_mask: &mask[..half * SEQ], labels: &labels[..half * SEQ], batch: half, seq: SEQ, route: &route, prompt_mask: None };
+        let input = StepInput {
+            input_ids: &ids[..half * SEQ],
+            attention_mask: &mask[..half * SEQ],
+            labels: &labels[..half * SEQ],
+            batch: half,
+            seq: SEQ,
+            route: &route,
+            prompt_mask: None,
+        };
         let lora4 = time_it(3, || {
             store.zero_grad();
             black_box(forward_backward(&ctx, &input, &mut store, None, 1.0, false).expect("step"));
@@ -243,7 +277,15 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let mut store = ve.store;
         let ctx = StepContext { model, adapters: &ve.adapters, echo: ve.echo.as_ref() };
         let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
-        let input = StepInput { input_ids: ids, attention_mask: mask, labels, batch: BATCH, seq: SEQ, route: &route, prompt_mask: None };
+        let input = StepInput {
+            input_ids: ids,
+            attention_mask: mask,
+            labels,
+            batch: BATCH,
+            seq: SEQ,
+            route: &route,
+            prompt_mask: None,
+        };
         let echo = time_it(3, || {
             store.zero_grad();
             black_box(forward_backward(&ctx, &input, &mut store, None, 1.0, false).expect("step"));
@@ -252,7 +294,15 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let mut store = v8.store;
         let ctx = StepContext { model, adapters: &v8.adapters, echo: None };
         let route = vec![false; BATCH];
-        let input = StepInput { input_ids: ids, attention_mask: mask, labels, batch: BATCH, seq: SEQ, route: &route, prompt_mask: None };
+        let input = StepInput {
+            input_ids: ids,
+            attention_mask: mask,
+            labels,
+            batch: BATCH,
+            seq: SEQ,
+            route: &route,
+            prompt_mask: None,
+        };
         let lora8 = time_it(3, || {
             store.zero_grad();
             black_box(forward_backward(&ctx, &input, &mut store, None, 1.0, false).expect("step"));
@@ -271,27 +321,50 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
     let x = |shape: &[usize], rng: &mut Rng| Tensor::randn(shape.to_vec(), 1.0, rng);
     let mut parts: Vec<(String, f64)> = Vec::new();
     let scale = ALPHA / RANK as f32;
-    for (p, (o, i)) in [(Proj::Q, (hq * hd, d)), (Proj::K, (hkv * hd, d)), (Proj::V, (hkv * hd, d)), (Proj::O, (d, hq * hd)), (Proj::Gate, (ff, d)), (Proj::Up, (ff, d)), (Proj::Down, (d, ff))] {
+    for (p, (o, i)) in [
+        (Proj::Q, (hq * hd, d)),
+        (Proj::K, (hkv * hd, d)),
+        (Proj::V, (hkv * hd, d)),
+        (Proj::O, (d, hq * hd)),
+        (Proj::Gate, (ff, d)),
+        (Proj::Up, (ff, d)),
+        (Proj::Down, (d, ff)),
+    ] {
         let w = model.blocks[0].weight(p).clone();
-        let frozen = op_fwd_bwd(n, &[x(&[n_tok, i], &mut rng)], |v| ops::linear(&v[0], &v[0].tape().constant(w.clone())).expect("linear"));
+        let frozen = op_fwd_bwd(n, &[x(&[n_tok, i], &mut rng)], |v| {
+            ops::linear(&v[0], &v[0].tape().constant(w.clone())).expect("linear")
+        });
         parts.push((format!("{} frozen linear (dx only)", p.short_name()), frozen));
         if matches!(p, Proj::O | Proj::Gate) {
             continue;
         }
         let leaves = [x(&[n_tok, i], &mut rng), x(&[RANK, i], &mut rng), x(&[o, RANK], &mut rng), Tensor::ones([o])];
-        let lora = op_fwd_bwd(n, &leaves[..3], |v| ops::lora_linear(&v[0], &w, &v[1], &v[2], scale, None, None).expect("lora"));
-        let dora = op_fwd_bwd(n, &leaves, |v| ops::dora_linear(&v[0], &w, &v[1], &v[2], &v[3], scale, None, None).expect("dora"));
+        let lora = op_fwd_bwd(n, &leaves[..3], |v| {
+            ops::lora_linear(&v[0], &w, &v[1], &v[2], scale, None, None).expect("lora")
+        });
+        let dora = op_fwd_bwd(n, &leaves, |v| {
+            ops::dora_linear(&v[0], &w, &v[1], &v[2], &v[3], scale, None, None).expect("dora")
+        });
         parts.push((format!("{} lora_linear", p.short_name()), lora));
         parts.push((format!("{} dora_linear", p.short_name()), dora));
     }
     let valid = std::sync::Arc::new(vec![true; n_tok]);
-    let qkv = [x(&[BATCH, SEQ, hq, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng)];
-    parts.push(("attention".into(), op_fwd_bwd(n, &qkv, |v| ops::attention(&v[0], &v[1], &v[2], &valid).expect("attention"))));
+    let qkv =
+        [x(&[BATCH, SEQ, hq, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng)];
+    parts.push((
+        "attention".into(),
+        op_fwd_bwd(n, &qkv, |v| ops::attention(&v[0], &v[1], &v[2], &valid).expect("attention")),
+    ));
     let rope_q = op_fwd_bwd(n, &qkv[..1], |v| ops::rope(&v[0], &batch.positions, &model.rope).expect("rope"));
     let rope_k = op_fwd_bwd(n, &qkv[1..2], |v| ops::rope(&v[0], &batch.positions, &model.rope).expect("rope"));
     parts.push(("rope q+k".into(), rope_q + rope_k));
     let norm_w = model.blocks[0].attn_norm.clone();
-    parts.push(("rmsnorm x2".into(), 2.0 * op_fwd_bwd(n, &[x(&[BATCH, SEQ, d], &mut rng)], |v| ops::rmsnorm(&v[0], Some(&v[0].tape().constant(norm_w.clone())), c.rms_norm_eps).expect("rmsnorm"))));
+    parts.push((
+        "rmsnorm x2".into(),
+        2.0 * op_fwd_bwd(n, &[x(&[BATCH, SEQ, d], &mut rng)], |v| {
+            ops::rmsnorm(&v[0], Some(&v[0].tape().constant(norm_w.clone())), c.rms_norm_eps).expect("rmsnorm")
+        }),
+    ));
     let gu = [x(&[BATCH, SEQ, ff], &mut rng), x(&[BATCH, SEQ, ff], &mut rng)];
     parts.push(("swiglu".into(), op_fwd_bwd(n, &gu, |v| ops::swiglu(&v[0], &v[1]).expect("swiglu"))));
     let res = [x(&[BATCH, SEQ, d], &mut rng), x(&[BATCH, SEQ, d], &mut rng)];
@@ -308,9 +381,25 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         ops::cross_entropy(&logits, &targets, rows.len() as f32).expect("ce")
     });
     eprintln!("  LM head + CE on {} rows (once)     {:>8.2} ms", rows.len(), head * 1e3);
-    let sum = |names: &[&str]| parts.iter().filter(|(n, _)| names.iter().any(|k| n == k)).map(|(_, s)| s).sum::<f64>() * l as f64;
-    let common = ["o_proj frozen linear (dx only)", "gate_proj frozen linear (dx only)", "attention", "rope q+k", "rmsnorm x2", "swiglu", "residual add x2"];
-    let lora_sites = ["q_proj lora_linear", "k_proj lora_linear", "v_proj lora_linear", "up_proj lora_linear", "down_proj lora_linear"];
+    let sum = |names: &[&str]| {
+        parts.iter().filter(|(n, _)| names.iter().any(|k| n == k)).map(|(_, s)| s).sum::<f64>() * l as f64
+    };
+    let common = [
+        "o_proj frozen linear (dx only)",
+        "gate_proj frozen linear (dx only)",
+        "attention",
+        "rope q+k",
+        "rmsnorm x2",
+        "swiglu",
+        "residual add x2",
+    ];
+    let lora_sites = [
+        "q_proj lora_linear",
+        "k_proj lora_linear",
+        "v_proj lora_linear",
+        "up_proj lora_linear",
+        "down_proj lora_linear",
+    ];
     let dora_sites = lora_sites.map(|s| s.replace("lora_linear", "dora_linear"));
     let frozen_sites = lora_sites.map(|s| s.replace("lora_linear", "frozen linear (dx only)"));
     let dora_refs: Vec<&str> = dora_sites.iter().map(String::as_str).collect();

@@ -26,7 +26,8 @@ pub struct GemmShape {
 
 /// The two projections of a 576-wide model with a 1536-wide MLP (SmolLM-135M-like), over
 /// 1024 tokens: up (`k=576 -> n=1536`) and down (`k=1536 -> n=576`).
-pub const GEMM_SHAPES: [GemmShape; 2] = [GemmShape { m: TOKENS, k: 576, n: 1536 }, GemmShape { m: TOKENS, k: 1536, n: 576 }];
+pub const GEMM_SHAPES: [GemmShape; 2] =
+    [GemmShape { m: TOKENS, k: 576, n: 1536 }, GemmShape { m: TOKENS, k: 1536, n: 576 }];
 
 impl GemmShape {
     /// `2 m n k`: one multiply and one add per inner-product term.

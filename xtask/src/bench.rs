@@ -101,15 +101,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     println!();
-    let verdict = |worst: f64| if worst >= GEMM_GOAL { format!("met (worst ratio {worst:.2})") } else { format!("NOT met (worst ratio {worst:.2})") };
+    let verdict = |worst: f64| {
+        if worst >= GEMM_GOAL {
+            format!("met (worst ratio {worst:.2})")
+        } else {
+            format!("NOT met (worst ratio {worst:.2})")
+        }
+    };
     match (paired_worst, separate_worst) {
         (Some(p), s) => {
-            println!("GEMM goal (>= {:.0}% of OpenBLAS on every shape), judged on the paired run: {}", GEMM_GOAL * 100.0, verdict(p));
+            println!(
+                "GEMM goal (>= {:.0}% of OpenBLAS on every shape), judged on the paired run: {}",
+                GEMM_GOAL * 100.0,
+                verdict(p)
+            );
             if let Some(s) = s {
                 println!("  (separate runs, criterion mean against numpy mean minutes apart: {})", verdict(s));
             }
         }
-        (None, Some(s)) => println!("GEMM goal (>= {:.0}% of OpenBLAS on every shape), separate runs only: {}", GEMM_GOAL * 100.0, verdict(s)),
+        (None, Some(s)) => println!(
+            "GEMM goal (>= {:.0}% of OpenBLAS on every shape), separate runs only: {}",
+            GEMM_GOAL * 100.0,
+            verdict(s)
+        ),
         (None, None) if !args.no_numpy => println!("GEMM goal: not assessed (no OpenBLAS result to compare with)"),
         (None, None) => {}
     }
@@ -164,7 +178,10 @@ pub(crate) fn stdout_of(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and `build.target-dir`).
 fn target_dir(root: &Path) -> Result<PathBuf> {
-    let stdout = stdout_of(cargo().args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(root), "cargo metadata")?;
+    let stdout = stdout_of(
+        cargo().args(["metadata", "--format-version", "1", "--no-deps"]).current_dir(root),
+        "cargo metadata",
+    )?;
     let meta: Value = serde_json::from_slice(&stdout).context("parsing cargo metadata")?;
     let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
@@ -318,7 +335,8 @@ fn run_numpy(root: &Path, py: &Path, args: &BenchArgs) -> Result<Vec<(String, Ti
 
 fn describe_blas(info: &Value) -> String {
     let s = |k: &str| info[k].as_str().map(str::to_string).or_else(|| info[k].as_u64().map(|n| n.to_string()));
-    let mut parts = vec![format!("numpy {}", s("numpy").unwrap_or_default()), s("blas").unwrap_or_else(|| "unknown BLAS".into())];
+    let mut parts =
+        vec![format!("numpy {}", s("numpy").unwrap_or_default()), s("blas").unwrap_or_else(|| "unknown BLAS".into())];
     if let Some(core) = s("core") {
         parts.push(format!("core {core}"));
     }

@@ -3,9 +3,9 @@
 //! Separate runs (criterion, then the numpy script) stay in the first table, but on a shared
 //! virtual machine the cores' speed drifts between them; see `echo_benches::paired`.
 
+use crate::bench::{self, stdout_of};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use crate::bench::{self, stdout_of};
 use std::path::Path;
 use std::process::Command;
 
@@ -20,10 +20,15 @@ pub struct PairedRow {
 
 /// Finds numpy's OpenBLAS with the venv's interpreter, builds and runs `gemm_paired` on it.
 pub fn run(root: &Path, py: &Path, quick: bool) -> Result<Vec<PairedRow>> {
-    let stdout = stdout_of(Command::new(py).arg(root.join(bench::SCRIPT)).arg("--openblas-path"), "numpy_reference.py --openblas-path")?;
+    let stdout = stdout_of(
+        Command::new(py).arg(root.join(bench::SCRIPT)).arg("--openblas-path"),
+        "numpy_reference.py --openblas-path",
+    )?;
     let line = String::from_utf8_lossy(&stdout);
-    let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("numpy_reference.py --openblas-path printed {line}"))?;
-    let lib = v["openblas_path"].as_str().context("numpy_reference.py --openblas-path printed no openblas_path")?.to_string();
+    let v: Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("numpy_reference.py --openblas-path printed {line}"))?;
+    let lib =
+        v["openblas_path"].as_str().context("numpy_reference.py --openblas-path printed no openblas_path")?.to_string();
 
     let (rounds, warm_up) = if quick { ("40", "0.5") } else { ("100", "1") };
     eprintln!("==> gemm_paired --openblas {lib} --rounds {rounds} (ours and OpenBLAS interleaved)");
@@ -52,7 +57,9 @@ pub fn run(root: &Path, py: &Path, quick: bool) -> Result<Vec<PairedRow>> {
         // How much slower each side ran second in its round than first: equal for both unless
         // one side disturbs the other (threads left spinning, say), which would bias the ratio.
         let second_over_first = |k: &str| v[k][1].as_f64().zip(v[k][0].as_f64()).map(|(b, a)| b / a);
-        if let (Some(o), Some(r)) = (second_over_first("ours_ms_first_second"), second_over_first("reference_ms_first_second")) {
+        if let (Some(o), Some(r)) =
+            (second_over_first("ours_ms_first_second"), second_over_first("reference_ms_first_second"))
+        {
             if (o - r).abs() > 0.05 {
                 eprintln!(
                     "warning: {}: running second in a round slowed ours by {:+.0}% and OpenBLAS by {:+.0}%: \

@@ -79,7 +79,8 @@ pub fn run(args: CheckKernelsArgs) -> Result<()> {
     let out_dir = std::env::temp_dir().join(format!("echo-check-kernels-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir)?;
     let t_nvcc = Instant::now();
-    let jobs: Vec<(PathBuf, String)> = files.iter().flat_map(|f| args.arch.iter().map(move |a| (f.clone(), a.clone()))).collect();
+    let jobs: Vec<(PathBuf, String)> =
+        files.iter().flat_map(|f| args.arch.iter().map(move |a| (f.clone(), a.clone()))).collect();
     let outcomes = parallel(&jobs, |(f, arch)| {
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
         let out = out_dir.join(format!("{name}.{arch}.cubin"));
@@ -114,7 +115,9 @@ pub fn run(args: CheckKernelsArgs) -> Result<()> {
         let lib = cu13.join("lib");
         for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?.flatten() {
             let p = entry.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc-builtins.so")) && !is_alt(&p) {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc-builtins.so"))
+                && !is_alt(&p)
+            {
                 libs::preload(&p);
             }
         }
@@ -123,10 +126,17 @@ pub fn run(args: CheckKernelsArgs) -> Result<()> {
             bail!("could not load libnvrtc from {}", lib.display());
         }
         let version = source::nvrtc_version()?;
-        let jobs: Vec<(&source::KernelSource, String)> = source::SOURCES.iter().flat_map(|s| args.arch.iter().map(move |a| (s, a.clone()))).collect();
+        let jobs: Vec<(&source::KernelSource, String)> =
+            source::SOURCES.iter().flat_map(|s| args.arch.iter().map(move |a| (s, a.clone()))).collect();
         let outcomes = parallel(&jobs, |(s, arch)| {
             Ok(match source::nvrtc_check(s, arch) {
-                Ok(()) => (true, format!("kernels/{:<16} {arch:<6} nvrtc  ok (NVRTC {}.{}, PTX signatures match the wrappers)", s.file, version.0, version.1)),
+                Ok(()) => (
+                    true,
+                    format!(
+                        "kernels/{:<16} {arch:<6} nvrtc  ok (NVRTC {}.{}, PTX signatures match the wrappers)",
+                        s.file, version.0, version.1
+                    ),
+                ),
                 Err(e) => (false, format!("kernels/{:<16} {arch:<6} nvrtc  ERROR\n{}", s.file, indent(&e))),
             })
         });
@@ -199,7 +209,11 @@ fn ensure_venv(venv: &Path, python: &str) -> Result<()> {
     let t = Instant::now();
     if !venv.join("bin/python").exists() {
         println!("creating {} ...", venv.display());
-        let st = Command::new(python).args(["-m", "venv"]).arg(venv).status().with_context(|| format!("running {python} -m venv"))?;
+        let st = Command::new(python)
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()
+            .with_context(|| format!("running {python} -m venv"))?;
         if !st.success() {
             bail!("{python} -m venv {} failed ({st})", venv.display());
         }

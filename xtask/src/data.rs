@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use echo_data::{
-    load_dataset, synthetic_records, write_records_json, Cache, CacheStatus, EncodeConfig,
-    EncodedDataset, Example, Overlong, Progress, SyntheticSpec, Template, Tokenizer, IGNORE_INDEX,
+    load_dataset, synthetic_records, write_records_json, Cache, CacheStatus, EncodeConfig, EncodedDataset, Example,
+    Overlong, Progress, SyntheticSpec, Template, Tokenizer, IGNORE_INDEX,
 };
 
 #[derive(clap::Args)]
@@ -18,12 +18,7 @@ pub struct DataArgs {
     #[arg(long, value_name = "DIR")]
     tokenizer: PathBuf,
     /// Dataset: an LLM-Adapters JSON array or JSON Lines file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "synthetic",
-        conflicts_with = "synthetic"
-    )]
+    #[arg(long, value_name = "FILE", required_unless_present = "synthetic", conflicts_with = "synthetic")]
     data: Option<PathBuf>,
     /// Use N records of the synthetic task instead of a file.
     #[arg(long, value_name = "N")]
@@ -62,26 +57,17 @@ pub fn run(args: DataArgs) -> Result<()> {
     let template = Template::by_name(&args.template)?;
     let cfg = EncodeConfig {
         cutoff: (args.cutoff > 0).then_some(args.cutoff),
-        overlong: if args.drop_overlong {
-            Overlong::Drop
-        } else {
-            Overlong::Truncate
-        },
+        overlong: if args.drop_overlong { Overlong::Drop } else { Overlong::Truncate },
         train_on_inputs: args.train_on_inputs,
     };
     let (data_name, ds, cache) = match (&args.data, args.synthetic) {
         (Some(path), _) => {
             let cache = (!args.no_cache).then(|| Cache::in_target(workspace_root()));
-            let (ds, status) =
-                load_dataset(path, &tok, &template, &cfg, cache.as_ref(), Progress::Auto)?;
+            let (ds, status) = load_dataset(path, &tok, &template, &cfg, cache.as_ref(), Progress::Auto)?;
             (path.display().to_string(), ds, status)
         }
         (None, Some(n)) => {
-            let spec = SyntheticSpec {
-                count: n,
-                seed: args.seed,
-                ..Default::default()
-            };
+            let spec = SyntheticSpec { count: n, seed: args.seed, ..Default::default() };
             let records = synthetic_records(&spec)?;
             let name = match &args.write {
                 Some(out) => {
@@ -90,8 +76,7 @@ pub fn run(args: DataArgs) -> Result<()> {
                 }
                 None => format!("synthetic (n={n}, seed={})", args.seed),
             };
-            let ds =
-                echo_data::encode_records(&tok, &template, &records, &cfg, Path::new(&name), 0)?;
+            let ds = echo_data::encode_records(&tok, &template, &records, &cfg, Path::new(&name), 0)?;
             (name, ds, CacheStatus::Off)
         }
         (None, None) => anyhow::bail!("give --data FILE or --synthetic N"),
@@ -105,10 +90,7 @@ pub fn run(args: DataArgs) -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cache_line(c: &CacheStatus) -> String {
@@ -171,40 +153,20 @@ fn print_human(
     println!(
         "recipe     template {} · loss on {} · cutoff {}",
         template.name,
-        if cfg.train_on_inputs {
-            "every token (train_on_inputs)"
-        } else {
-            "the answer + EOS only"
-        },
+        if cfg.train_on_inputs { "every token (train_on_inputs)" } else { "the answer + EOS only" },
         match cfg.cutoff {
-            Some(c) => format!(
-                "{c} ({})",
-                if cfg.overlong == Overlong::Drop {
-                    "drop"
-                } else {
-                    "truncate"
-                }
-            ),
+            Some(c) => format!("{c} ({})", if cfg.overlong == Overlong::Drop { "drop" } else { "truncate" }),
             None => "none".into(),
         }
     );
     println!("records    {} → {} examples", r.records, r.examples);
-    println!(
-        "tokens     {} (prompt {}, answer + EOS {})",
-        r.tokens, r.prompt_tokens, r.answer_tokens
-    );
+    println!("tokens     {} (prompt {}, answer + EOS {})", r.tokens, r.prompt_tokens, r.answer_tokens);
     println!(
         "truncated  {}   dropped {} ({} with the prompt alone at the cutoff)",
         r.truncated, r.dropped, r.dropped_prompt_over_cutoff
     );
-    println!(
-        "longest    {} tokens ({} before the cutoff)",
-        r.longest, r.longest_before_cutoff
-    );
-    println!(
-        "boundary   {} prompt/answer merges (prompt kept, answer tokenised alone)",
-        r.boundary_merges
-    );
+    println!("longest    {} tokens ({} before the cutoff)", r.longest, r.longest_before_cutoff);
+    println!("boundary   {} prompt/answer merges (prompt kept, answer tokenised alone)", r.boundary_merges);
     println!("cache      {}", cache_line(cache));
     for d in ds.dropped.iter().take(5) {
         println!(
@@ -229,16 +191,8 @@ fn print_human(
             e.len(),
             e.labels().iter().filter(|&&l| l == IGNORE_INDEX).count(),
             e.labels().iter().filter(|&&l| l != IGNORE_INDEX).count(),
-            if e.truncated {
-                " · truncated at the cutoff (no EOS)"
-            } else {
-                ""
-            },
-            if e.boundary_merge {
-                " · boundary merge"
-            } else {
-                ""
-            },
+            if e.truncated { " · truncated at the cutoff (no EOS)" } else { "" },
+            if e.boundary_merge { " · boundary merge" } else { "" },
         );
         let mut line = String::new();
         for (masked, text) in render(tok, e)?.segments {
@@ -264,13 +218,7 @@ struct JsonOut<'a> {
     shown: Vec<serde_json::Value>,
 }
 
-fn print_json(
-    args: &DataArgs,
-    data: &str,
-    tok: &Tokenizer,
-    ds: &EncodedDataset,
-    cache: &CacheStatus,
-) -> Result<()> {
+fn print_json(args: &DataArgs, data: &str, tok: &Tokenizer, ds: &EncodedDataset, cache: &CacheStatus) -> Result<()> {
     let mut shown = Vec::new();
     for e in ds.examples.iter().take(args.show) {
         let segs = render(tok, e)?.segments;

@@ -59,14 +59,19 @@ pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
     let t0 = Instant::now();
     // Datasets first: a bad folder or name fails before the model is loaded.
     let data = echo_eval::load(job.data, job.datasets, job.limit)?;
-    let mut model = Llama::load(job.model_dir).with_context(|| format!("loading the model {}", job.model_dir.display()))?;
+    let mut model =
+        Llama::load(job.model_dir).with_context(|| format!("loading the model {}", job.model_dir.display()))?;
     if let Some(a) = job.adapter {
         echo_eval::apply_adapter(&mut model, a, job.model_dir)?;
     }
     let tok = Tokenizer::from_dir(job.model_dir)?;
     let total: usize = data.iter().map(|d| d.records.len()).sum();
     let bar = if job.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} records, ETA {eta} | {msg}").expect("template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} records, ETA {eta} | {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     let mut before = 0;
     let mut current = String::new();
     let (scores, predictions) = echo_eval::evaluate(&model, &tok, &data, &job.opts, &mut |name, done| {
@@ -105,7 +110,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mode = Mode::parse(&a.mode)?;
     let model_dir = crate::model::resolve_model(&a.model)?;
     let opts = EvalOptions { mode, batch: a.batch, max_new_tokens: a.max_new_tokens };
-    let job = EvalJob { model_dir: &model_dir, adapter: a.adapter.as_deref(), data: &a.data.clone().unwrap_or_else(echo_testdata::commonsense), datasets: &a.datasets, limit: a.limit, opts, progress: !a.quiet };
+    let job = EvalJob {
+        model_dir: &model_dir,
+        adapter: a.adapter.as_deref(),
+        data: &a.data.clone().unwrap_or_else(echo_testdata::commonsense),
+        datasets: &a.datasets,
+        limit: a.limit,
+        opts,
+        progress: !a.quiet,
+    };
     let report = evaluate(&job)?;
     let out = a.out.clone().unwrap_or_else(|| match &a.adapter {
         Some(ad) => ad.parent().unwrap_or(Path::new(".")).join(format!("eval-{}.json", mode.name())),
@@ -116,7 +129,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     println!(
         "mode {} ({}), {} records in {:.1} s; every prediction in {}",
         mode.name(),
-        if mode == Mode::Generate { format!("greedy, max {} new tokens", a.max_new_tokens) } else { "best candidate by log-likelihood".into() },
+        if mode == Mode::Generate {
+            format!("greedy, max {} new tokens", a.max_new_tokens)
+        } else {
+            "best candidate by log-likelihood".into()
+        },
         report.predictions.len(),
         report.seconds,
         out.display()

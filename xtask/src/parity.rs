@@ -74,7 +74,15 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         Some(ad) => ad,
         // The base model as an adapter set with no sites: the projector is then the plain one.
         None => Adapters::init(
-            echo_adapters::AdapterConfig { method: echo_adapters::Method::Lora, r: 1, alpha: 1.0, use_rslora: false, dropout: 0.0, targets: vec![], layers: None },
+            echo_adapters::AdapterConfig {
+                method: echo_adapters::Method::Lora,
+                r: 1,
+                alpha: 1.0,
+                use_rslora: false,
+                dropout: 0.0,
+                targets: vec![],
+                layers: None,
+            },
             &model,
             &mut store,
             &mut echo_tensor::Rng::new(0),
@@ -89,14 +97,24 @@ pub fn run(a: LogitsArgs) -> Result<()> {
             let route: Vec<bool> = if input.contains("route") {
                 input.i64_tensor("route")?.0.iter().map(|&r| r != 0).collect()
             } else {
-                cfg_route.with_context(|| format!("no `route` in {} nor in {}/echo-config.json", a.input.display(), dir.display()))?
+                cfg_route.with_context(|| {
+                    format!("no `route` in {} nor in {}/echo-config.json", a.input.display(), dir.display())
+                })?
             };
             (Some(path), route)
         }
         None => (None, vec![false; b]),
     };
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
-    let step_in = StepInput { input_ids: &ids, attention_mask: &mask, labels: &labels, batch: b, seq: t, route: &route, prompt_mask: None };
+    let step_in = StepInput {
+        input_ids: &ids,
+        attention_mask: &mask,
+        labels: &labels,
+        batch: b,
+        seq: t,
+        route: &route,
+        prompt_mask: None,
+    };
     let (stats, trace) = forward_backward(&ctx, &step_in, &mut store, None, 1.0, true).map_err(anyhow::Error::msg)?;
     let trace = trace.expect("trace requested");
     let v = model.config.vocab_size;
@@ -124,12 +142,17 @@ pub fn run(a: LogitsArgs) -> Result<()> {
             names.extend(e.param_ids().into_iter().map(|id| (id, store.get(id).name.clone())));
         }
         for (id, name) in names {
-            let g = store.grad(id).cloned().unwrap_or_else(|| echo_tensor::Tensor::zeros(store.value(id).shape().clone()));
+            let g =
+                store.grad(id).cloned().unwrap_or_else(|| echo_tensor::Tensor::zeros(store.value(id).shape().clone()));
             out.push((format!("grad.{name}"), f32t(&g)));
         }
     }
     let n = out.len();
-    save_safetensors(&a.out, out, Some(HashMap::from([("generator".to_string(), "echo-lora xtask logits".to_string())])))?;
+    save_safetensors(
+        &a.out,
+        out,
+        Some(HashMap::from([("generator".to_string(), "echo-lora xtask logits".to_string())])),
+    )?;
     println!("wrote {n} tensors to {} (loss {:.6} over {} tokens)", a.out.display(), stats.loss, stats.tokens);
     Ok(())
 }

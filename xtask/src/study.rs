@@ -90,7 +90,11 @@ fn apply(table: &mut toml::Table, overrides: &toml::Table, context: &str) -> Res
         let parts: Vec<&str> = key.split('.').collect();
         let mut t = &mut *table;
         for p in &parts[..parts.len() - 1] {
-            t = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().with_context(|| format!("{context}: `{key}`: `{p}` is not a table"))?;
+            t = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("{context}: `{key}`: `{p}` is not a table"))?;
         }
         let last = parts[parts.len() - 1];
         match (t.get_mut(last), value) {
@@ -135,7 +139,8 @@ struct ArmRun {
 
 fn read_run(arm: &str, seed: u64, dir: &Path, report: &EvalReport) -> Result<ArmRun> {
     let path = dir.join("summary.json");
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?;
     Ok(ArmRun {
         arm: arm.into(),
         seed,
@@ -152,7 +157,8 @@ fn read_run(arm: &str, seed: u64, dir: &Path, report: &EvalReport) -> Result<Arm
 }
 
 fn read_report(path: &Path) -> Result<EvalReport> {
-    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).with_context(|| format!("parsing {}", path.display()))
+    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("parsing {}", path.display()))
 }
 
 /// One arm × seed to run: its name, seed, output folder and full run config.
@@ -167,7 +173,8 @@ fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
         bail!("{}: a study needs at least one [[arm]] and one seed", config.display());
     }
     let base_path = config.parent().unwrap_or(Path::new(".")).join(&study.base);
-    let base_text = std::fs::read_to_string(&base_path).with_context(|| format!("{}: base = {}", config.display(), base_path.display()))?;
+    let base_text = std::fs::read_to_string(&base_path)
+        .with_context(|| format!("{}: base = {}", config.display(), base_path.display()))?;
     let base: toml::Table = toml::from_str(&base_text).with_context(|| format!("{}", base_path.display()))?;
     let out = PathBuf::from(&study.out);
     Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", config.display()))?;
@@ -204,7 +211,15 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let opts = EvalOptions { mode, batch: study.eval.batch, max_new_tokens: study.eval.max_new_tokens };
     let data = PathBuf::from(&study.eval.data);
     let run_eval = |adapter: Option<&Path>| -> Result<EvalReport> {
-        evaluate(&EvalJob { model_dir: &model_dir, adapter, data: &data, datasets: &study.eval.datasets, limit: study.eval.limit, opts: opts.clone(), progress: true })
+        evaluate(&EvalJob {
+            model_dir: &model_dir,
+            adapter,
+            data: &data,
+            datasets: &study.eval.datasets,
+            limit: study.eval.limit,
+            opts: opts.clone(),
+            progress: true,
+        })
     };
 
     let mut base_report = None;
@@ -219,15 +234,24 @@ pub fn run(args: StudyArgs) -> Result<()> {
         }
     }
     let mut runs = Vec::new();
-    let mut dataset_names: Option<Vec<String>> = base_report.as_ref().map(|r| r.datasets.iter().map(|d| d.name.clone()).collect());
+    let mut dataset_names: Option<Vec<String>> =
+        base_report.as_ref().map(|r| r.datasets.iter().map(|d| d.name.clone()).collect());
     for (i, (arm, seed, dir, cfg)) in plans.iter().enumerate() {
         let eval_path = dir.join("eval.json");
         let finished = dir.join("summary.json").exists();
         if !args.report_only {
             if !finished {
                 let resume = dir.join("checkpoint").exists();
-                println!("== [{}/{}] {arm}, seed {seed}: {} ({})", i + 1, plans.len(), if resume { "resuming" } else { "training" }, dir.display());
-                train(cfg, &model_dir, dir, &RunOptions { resume, progress: true, stop_after: None }).map_err(anyhow::Error::msg).with_context(|| format!("arm `{arm}` seed {seed}"))?;
+                println!(
+                    "== [{}/{}] {arm}, seed {seed}: {} ({})",
+                    i + 1,
+                    plans.len(),
+                    if resume { "resuming" } else { "training" },
+                    dir.display()
+                );
+                train(cfg, &model_dir, dir, &RunOptions { resume, progress: true, stop_after: None })
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("arm `{arm}` seed {seed}"))?;
             }
             if !eval_path.exists() {
                 // The adapter with the best validation loss when validation ran, else the last.
@@ -241,13 +265,28 @@ pub fn run(args: StudyArgs) -> Result<()> {
             let report = read_report(&eval_path)?;
             let names: Vec<String> = report.datasets.iter().map(|d| d.name.clone()).collect();
             if dataset_names.get_or_insert_with(|| names.clone()) != &names {
-                bail!("{}: evaluated on {:?}, other arms on {:?} (delete it to re-evaluate)", eval_path.display(), names, dataset_names);
+                bail!(
+                    "{}: evaluated on {:?}, other arms on {:?} (delete it to re-evaluate)",
+                    eval_path.display(),
+                    names,
+                    dataset_names
+                );
             }
             runs.push(read_run(arm, *seed, dir, &report)?);
         }
     }
     let datasets = dataset_names.unwrap_or_default();
-    let table = Table { study: study.clone(), config_path: args.config.display().to_string(), datasets, base: base_report.map(|r| BaseRow { accuracy: r.datasets.iter().map(|d| d.accuracy).collect(), no_answer: r.datasets.iter().map(|d| d.no_answer).collect(), average: r.average }), runs };
+    let table = Table {
+        study: study.clone(),
+        config_path: args.config.display().to_string(),
+        datasets,
+        base: base_report.map(|r| BaseRow {
+            accuracy: r.datasets.iter().map(|d| d.accuracy).collect(),
+            no_answer: r.datasets.iter().map(|d| d.no_answer).collect(),
+            average: r.average,
+        }),
+        runs,
+    };
     let md = table.markdown();
     echo_model::weights::write_atomic(&out.join("results.md"), md.as_bytes())?;
     echo_model::weights::write_atomic(&out.join("results.json"), serde_json::to_string_pretty(&table)?.as_bytes())?;
@@ -291,7 +330,9 @@ impl Table {
             if runs.is_empty() {
                 continue;
             }
-            let mut cols: Vec<(f64, f64)> = (0..self.datasets.len()).map(|j| mean_std(&runs.iter().map(|r| r.accuracy[j]).collect::<Vec<_>>())).collect();
+            let mut cols: Vec<(f64, f64)> = (0..self.datasets.len())
+                .map(|j| mean_std(&runs.iter().map(|r| r.accuracy[j]).collect::<Vec<_>>()))
+                .collect();
             cols.push(mean_std(&runs.iter().map(|r| r.average).collect::<Vec<_>>()));
             rows.push((arm.name.clone(), runs.len(), cols));
         }
@@ -299,7 +340,13 @@ impl Table {
     }
 
     fn markdown(&self) -> String {
-        let pct = |(m, s): (f64, f64), n: usize| if n > 1 { format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s) } else { format!("{:.1}", 100.0 * m) };
+        let pct = |(m, s): (f64, f64), n: usize| {
+            if n > 1 {
+                format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s)
+            } else {
+                format!("{:.1}", 100.0 * m)
+            }
+        };
         let e = &self.study.eval;
         let mut s = format!(
             "Accuracy (%) on the first {} test records of each dataset, mode `{}`{}; {} seed(s): {:?}. Study: `{}`.\n\n",
@@ -342,7 +389,10 @@ impl Table {
     fn svg(&self) -> String {
         let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
         if let Some(b) = &self.base {
-            series.push(("base".into(), b.accuracy.iter().chain(std::iter::once(&b.average)).map(|&a| (a, 0.0)).collect()));
+            series.push((
+                "base".into(),
+                b.accuracy.iter().chain(std::iter::once(&b.average)).map(|&a| (a, 0.0)).collect(),
+            ));
         }
         series.extend(self.arm_rows().into_iter().map(|(n, _, c)| (n, c)));
         let groups: Vec<String> = self.datasets.iter().cloned().chain(std::iter::once("average".into())).collect();
@@ -365,10 +415,18 @@ impl Table {
                 s += &format!("<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{:.1}%</title></rect>\n", top + plot_h - bh, bar_w - 2.0, colors[k % colors.len()], 100.0 * m);
                 if sd > 0.0 {
                     let cx = x + (bar_w - 2.0) / 2.0;
-                    s += &format!("<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n", top + plot_h * (1.0 - m - sd), top + plot_h * (1.0 - m + sd));
+                    s += &format!(
+                        "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n",
+                        top + plot_h * (1.0 - m - sd),
+                        top + plot_h * (1.0 - m + sd)
+                    );
                 }
             }
-            s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n", x0 + 50.0, h - bottom + 16.0);
+            s += &format!(
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{name}</text>\n",
+                x0 + 50.0,
+                h - bottom + 16.0
+            );
         }
         for (k, (name, _)) in series.iter().enumerate() {
             let x = left + 130.0 * k as f64;
@@ -385,7 +443,8 @@ mod tests {
 
     #[test]
     fn overrides_reach_into_tables_and_typos_fail_validation() {
-        let mut base: toml::Table = toml::from_str("[model]\npath = \"m\"\n[echo]\nenabled = true\nd_echo = 64\n").unwrap();
+        let mut base: toml::Table =
+            toml::from_str("[model]\npath = \"m\"\n[echo]\nenabled = true\nd_echo = 64\n").unwrap();
         let over: toml::Table = toml::from_str("\"echo.enabled\" = false\ntrain = { max_steps = 7 }\n").unwrap();
         apply(&mut base, &over, "test").unwrap();
         let cfg = RunConfig::parse(&toml::to_string(&base).unwrap()).unwrap();

@@ -41,7 +41,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let model_dir = crate::model::resolve_model(&cfg.model.path)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(&cfg.output.dir));
-    let echo = if cfg.echo.enabled { format!("echo on (p_route {}, lambda_kd {}, tau {})", cfg.echo.p_route, cfg.echo.lambda_kd, cfg.echo.tau) } else { "echo off".into() };
+    let echo = if cfg.echo.enabled {
+        format!("echo on (p_route {}, lambda_kd {}, tau {})", cfg.echo.p_route, cfg.echo.lambda_kd, cfg.echo.tau)
+    } else {
+        "echo off".into()
+    };
     println!(
         "training {} r={} on {} with {echo}\n  data: {}\n  output: {}",
         cfg.adapter.method,
@@ -54,11 +58,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)
         .context("training failed")?;
     let f = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-    println!("done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}", s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second, s.device);
+    println!(
+        "done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}",
+        s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second, s.device
+    );
     println!("  train loss: first step {} -> last step {}", f(s.first_loss), f(s.last_loss));
-    println!("  validation loss (plain route, {} held-out records): before training {} -> best {} (step {})", s.val_examples, f(s.first_val_loss), f(s.best_val_loss), s.best_step.map(|x| x.to_string()).unwrap_or("-".into()));
+    println!(
+        "  validation loss (plain route, {} held-out records): before training {} -> best {} (step {})",
+        s.val_examples,
+        f(s.first_val_loss),
+        f(s.best_val_loss),
+        s.best_step.map(|x| x.to_string()).unwrap_or("-".into())
+    );
     println!("  adapter (HF PEFT): {}", s.adapter_dir.display());
     println!("  best adapter: {}", s.out_dir.join("best-adapter").display());
-    println!("  metrics: {}, plot: {}", s.out_dir.join("metrics.jsonl").display(), s.out_dir.join("loss.svg").display());
+    println!(
+        "  metrics: {}, plot: {}",
+        s.out_dir.join("metrics.jsonl").display(),
+        s.out_dir.join("loss.svg").display()
+    );
     Ok(())
 }

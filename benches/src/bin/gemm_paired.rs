@@ -35,7 +35,8 @@ const TRANS: c_int = 112;
 
 /// `cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)` with
 /// integers of type `I`.
-type CblasSgemm<I> = unsafe extern "C" fn(c_int, c_int, c_int, I, I, I, f32, *const f32, I, *const f32, I, f32, *mut f32, I);
+type CblasSgemm<I> =
+    unsafe extern "C" fn(c_int, c_int, c_int, I, I, I, f32, *const f32, I, *const f32, I, f32, *mut f32, I);
 
 /// `cblas_sgemm` with 64-bit (ILP64, numpy's scipy-openblas64) or 32-bit integers.
 enum Sgemm<'lib> {
@@ -76,7 +77,11 @@ impl OpenBlas {
         let name = self.name("cblas_sgemm");
         // SAFETY: the signature is cblas_sgemm's, with the integer width of this naming.
         unsafe {
-            Ok(if self.suffix == "64_" { Sgemm::I64(self.lib.get(name.as_bytes())?) } else { Sgemm::I32(self.lib.get(name.as_bytes())?) })
+            Ok(if self.suffix == "64_" {
+                Sgemm::I64(self.lib.get(name.as_bytes())?)
+            } else {
+                Sgemm::I32(self.lib.get(name.as_bytes())?)
+            })
         }
     }
 
@@ -95,8 +100,38 @@ fn reference_gemm(sgemm: &Sgemm<'_>, x: &[f32], w: &[f32], c: &mut [f32], m: usi
     // by the caller's construction).
     unsafe {
         match sgemm {
-            Sgemm::I64(f) => f(ROW_MAJOR, NO_TRANS, TRANS, m as i64, n as i64, k as i64, 1.0, x.as_ptr(), k as i64, w.as_ptr(), k as i64, 0.0, c.as_mut_ptr(), n as i64),
-            Sgemm::I32(f) => f(ROW_MAJOR, NO_TRANS, TRANS, m as i32, n as i32, k as i32, 1.0, x.as_ptr(), k as i32, w.as_ptr(), k as i32, 0.0, c.as_mut_ptr(), n as i32),
+            Sgemm::I64(f) => f(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                m as i64,
+                n as i64,
+                k as i64,
+                1.0,
+                x.as_ptr(),
+                k as i64,
+                w.as_ptr(),
+                k as i64,
+                0.0,
+                c.as_mut_ptr(),
+                n as i64,
+            ),
+            Sgemm::I32(f) => f(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                m as i32,
+                n as i32,
+                k as i32,
+                1.0,
+                x.as_ptr(),
+                k as i32,
+                w.as_ptr(),
+                k as i32,
+                0.0,
+                c.as_mut_ptr(),
+                n as i32,
+            ),
         }
     }
 }
@@ -115,7 +150,9 @@ fn parse_args() -> Result<Args> {
         match a.as_str() {
             "--openblas" => args.openblas = value()?,
             "--rounds" => args.rounds = value()?.parse().context("--rounds: expected a whole number")?,
-            "--warm-up-secs" => args.warm_up = Duration::from_secs_f64(value()?.parse().context("--warm-up-secs: expected seconds")?),
+            "--warm-up-secs" => {
+                args.warm_up = Duration::from_secs_f64(value()?.parse().context("--warm-up-secs: expected seconds")?)
+            }
             "-h" | "--help" => {
                 println!("gemm_paired --openblas <libopenblas.so> [--rounds 100] [--warm-up-secs 1]");
                 std::process::exit(0);
@@ -144,7 +181,9 @@ fn main() -> Result<()> {
     }
     // SAFETY (both): openblas_get_num_threads(void) -> int, openblas_get_corename(void) -> char*.
     let blas_threads = blas.extension::<unsafe extern "C" fn() -> c_int>("get_num_threads").map(|f| unsafe { f() });
-    let core = blas.extension::<unsafe extern "C" fn() -> *const c_char>("get_corename").map(|f| unsafe { CStr::from_ptr(f()) }.to_string_lossy().into_owned());
+    let core = blas
+        .extension::<unsafe extern "C" fn() -> *const c_char>("get_corename")
+        .map(|f| unsafe { CStr::from_ptr(f()) }.to_string_lossy().into_owned());
     println!(
         "{}",
         serde_json::json!({"openblas": {"path": args.openblas, "symbol": blas.name("cblas_sgemm"), "core": core, "threads": blas_threads, "ours_threads": threads}})
@@ -157,7 +196,8 @@ fn main() -> Result<()> {
         let w = random_f32(s.n * s.k, 1.0 / (s.k as f32).sqrt(), 2);
         let mut ours = vec![0.0f32; s.m * s.n];
         let mut reference = vec![0.0f32; s.m * s.n];
-        let call_ours = |c: &mut [f32]| matmul(c, black_box(&x), black_box(&w), s.m, s.k, s.n, false, true, 1.0, false, Par::Rayon);
+        let call_ours =
+            |c: &mut [f32]| matmul(c, black_box(&x), black_box(&w), s.m, s.k, s.n, false, true, 1.0, false, Par::Rayon);
         let call_ref = |c: &mut [f32]| reference_gemm(&sgemm, black_box(&x), black_box(&w), c, s.m, s.k, s.n);
         let start = Instant::now();
         while start.elapsed() < args.warm_up {

@@ -97,7 +97,9 @@ impl Adapters {
         }
         let n_layers = model.blocks.len();
         if let Some(&l) = config.layers.iter().flatten().find(|&&l| l >= n_layers) {
-            return Err(PeftError::Invalid(format!("adapter layer {l} does not exist: the model has {n_layers} layers")));
+            return Err(PeftError::Invalid(format!(
+                "adapter layer {l} does not exist: the model has {n_layers} layers"
+            )));
         }
         let mut sites = BTreeMap::new();
         for layer in 0..n_layers {
@@ -132,7 +134,12 @@ impl Adapters {
 
     /// Fresh adapters: A kaiming-uniform (PEFT's default, `a = sqrt(5)`, i.e. uniform in
     /// `±1/sqrt(in)`), B zero, DoRA magnitude = the weight's row norms.
-    pub fn init(config: AdapterConfig, model: &Llama, store: &mut ParamStore, rng: &mut Rng) -> Result<Self, PeftError> {
+    pub fn init(
+        config: AdapterConfig,
+        model: &Llama,
+        store: &mut ParamStore,
+        rng: &mut Rng,
+    ) -> Result<Self, PeftError> {
         Self::register(config, model, store, |layer, proj, kind, shape| {
             Ok(match kind {
                 Kind::A => {
@@ -191,7 +198,8 @@ pub fn row_norms(w: &Tensor) -> Tensor {
             &host[..]
         }
     };
-    let n: Vec<f32> = data.chunks(d_in).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).collect();
+    let n: Vec<f32> =
+        data.chunks(d_in).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() as f32).collect();
     Tensor::new(n, [w.dims()[0]]).expect("one norm per row")
 }
 

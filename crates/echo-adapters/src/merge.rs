@@ -12,7 +12,11 @@ use echo_model::Llama;
 use echo_tensor::{DType, Device, Tensor};
 
 /// The merged weight of every adapted projection, by HF tensor name.
-pub fn merged_weights(model: &Llama, adapters: &Adapters, store: &ParamStore) -> echo_tensor::Result<Vec<(String, Tensor)>> {
+pub fn merged_weights(
+    model: &Llama,
+    adapters: &Adapters,
+    store: &ParamStore,
+) -> echo_tensor::Result<Vec<(String, Tensor)>> {
     let s = adapters.config.scale();
     let mut out = Vec::new();
     for site in adapters.sites() {

@@ -36,12 +36,22 @@ fn cfg_err(path: &Path, key: &str, msg: impl Into<String>) -> PeftError {
 /// Parses PEFT's `adapter_config.json`.
 pub fn parse_adapter_config(path: &Path) -> Result<AdapterConfig, PeftError> {
     let text = std::fs::read_to_string(path).map_err(|e| PeftError::Io { path: path.into(), source: e })?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| PeftError::Json { path: path.into(), line: e.line(), column: e.column(), msg: e.to_string() })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| PeftError::Json {
+        path: path.into(),
+        line: e.line(),
+        column: e.column(),
+        msg: e.to_string(),
+    })?;
     let get = |k: &str| v.get(k).filter(|x| !x.is_null());
     match get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
-        other => return Err(cfg_err(path, "peft_type", format!("{other:?}; only LORA (with or without use_dora) is supported"))),
+        other => {
+            return Err(cfg_err(
+                path,
+                "peft_type",
+                format!("{other:?}; only LORA (with or without use_dora) is supported"),
+            ))
+        }
     }
     for (key, ok) in [("bias", "none"), ("task_type", "CAUSAL_LM")] {
         if let Some(x) = get(key).and_then(Value::as_str).filter(|x| *x != ok) {
@@ -56,8 +66,13 @@ pub fn parse_adapter_config(path: &Path) -> Result<AdapterConfig, PeftError> {
     if get("fan_in_fan_out").and_then(Value::as_bool) == Some(true) {
         return Err(cfg_err(path, "fan_in_fan_out", "true is not supported (LLaMA linears are not Conv1D)"));
     }
-    let r = get("r").and_then(Value::as_u64).filter(|&r| r > 0).ok_or_else(|| cfg_err(path, "r", "missing or not a positive integer"))?;
-    let alpha = get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| cfg_err(path, "lora_alpha", "missing or not a number"))?;
+    let r = get("r")
+        .and_then(Value::as_u64)
+        .filter(|&r| r > 0)
+        .ok_or_else(|| cfg_err(path, "r", "missing or not a positive integer"))?;
+    let alpha = get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| cfg_err(path, "lora_alpha", "missing or not a number"))?;
     let dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     if !(0.0..1.0).contains(&dropout) {
         return Err(cfg_err(path, "lora_dropout", format!("{dropout} is outside [0, 1)")));
@@ -69,17 +84,39 @@ pub fn parse_adapter_config(path: &Path) -> Result<AdapterConfig, PeftError> {
                 let name = x.as_str().unwrap_or_default();
                 Proj::from_short_name(name).ok_or_else(|| {
                     let known: Vec<_> = Proj::ALL.iter().map(|p| p.short_name()).collect();
-                    cfg_err(path, "target_modules", format!("`{x}` is not a LLaMA projection (known: {})", known.join(", ")))
+                    cfg_err(
+                        path,
+                        "target_modules",
+                        format!("`{x}` is not a LLaMA projection (known: {})", known.join(", ")),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(other) => return Err(cfg_err(path, "target_modules", format!("{other} (only a list of module names is supported, not a regex)"))),
+        Some(other) => {
+            return Err(cfg_err(
+                path,
+                "target_modules",
+                format!("{other} (only a list of module names is supported, not a regex)"),
+            ))
+        }
         None => return Err(cfg_err(path, "target_modules", "missing")),
     };
     let layers = match get("layers_to_transform") {
         None => None,
-        Some(Value::Array(items)) => Some(items.iter().map(|x| x.as_u64().map(|l| l as usize).ok_or_else(|| cfg_err(path, "layers_to_transform", format!("{x} is not a layer index")))).collect::<Result<Vec<_>, _>>()?),
-        Some(x) => Some(vec![x.as_u64().ok_or_else(|| cfg_err(path, "layers_to_transform", format!("{x} is not a layer index")))? as usize]),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .map(|l| l as usize)
+                        .ok_or_else(|| cfg_err(path, "layers_to_transform", format!("{x} is not a layer index")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(x) => Some(vec![x
+            .as_u64()
+            .ok_or_else(|| cfg_err(path, "layers_to_transform", format!("{x} is not a layer index")))?
+            as usize]),
     };
     Ok(AdapterConfig {
         method: if get("use_dora").and_then(Value::as_bool) == Some(true) { Method::Dora } else { Method::Lora },
@@ -108,7 +145,9 @@ pub fn load_peft(dir: &Path, model: &Llama, store: &mut ParamStore) -> Result<Ad
     if let Some(extra) = files.names().into_iter().find(|n| !used.contains(*n)) {
         return Err(PeftError::Tensors {
             path: weights_path,
-            msg: format!("unexpected tensor `{extra}` (not implied by adapter_config.json: wrong model, targets or layers?)"),
+            msg: format!(
+                "unexpected tensor `{extra}` (not implied by adapter_config.json: wrong model, targets or layers?)"
+            ),
         });
     }
     Ok(adapters)
@@ -151,11 +190,11 @@ pub fn adapter_config_json(config: &AdapterConfig, base_model: &str) -> Value {
 /// Writes the adapters as a PEFT folder (created if needed; each file replaced atomically).
 pub fn save_peft(dir: &Path, adapters: &Adapters, store: &ParamStore, base_model: &str) -> Result<(), PeftError> {
     std::fs::create_dir_all(dir).map_err(|e| PeftError::Io { path: dir.into(), source: e })?;
-    let tensors = adapters.tensors().into_iter().map(|(id, key)| (key, SaveTensor::from_tensor(store.value(id)))).collect();
+    let tensors =
+        adapters.tensors().into_iter().map(|(id, key)| (key, SaveTensor::from_tensor(store.value(id)))).collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     save_safetensors(&dir.join("adapter_model.safetensors"), tensors, Some(meta))?;
     let cfg = serde_json::to_string_pretty(&adapter_config_json(&adapters.config, base_model)).expect("json");
     write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())?;
     Ok(())
 }
-

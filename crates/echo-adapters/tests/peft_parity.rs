@@ -67,7 +67,10 @@ fn compare(step: &Step, reference: &WeightFiles, logits_key: &str, loss_key: &st
         checked += 1;
     }
     assert_eq!(checked, n_grads);
-    println!("{logits_key}: logits max diff {worst:e}; loss {} vs {want_loss}; {checked} grads, worst rel {worst_rel:e}", step.loss);
+    println!(
+        "{logits_key}: logits max diff {worst:e}; loss {} vs {want_loss}; {checked} grads, worst rel {worst_rel:e}",
+        step.loss
+    );
 }
 
 #[test]

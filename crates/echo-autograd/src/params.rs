@@ -94,7 +94,12 @@ impl ParamStore {
         let mut params = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let grad = p.grad.as_ref().map(|g| g.to_device(device)).transpose()?;
-            params.push(Param { name: p.name.clone(), value: p.value.to_device(device)?, grad, trainable: p.trainable });
+            params.push(Param {
+                name: p.name.clone(),
+                value: p.value.to_device(device)?,
+                grad,
+                trainable: p.trainable,
+            });
         }
         Ok(ParamStore { params, by_name: self.by_name.clone() })
     }

@@ -46,7 +46,12 @@ fn matmul_all_transposes_batched_and_shared() {
     for tb in [false, true] {
         let a = randn(&[3, m, k], &mut rng);
         let b = randn(&if tb { [n, k] } else { [k, n] }, &mut rng);
-        assert_gradients(&format!("matmul shared rhs tb={tb}"), &[a, b], |v| ops::matmul_t(&v[0], &v[1], false, tb), opts());
+        assert_gradients(
+            &format!("matmul shared rhs tb={tb}"),
+            &[a, b],
+            |v| ops::matmul_t(&v[0], &v[1], false, tb),
+            opts(),
+        );
     }
 }
 
@@ -68,7 +73,12 @@ fn layout_ops() {
     assert_gradients("narrow", &[a.clone()], |v| ops::narrow(&v[0], 1, 1, 2), opts());
     assert_gradients("concat", &[a.clone(), b], |v| ops::concat(&[&v[0], &v[1]], 1), opts());
     // Repeated indices must accumulate in the embedding gradient.
-    assert_gradients("index_select", &[randn(&[7, 3], &mut rng)], |v| ops::index_select(&v[0], &[4, 0, 4, 6, 4]), opts());
+    assert_gradients(
+        "index_select",
+        &[randn(&[7, 3], &mut rng)],
+        |v| ops::index_select(&v[0], &[4, 0, 4, 6, 4]),
+        opts(),
+    );
 }
 
 #[test]
@@ -79,7 +89,12 @@ fn reductions_and_softmax() {
     assert_gradients("mean_all", &[a.clone()], |v| ops::mean_all(&v[0]), opts());
     for dim in 0..3 {
         for keep in [false, true] {
-            assert_gradients(&format!("sum_dim {dim} {keep}"), &[a.clone()], |v| ops::sum_dim(&v[0], dim, keep), opts());
+            assert_gradients(
+                &format!("sum_dim {dim} {keep}"),
+                &[a.clone()],
+                |v| ops::sum_dim(&v[0], dim, keep),
+                opts(),
+            );
         }
     }
     assert_gradients("softmax_last", &[a], |v| ops::softmax_last(&v[0]), opts());
@@ -109,7 +124,12 @@ fn rmsnorm_with_and_without_weight() {
 #[test]
 fn rope_default_and_llama3() {
     let mut rng = Rng::new(8);
-    let scaling = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16.0 };
+    let scaling = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16.0,
+    };
     for (theta, sc) in [(10_000.0, None), (500_000.0, Some(scaling))] {
         let table = Arc::new(RopeTable::new(6, 64, theta, sc));
         let x = randn(&[2, 5, 3, 6], &mut rng);
@@ -148,7 +168,12 @@ fn lora_linear_plain_dropout_and_injection() {
     let g = randn(&[samples, r], &mut rng);
     let p = randn(&[samples, r], &mut rng);
     let w1 = w.clone();
-    assert_gradients("lora", &[x.clone(), a.clone(), b.clone()], move |v| ops::lora_linear(&v[0], &w1, &v[1], &v[2], 2.0, None, None), opts());
+    assert_gradients(
+        "lora",
+        &[x.clone(), a.clone(), b.clone()],
+        move |v| ops::lora_linear(&v[0], &w1, &v[1], &v[2], 2.0, None, None),
+        opts(),
+    );
     let w2 = w.clone();
     assert_gradients(
         "lora dropout",
@@ -206,7 +231,8 @@ fn dora_gradients_equal_lora_scaled_by_detached_norm() {
     let b = Tensor::randn([d_out, r], 0.3, &mut rng);
     let m = Tensor::rand_uniform([d_out], 0.5, 2.0, &mut rng);
     let seed = randn(&[samples, t, d_out], &mut rng);
-    let n0 = echo_tensor::nn::dora_weight_norm(&echo_tensor::nn::LoraParams { w: &w, a: &a, b: &b, scale: 2.0 }).unwrap();
+    let n0 =
+        echo_tensor::nn::dora_weight_norm(&echo_tensor::nn::LoraParams { w: &w, a: &a, b: &b, scale: 2.0 }).unwrap();
     let grads = |use_dora: bool| {
         let tape = echo_autograd::Tape::new();
         let (xv, av, bv, mv) = (tape.leaf(x.clone()), tape.leaf(a.clone()), tape.leaf(b.clone()), tape.leaf(m.clone()));
@@ -252,7 +278,12 @@ fn kl_divergence_student_with_temperature() {
     let weights = [1.0, 0.0, 1.0, 1.0, 0.0];
     for tau in [1.0, 2.5] {
         let t = teacher.clone();
-        assert_gradients(&format!("kl tau={tau}"), &[student.clone()], move |v| ops::kl_div(&t, &v[0], tau, &weights, 3.0), opts());
+        assert_gradients(
+            &format!("kl tau={tau}"),
+            &[student.clone()],
+            move |v| ops::kl_div(&t, &v[0], tau, &weights, 3.0),
+            opts(),
+        );
     }
 }
 

@@ -31,13 +31,7 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig {
-            batch_size: 16,
-            seed: 42,
-            shuffle: true,
-            bucket: None,
-            drop_last: false,
-        }
+        BatchConfig { batch_size: 16, seed: 42, shuffle: true, bucket: None, drop_last: false }
     }
 }
 
@@ -127,17 +121,13 @@ impl Batcher {
     pub fn new(examples: impl Into<Arc<[Example]>>, pad_id: u32, cfg: BatchConfig) -> Result<Self> {
         let examples = examples.into();
         if examples.is_empty() {
-            return Err(Error::Batcher(
-                "no examples to batch (empty dataset)".into(),
-            ));
+            return Err(Error::Batcher("no examples to batch (empty dataset)".into()));
         }
         if cfg.batch_size == 0 {
             return Err(Error::Batcher("batch_size must be at least 1".into()));
         }
         if cfg.bucket == Some(0) {
-            return Err(Error::Batcher(
-                "bucket must be at least 1 batch (or off)".into(),
-            ));
+            return Err(Error::Batcher("bucket must be at least 1 batch (or off)".into()));
         }
         if cfg.drop_last && examples.len() < cfg.batch_size {
             return Err(Error::Batcher(format!(
@@ -147,13 +137,7 @@ impl Batcher {
             )));
         }
         let plan = plan_epoch(&examples, &cfg, 0);
-        Ok(Batcher {
-            examples,
-            pad_id,
-            cfg,
-            pos: BatchPosition::default(),
-            plan,
-        })
+        Ok(Batcher { examples, pad_id, cfg, pos: BatchPosition::default(), plan })
     }
 
     pub fn examples(&self) -> &[Example] {
@@ -189,14 +173,7 @@ impl Batcher {
                 pos.epoch, pos.index
             )));
         }
-        let pos = if pos.index == n {
-            BatchPosition {
-                epoch: pos.epoch + 1,
-                index: 0,
-            }
-        } else {
-            pos
-        };
+        let pos = if pos.index == n { BatchPosition { epoch: pos.epoch + 1, index: 0 } } else { pos };
         if pos.epoch != self.pos.epoch {
             self.plan = plan_epoch(&self.examples, &self.cfg, pos.epoch);
         }
@@ -214,10 +191,7 @@ impl Batcher {
         let pos = self.pos;
         let mut batch = self.make(&self.plan[pos.index]);
         batch.position = pos;
-        let next = BatchPosition {
-            epoch: pos.epoch,
-            index: pos.index + 1,
-        };
+        let next = BatchPosition { epoch: pos.epoch, index: pos.index + 1 };
         // Cannot fail: index + 1 <= batches_per_epoch.
         let _ = self.seek(next);
         batch
@@ -227,10 +201,7 @@ impl Batcher {
     pub fn batch_at(&self, pos: BatchPosition) -> Result<Batch> {
         let n = self.batches_per_epoch();
         if pos.index >= n {
-            return Err(Error::Batcher(format!(
-                "batch {} of an epoch of {n} batches",
-                pos.index
-            )));
+            return Err(Error::Batcher(format!("batch {} of an epoch of {n} batches", pos.index)));
         }
         let mut batch = if pos.epoch == self.pos.epoch {
             self.make(&self.plan[pos.index])
@@ -271,9 +242,7 @@ fn plan_epoch(examples: &[Example], cfg: &BatchConfig, epoch: u64) -> Vec<Vec<us
             Rng::derive(cfg.seed, &format!("data.bucket/epoch {epoch}")).shuffle(&mut batches);
         }
         let longest = |b: &Vec<usize>| b.iter().map(|&i| examples[i].len()).max().unwrap_or(0);
-        if let Some(k) =
-            (0..batches.len()).max_by_key(|&k| (longest(&batches[k]), std::cmp::Reverse(k)))
-        {
+        if let Some(k) = (0..batches.len()).max_by_key(|&k| (longest(&batches[k]), std::cmp::Reverse(k))) {
             batches.swap(0, k);
         }
     }

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::encode::{
-    encode_file, DropReason, Dropped, EncodeConfig, EncodedDataset, Example, Progress, Report,
-};
+use crate::encode::{encode_file, DropReason, Dropped, EncodeConfig, EncodedDataset, Example, Progress, Report};
 use crate::error::{Error, Result};
 use crate::mix::MixSpec;
 use crate::template::Template;
@@ -60,12 +58,7 @@ impl Cache {
     }
 
     /// The cache key; `data_sha256` is the SHA-256 of the data file's bytes.
-    pub fn key(
-        data_sha256: &[u8; 32],
-        tok: &Tokenizer,
-        template: &Template,
-        cfg: &EncodeConfig,
-    ) -> String {
+    pub fn key(data_sha256: &[u8; 32], tok: &Tokenizer, template: &Template, cfg: &EncodeConfig) -> String {
         let mut h = Sha256::new();
         h.update(MAGIC);
         h.update(VERSION.to_le_bytes());
@@ -100,10 +93,7 @@ impl Cache {
             Ok(buf) => match decode(&buf, &key) {
                 Ok(ds) => return Ok((ds, CacheStatus::Hit(file))),
                 Err(why) => {
-                    tracing::warn!(
-                        "cache file {} is unusable ({why}); rebuilding it",
-                        file.display()
-                    );
+                    tracing::warn!("cache file {} is unusable ({why}); rebuilding it", file.display());
                     stale = Some(why);
                 }
             },
@@ -136,10 +126,7 @@ pub fn load_dataset(
 ) -> Result<(EncodedDataset, CacheStatus)> {
     match cache {
         Some(c) => c.load_or_encode(data, tok, template, cfg, progress),
-        None => Ok((
-            encode_file(data, tok, template, cfg, progress)?,
-            CacheStatus::Off,
-        )),
+        None => Ok((encode_file(data, tok, template, cfg, progress)?, CacheStatus::Off)),
     }
 }
 
@@ -179,17 +166,8 @@ pub fn load_mix(
     }
     let sizes: Vec<usize> = per_source.iter().map(Vec::len).collect();
     let counts = spec.counts(&sizes)?;
-    let examples = spec
-        .apply(per_source)?
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect();
-    Ok(MixedDataset {
-        examples,
-        counts,
-        reports,
-        dropped,
-    })
+    let examples = spec.apply(per_source)?.into_iter().map(|(_, e)| e).collect();
+    Ok(MixedDataset { examples, counts, reports, dropped })
 }
 
 impl MixedDataset {
@@ -204,14 +182,8 @@ impl MixedDataset {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -259,8 +231,7 @@ fn encode(ds: &EncodedDataset, key: &str) -> Vec<u8> {
         v.extend_from_slice(&(e.source as u64).to_le_bytes());
         v.extend_from_slice(&(e.record as u64).to_le_bytes());
         v.extend_from_slice(&(e.prompt_len as u32).to_le_bytes());
-        let flags =
-            e.train_on_inputs as u8 | (e.truncated as u8) << 1 | (e.boundary_merge as u8) << 2;
+        let flags = e.train_on_inputs as u8 | (e.truncated as u8) << 1 | (e.boundary_merge as u8) << 2;
         v.push(flags);
         v.extend_from_slice(&(e.input_ids.len() as u32).to_le_bytes());
         for id in &e.input_ids {
@@ -300,9 +271,7 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> std::result::Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().map_err(|_| "bad u32")?,
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "bad u32")?))
     }
     fn u64(&mut self) -> std::result::Result<usize, String> {
         let x = u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "bad u64")?);
@@ -358,10 +327,7 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
         let flags = r.u8()?;
         let len = r.u32()? as usize;
         let raw = r.take(len * 4)?;
-        let input_ids: Vec<u32> = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let input_ids: Vec<u32> = raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         if prompt_len >= len {
             return Err("an example without answer tokens".into());
         }
@@ -388,20 +354,10 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
             1 => DropReason::OverCutoff,
             x => return Err(format!("unknown drop reason {x}")),
         };
-        dropped.push(Dropped {
-            source,
-            record,
-            reason,
-            prompt_tokens: r.u64()?,
-            tokens: r.u64()?,
-        });
+        dropped.push(Dropped { source, record, reason, prompt_tokens: r.u64()?, tokens: r.u64()? });
     }
     if !r.b.is_empty() {
         return Err("trailing bytes".into());
     }
-    Ok(EncodedDataset {
-        examples,
-        dropped,
-        report,
-    })
+    Ok(EncodedDataset { examples, dropped, report })
 }

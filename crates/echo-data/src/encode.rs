@@ -45,20 +45,13 @@ pub struct EncodeConfig {
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        EncodeConfig {
-            cutoff: Some(256),
-            overlong: Overlong::Truncate,
-            train_on_inputs: false,
-        }
+        EncodeConfig { cutoff: Some(256), overlong: Overlong::Truncate, train_on_inputs: false }
     }
 }
 
 impl EncodeConfig {
     pub fn fingerprint(&self) -> String {
-        format!(
-            "cutoff={:?};overlong={:?};train_on_inputs={}",
-            self.cutoff, self.overlong, self.train_on_inputs
-        )
+        format!("cutoff={:?};overlong={:?};train_on_inputs={}", self.cutoff, self.overlong, self.train_on_inputs)
     }
 }
 
@@ -179,8 +172,7 @@ impl Report {
             }
             Encoded::Dropped(d) => {
                 self.dropped += 1;
-                self.dropped_prompt_over_cutoff +=
-                    (d.reason == DropReason::PromptOverCutoff) as usize;
+                self.dropped_prompt_over_cutoff += (d.reason == DropReason::PromptOverCutoff) as usize;
             }
         }
     }
@@ -211,12 +203,7 @@ pub struct EncodedDataset {
 
 /// Encodes one record. Errors only if the tokenizer fails; over-long samples come back as
 /// `Encoded::Dropped`.
-pub fn encode_example(
-    tok: &Tokenizer,
-    template: &Template,
-    record: &Record,
-    cfg: &EncodeConfig,
-) -> Result<Encoded> {
+pub fn encode_example(tok: &Tokenizer, template: &Template, record: &Record, cfg: &EncodeConfig) -> Result<Encoded> {
     Ok(encode_inner(tok, template, record, cfg, 0, 0)?.0)
 }
 
@@ -256,13 +243,7 @@ fn encode_inner(
                 None
             };
             if let Some(reason) = reason {
-                let d = Dropped {
-                    source,
-                    record,
-                    reason,
-                    prompt_tokens: prompt_len,
-                    tokens: total,
-                };
+                let d = Dropped { source, record, reason, prompt_tokens: prompt_len, tokens: total };
                 return Ok((Encoded::Dropped(d), total));
             }
             ids.truncate(c);
@@ -291,16 +272,14 @@ pub enum Progress {
 
 impl Progress {
     fn bar(self, len: u64, what: &str) -> indicatif::ProgressBar {
-        let show = self == Progress::Auto
-            && std::io::stdout().is_terminal()
-            && std::io::stderr().is_terminal();
+        let show = self == Progress::Auto && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
         if !show {
             return indicatif::ProgressBar::hidden();
         }
         let pb = indicatif::ProgressBar::new(len);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
             pb.set_style(style.progress_chars("=> "));
         }
         pb.set_message(what.to_string());
@@ -322,19 +301,16 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// Encodes `chunk` (records `first..`) in parallel and adds the results in order.
     fn encode_chunk(&self, first: usize, chunk: &[Record], out: &mut EncodedDataset) -> Result<()> {
-        let results: Vec<Result<(Encoded, usize)>> = chunk
-            .par_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                encode_inner(self.tok, self.template, r, self.cfg, self.source, first + i).map_err(
-                    |e| Error::Encode {
-                        path: self.path.to_path_buf(),
-                        record: first + i,
-                        msg: e.to_string(),
-                    },
-                )
-            })
-            .collect();
+        let results: Vec<Result<(Encoded, usize)>> =
+            chunk
+                .par_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    encode_inner(self.tok, self.template, r, self.cfg, self.source, first + i).map_err(|e| {
+                        Error::Encode { path: self.path.to_path_buf(), record: first + i, msg: e.to_string() }
+                    })
+                })
+                .collect();
         for res in results {
             let (enc, untruncated) = res?;
             out.report.count(&enc, untruncated);
@@ -350,10 +326,7 @@ impl Ctx<'_> {
 fn finish(path: &Path, out: EncodedDataset) -> Result<EncodedDataset> {
     let r = &out.report;
     if r.records == 0 {
-        return Err(Error::EmptyDataset {
-            path: path.to_path_buf(),
-            detail: "no records".into(),
-        });
+        return Err(Error::EmptyDataset { path: path.to_path_buf(), detail: "no records".into() });
     }
     if r.examples == 0 {
         let detail = if r.dropped_prompt_over_cutoff == r.dropped {
@@ -371,10 +344,7 @@ fn finish(path: &Path, out: EncodedDataset) -> Result<EncodedDataset> {
                 r.dropped - r.dropped_prompt_over_cutoff
             )
         };
-        return Err(Error::NoExamples {
-            path: path.to_path_buf(),
-            detail,
-        });
+        return Err(Error::NoExamples { path: path.to_path_buf(), detail });
     }
     Ok(out)
 }
@@ -389,18 +359,8 @@ pub fn encode_records(
     path: &Path,
     source: usize,
 ) -> Result<EncodedDataset> {
-    let mut out = EncodedDataset {
-        examples: Vec::new(),
-        dropped: Vec::new(),
-        report: Report::default(),
-    };
-    let ctx = Ctx {
-        tok,
-        template,
-        cfg,
-        path,
-        source,
-    };
+    let mut out = EncodedDataset { examples: Vec::new(), dropped: Vec::new(), report: Report::default() };
+    let ctx = Ctx { tok, template, cfg, path, source };
     for (c, chunk) in records.chunks(CHUNK).enumerate() {
         ctx.encode_chunk(c * CHUNK, chunk, &mut out)?;
     }
@@ -418,23 +378,11 @@ pub fn encode_file(
     progress: Progress,
 ) -> Result<EncodedDataset> {
     let path = path.as_ref();
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, "cannot open", e))?
-        .len();
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, "cannot open", e))?.len();
     let pb = progress.bar(len, &format!("tokenising {}", path.display()));
     let mut stream = RecordStream::open(path)?;
-    let mut out = EncodedDataset {
-        examples: Vec::new(),
-        dropped: Vec::new(),
-        report: Report::default(),
-    };
-    let ctx = Ctx {
-        tok,
-        template,
-        cfg,
-        path,
-        source: 0,
-    };
+    let mut out = EncodedDataset { examples: Vec::new(), dropped: Vec::new(), report: Report::default() };
+    let ctx = Ctx { tok, template, cfg, path, source: 0 };
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut first = 0;
     loop {

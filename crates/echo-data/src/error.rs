@@ -9,56 +9,29 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {what}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, what: &'static str, source: std::io::Error },
 
     /// Not valid JSON / JSON Lines, or a value of the wrong type.
     #[error("{}:{line}:{column}: {}{msg}", path.display(), record_prefix(*record))]
-    Json {
-        path: PathBuf,
-        line: u64,
-        column: u64,
-        record: Option<usize>,
-        msg: String,
-    },
+    Json { path: PathBuf, line: u64, column: u64, record: Option<usize>, msg: String },
 
     #[error(
         "{}:{line}:{column}: record [{record}]: field `{field}` is missing or null (expected a string)",
         path.display()
     )]
-    MissingField {
-        path: PathBuf,
-        record: usize,
-        line: u64,
-        column: u64,
-        field: &'static str,
-    },
+    MissingField { path: PathBuf, record: usize, line: u64, column: u64, field: &'static str },
 
     #[error(
         "{}:{line}:{column}: record [{record}]: field `{field}` is empty (expected a non-empty string)",
         path.display()
     )]
-    EmptyField {
-        path: PathBuf,
-        record: usize,
-        line: u64,
-        column: u64,
-        field: &'static str,
-    },
+    EmptyField { path: PathBuf, record: usize, line: u64, column: u64, field: &'static str },
 
     #[error(
         "{}:{line}:{column}: invalid UTF-8 at byte offset {offset} (expected UTF-8 text)",
         path.display()
     )]
-    InvalidUtf8 {
-        path: PathBuf,
-        offset: u64,
-        line: u64,
-        column: u64,
-    },
+    InvalidUtf8 { path: PathBuf, offset: u64, line: u64, column: u64 },
 
     #[error("{}: empty dataset: {detail}", path.display())]
     EmptyDataset { path: PathBuf, detail: String },
@@ -67,11 +40,7 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
 
     #[error("{}: record [{record}]: tokenising failed: {msg}", path.display())]
-    Encode {
-        path: PathBuf,
-        record: usize,
-        msg: String,
-    },
+    Encode { path: PathBuf, record: usize, msg: String },
 
     #[error("template `{name}`: {msg}")]
     Template { name: String, msg: String },
@@ -102,10 +71,6 @@ fn record_prefix(record: Option<usize>) -> String {
 
 impl Error {
     pub(crate) fn io(path: &Path, what: &'static str, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), what, source }
     }
 }

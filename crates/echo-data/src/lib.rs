@@ -69,8 +69,8 @@ pub mod tokenizer;
 pub use batch::{Batch, BatchConfig, BatchPosition, Batcher};
 pub use cache::{load_dataset, load_mix, write_atomic, Cache, CacheStatus, MixedDataset};
 pub use encode::{
-    encode_example, encode_file, encode_records, DropReason, Dropped, EncodeConfig, Encoded,
-    EncodedDataset, Example, Overlong, Progress, Report, IGNORE_INDEX,
+    encode_example, encode_file, encode_records, DropReason, Dropped, EncodeConfig, Encoded, EncodedDataset, Example,
+    Overlong, Progress, Report, IGNORE_INDEX,
 };
 pub use error::{Error, Result};
 pub use mix::{split_validation, MixSource, MixSpec};

@@ -38,11 +38,7 @@ impl MixSpec {
             return Err(Error::Mix("no sources".into()));
         }
         if sizes.len() != self.sources.len() {
-            return Err(Error::Mix(format!(
-                "{} sizes for {} sources",
-                sizes.len(),
-                self.sources.len()
-            )));
+            return Err(Error::Mix(format!("{} sizes for {} sources", sizes.len(), self.sources.len())));
         }
         for (s, &n) in self.sources.iter().zip(sizes) {
             if !(s.weight.is_finite() && s.weight >= 0.0) {
@@ -53,11 +49,7 @@ impl MixSpec {
                 )));
             }
             if n == 0 && s.weight > 0.0 {
-                return Err(Error::Mix(format!(
-                    "{}: empty dataset with weight {}",
-                    s.path.display(),
-                    s.weight
-                )));
+                return Err(Error::Mix(format!("{}: empty dataset with weight {}", s.path.display(), s.weight)));
             }
         }
         let wsum: f64 = self.sources.iter().map(|s| s.weight).sum();
@@ -65,17 +57,8 @@ impl MixSpec {
             return Err(Error::Mix("all weights are zero".into()));
         }
         let targets: Vec<f64> = match self.total {
-            None => self
-                .sources
-                .iter()
-                .zip(sizes)
-                .map(|(s, &n)| s.weight * n as f64)
-                .collect(),
-            Some(t) => self
-                .sources
-                .iter()
-                .map(|s| s.weight / wsum * t as f64)
-                .collect(),
+            None => self.sources.iter().zip(sizes).map(|(s, &n)| s.weight * n as f64).collect(),
+            Some(t) => self.sources.iter().map(|s| s.weight / wsum * t as f64).collect(),
         };
         let mut counts: Vec<usize> = targets.iter().map(|&x| x.floor() as usize).collect();
         let want = match self.total {
@@ -85,13 +68,8 @@ impl MixSpec {
         // Largest remainder; ties to the earlier source.
         let mut order: Vec<usize> = (0..counts.len()).collect();
         order.sort_by(|&a, &b| {
-            let (ra, rb) = (
-                targets[a] - targets[a].floor(),
-                targets[b] - targets[b].floor(),
-            );
-            rb.partial_cmp(&ra)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
+            let (ra, rb) = (targets[a] - targets[a].floor(), targets[b] - targets[b].floor());
+            rb.partial_cmp(&ra).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
         });
         let mut have: usize = counts.iter().sum();
         for &k in order.iter().cycle().take(order.len() * 2) {
@@ -136,9 +114,7 @@ impl MixSpec {
 pub fn split_validation<T>(items: Vec<T>, n_val: usize, seed: u64) -> Result<(Vec<T>, Vec<T>)> {
     let n = items.len();
     if n_val >= n && n_val > 0 {
-        return Err(Error::Split(format!(
-            "{n_val} validation items out of {n} leaves nothing to train on"
-        )));
+        return Err(Error::Split(format!("{n_val} validation items out of {n} leaves nothing to train on")));
     }
     let mut idx: Vec<usize> = (0..n).collect();
     Rng::derive(seed, "data.validation").shuffle(&mut idx);
@@ -166,10 +142,7 @@ mod tests {
             sources: weights
                 .iter()
                 .enumerate()
-                .map(|(i, &w)| MixSource {
-                    path: format!("s{i}").into(),
-                    weight: w,
-                })
+                .map(|(i, &w)| MixSource { path: format!("s{i}").into(), weight: w })
                 .collect(),
             total,
             seed: 5,
@@ -178,17 +151,12 @@ mod tests {
 
     #[test]
     fn multiplier_weights() {
-        assert_eq!(
-            spec(&[1.0, 0.5, 2.5], None).counts(&[10, 10, 4]).unwrap(),
-            vec![10, 5, 10]
-        );
+        assert_eq!(spec(&[1.0, 0.5, 2.5], None).counts(&[10, 10, 4]).unwrap(), vec![10, 5, 10]);
     }
 
     #[test]
     fn proportional_weights_sum_to_total() {
-        let c = spec(&[1.0, 1.0, 1.0], Some(100))
-            .counts(&[5, 50, 500])
-            .unwrap();
+        let c = spec(&[1.0, 1.0, 1.0], Some(100)).counts(&[5, 50, 500]).unwrap();
         assert_eq!(c.iter().sum::<usize>(), 100);
         assert_eq!(c, vec![34, 33, 33]);
         let c = spec(&[3.0, 1.0], Some(8)).counts(&[1, 1]).unwrap();
@@ -197,9 +165,7 @@ mod tests {
 
     #[test]
     fn apply_takes_passes_then_a_sample() {
-        let m = spec(&[2.5, 1.0], None)
-            .apply(vec![vec![0, 1, 2, 3], vec![10, 11]])
-            .unwrap();
+        let m = spec(&[2.5, 1.0], None).apply(vec![vec![0, 1, 2, 3], vec![10, 11]]).unwrap();
         assert_eq!(m.len(), 12);
         for x in 0..4 {
             let k = m.iter().filter(|(s, v)| *s == 0 && *v == x).count();
@@ -207,9 +173,7 @@ mod tests {
         }
         assert_eq!(m.iter().filter(|(s, _)| *s == 1).count(), 2);
         // Seeded: same spec, same mix; other seed, other order.
-        let again = spec(&[2.5, 1.0], None)
-            .apply(vec![vec![0, 1, 2, 3], vec![10, 11]])
-            .unwrap();
+        let again = spec(&[2.5, 1.0], None).apply(vec![vec![0, 1, 2, 3], vec![10, 11]]).unwrap();
         assert_eq!(m, again);
         let mut s2 = spec(&[2.5, 1.0], None);
         s2.seed = 6;
@@ -233,21 +197,9 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         assert!(train.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
-        assert_ne!(
-            val,
-            (0..10).collect::<Vec<_>>(),
-            "the held-out items are a random choice"
-        );
-        assert_eq!(
-            split_validation((0..100).collect::<Vec<_>>(), 10, 42)
-                .unwrap()
-                .1,
-            val
-        );
+        assert_ne!(val, (0..10).collect::<Vec<_>>(), "the held-out items are a random choice");
+        assert_eq!(split_validation((0..100).collect::<Vec<_>>(), 10, 42).unwrap().1, val);
         assert!(split_validation(vec![1, 2], 2, 0).is_err());
-        assert_eq!(
-            split_validation(vec![1, 2], 0, 0).unwrap(),
-            (vec![1, 2], vec![])
-        );
+        assert_eq!(split_validation(vec![1, 2], 0, 0).unwrap(), (vec![1, 2], vec![]));
     }
 }

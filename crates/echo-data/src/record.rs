@@ -59,10 +59,7 @@ pub fn read_records(path: impl AsRef<Path>) -> Result<Vec<Record>> {
         out.push(r?);
     }
     if out.is_empty() {
-        return Err(Error::EmptyDataset {
-            path: path.to_path_buf(),
-            detail: "the file holds no records".into(),
-        });
+        return Err(Error::EmptyDataset { path: path.to_path_buf(), detail: "the file holds no records".into() });
     }
     Ok(out)
 }
@@ -95,10 +92,7 @@ impl RecordStream<BufReader<File>> {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let f = File::open(path).map_err(|e| Error::io(path, "cannot open", e))?;
-        Ok(Self::from_reader(
-            path,
-            BufReader::with_capacity(1 << 16, f),
-        ))
+        Ok(Self::from_reader(path, BufReader::with_capacity(1 << 16, f)))
     }
 }
 
@@ -131,13 +125,7 @@ impl<R: BufRead> RecordStream<R> {
     }
 
     fn err_here(&self, msg: String) -> Error {
-        Error::Json {
-            path: self.path.clone(),
-            line: self.sc.line,
-            column: self.sc.col,
-            record: None,
-            msg,
-        }
+        Error::Json { path: self.path.clone(), line: self.sc.line, column: self.sc.col, record: None, msg }
     }
 
     fn io_err(&self, e: std::io::Error) -> Error {
@@ -152,10 +140,7 @@ impl<R: BufRead> RecordStream<R> {
             self.sc.skip_ws().map_err(|e| self.io_err(e))?;
             match self.sc.peek().map_err(|e| self.io_err(e))? {
                 None => {
-                    return Err(Error::EmptyDataset {
-                        path: self.path.clone(),
-                        detail: "the file is empty".into(),
-                    })
+                    return Err(Error::EmptyDataset { path: self.path.clone(), detail: "the file is empty".into() })
                 }
                 Some(b'[') => {
                     self.sc.bump().map_err(|e| self.io_err(e))?;
@@ -211,15 +196,12 @@ impl<R: BufRead> RecordStream<R> {
         }
         match self.sc.peek().map_err(|e| self.io_err(e))? {
             Some(b'{') => Ok(Some(())),
-            Some(b) => Err(self.err_here(format!(
-                "expected '{{' starting record [{}], found {}",
-                self.index,
-                show_byte(b)
-            ))),
-            None => Err(self.err_here(format!(
-                "unexpected end of file: expected '{{' starting record [{}]",
-                self.index
-            ))),
+            Some(b) => {
+                Err(self.err_here(format!("expected '{{' starting record [{}], found {}", self.index, show_byte(b))))
+            }
+            None => {
+                Err(self.err_here(format!("unexpected end of file: expected '{{' starting record [{}]", self.index)))
+            }
         }
     }
 
@@ -227,10 +209,7 @@ impl<R: BufRead> RecordStream<R> {
         self.sc.skip_ws().map_err(|e| self.io_err(e))?;
         match self.sc.peek().map_err(|e| self.io_err(e))? {
             None => Ok(()),
-            Some(b) => Err(self.err_here(format!(
-                "trailing characters after the closing ']': found {}",
-                show_byte(b)
-            ))),
+            Some(b) => Err(self.err_here(format!("trailing characters after the closing ']': found {}", show_byte(b)))),
         }
     }
 
@@ -245,17 +224,16 @@ impl<R: BufRead> RecordStream<R> {
         // them do not count.
         let (mut depth, mut in_str, mut esc) = (0usize, false, false);
         loop {
-            let b =
-                match self.sc.bump().map_err(|e| self.io_err(e))? {
-                    Some(b) => b,
-                    None => {
-                        return Err(self.err_here(format!(
+            let b = match self.sc.bump().map_err(|e| self.io_err(e))? {
+                Some(b) => b,
+                None => {
+                    return Err(self.err_here(format!(
                         "record [{index}]: unexpected end of file inside the record that starts \
                          at line {start_line} column {start_col}{}",
                         if in_str { " (unterminated string)" } else { " (missing '}')" }
                     )))
-                    }
-                };
+                }
+            };
             self.buf.push(b);
             if in_str {
                 if esc {
@@ -282,12 +260,7 @@ impl<R: BufRead> RecordStream<R> {
         if let Err(e) = std::str::from_utf8(&self.buf) {
             let bad = e.valid_up_to();
             let (line, column) = advance_pos(start_line, start_col, &self.buf[..bad]);
-            return Err(Error::InvalidUtf8 {
-                path: self.path.clone(),
-                offset: start_off + bad as u64,
-                line,
-                column,
-            });
+            return Err(Error::InvalidUtf8 { path: self.path.clone(), offset: start_off + bad as u64, line, column });
         }
         let raw: RawRecord = serde_json::from_slice(&self.buf).map_err(|e| {
             let (line, column) = if e.line() <= 1 {
@@ -298,13 +271,7 @@ impl<R: BufRead> RecordStream<R> {
             let full = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
             let msg = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-            Error::Json {
-                path: self.path.clone(),
-                line,
-                column,
-                record: Some(index),
-                msg,
-            }
+            Error::Json { path: self.path.clone(), line, column, record: Some(index), msg }
         })?;
         let missing = |field| Error::MissingField {
             path: self.path.clone(),
@@ -329,12 +296,7 @@ impl<R: BufRead> RecordStream<R> {
             return Err(empty("output"));
         }
         self.index += 1;
-        Ok(Some(Record {
-            instruction,
-            input: raw.input.unwrap_or_default(),
-            output,
-            answer: raw.answer,
-        }))
+        Ok(Some(Record { instruction, input: raw.input.unwrap_or_default(), output, answer: raw.answer }))
     }
 }
 
@@ -390,12 +352,7 @@ struct Scanner<R> {
 
 impl<R: BufRead> Scanner<R> {
     fn new(r: R) -> Self {
-        Scanner {
-            r,
-            offset: 0,
-            line: 1,
-            col: 1,
-        }
+        Scanner { r, offset: 0, line: 1, col: 1 }
     }
 
     fn peek(&mut self) -> std::io::Result<Option<u8>> {
@@ -453,9 +410,7 @@ pub(crate) fn hash_file(path: &Path) -> Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| Error::io(path, "read failed", e))?;
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, "read failed", e))?;
         if n == 0 {
             break;
         }

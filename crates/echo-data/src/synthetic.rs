@@ -37,22 +37,14 @@ pub struct SyntheticSpec {
 
 impl Default for SyntheticSpec {
     fn default() -> Self {
-        SyntheticSpec {
-            count: 2000,
-            seed: 0,
-            choices: 3,
-            max_value: 99,
-        }
+        SyntheticSpec { count: 2000, seed: 0, choices: 3, max_value: 99 }
     }
 }
 
 /// Generates `spec.count` records.
 pub fn synthetic_records(spec: &SyntheticSpec) -> Result<Vec<Record>> {
     if !(2..=5).contains(&spec.choices) {
-        return Err(Error::Synthetic(format!(
-            "choices = {} (expected 2..=5)",
-            spec.choices
-        )));
+        return Err(Error::Synthetic(format!("choices = {} (expected 2..=5)", spec.choices)));
     }
     if (spec.max_value as usize) < spec.choices {
         return Err(Error::Synthetic(format!(
@@ -71,17 +63,9 @@ pub fn synthetic_records(spec: &SyntheticSpec) -> Result<Vec<Record>> {
                 nums.push(x);
             }
         }
-        let target = if largest {
-            nums.iter().max()
-        } else {
-            nums.iter().min()
-        };
+        let target = if largest { nums.iter().max() } else { nums.iter().min() };
         let k = nums.iter().position(|x| Some(x) == target).unwrap_or(0) + 1;
-        let options: Vec<String> = nums
-            .iter()
-            .enumerate()
-            .map(|(i, x)| format!("Answer{}: {x}", i + 1))
-            .collect();
+        let options: Vec<String> = nums.iter().enumerate().map(|(i, x)| format!("Answer{}: {x}", i + 1)).collect();
         let format: Vec<String> = (1..=spec.choices).map(|i| format!("answer{i}")).collect();
         let instruction = format!(
             "Which number is the {}?\n\n{}\n\nAnswer format: {}",
@@ -133,33 +117,16 @@ mod tests {
 
     #[test]
     fn deterministic_and_seed_dependent() {
-        let s = SyntheticSpec {
-            count: 50,
-            ..Default::default()
-        };
-        assert_eq!(
-            synthetic_records(&s).unwrap(),
-            synthetic_records(&s).unwrap()
-        );
-        let t = SyntheticSpec {
-            seed: 1,
-            ..s.clone()
-        };
-        assert_ne!(
-            synthetic_records(&s).unwrap(),
-            synthetic_records(&t).unwrap()
-        );
+        let s = SyntheticSpec { count: 50, ..Default::default() };
+        assert_eq!(synthetic_records(&s).unwrap(), synthetic_records(&s).unwrap());
+        let t = SyntheticSpec { seed: 1, ..s.clone() };
+        assert_ne!(synthetic_records(&s).unwrap(), synthetic_records(&t).unwrap());
     }
 
     #[test]
     fn answers_are_decidable_from_the_question() {
         for choices in 2..=5 {
-            let s = SyntheticSpec {
-                count: 300,
-                seed: 9,
-                choices,
-                max_value: 99,
-            };
+            let s = SyntheticSpec { count: 300, seed: 9, choices, max_value: 99 };
             let recs = synthetic_records(&s).unwrap();
             let mut hits = vec![0usize; choices];
             for r in &recs {
@@ -177,20 +144,8 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(synthetic_records(&SyntheticSpec {
-            choices: 1,
-            ..Default::default()
-        })
-        .is_err());
-        assert!(synthetic_records(&SyntheticSpec {
-            choices: 6,
-            ..Default::default()
-        })
-        .is_err());
-        assert!(synthetic_records(&SyntheticSpec {
-            max_value: 2,
-            ..Default::default()
-        })
-        .is_err());
+        assert!(synthetic_records(&SyntheticSpec { choices: 1, ..Default::default() }).is_err());
+        assert!(synthetic_records(&SyntheticSpec { choices: 6, ..Default::default() }).is_err());
+        assert!(synthetic_records(&SyntheticSpec { max_value: 2, ..Default::default() }).is_err());
     }
 }

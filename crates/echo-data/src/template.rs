@@ -60,31 +60,20 @@ impl Template {
 
     /// A custom template, checked.
     pub fn new(name: &str, with_input: &str, without_input: &str) -> Result<Self> {
-        let t = Template {
-            name: name.into(),
-            with_input: with_input.into(),
-            without_input: without_input.into(),
-        };
+        let t = Template { name: name.into(), with_input: with_input.into(), without_input: without_input.into() };
         t.validate()?;
         Ok(t)
     }
 
     /// Checks the placeholders (a template deserialised from a config should be validated).
     pub fn validate(&self) -> Result<()> {
-        let err = |msg: String| Error::Template {
-            name: self.name.clone(),
-            msg,
-        };
+        let err = |msg: String| Error::Template { name: self.name.clone(), msg };
         let count = |s: &str, p: &str| s.matches(p).count();
         if count(&self.with_input, INSTRUCTION) != 1 || count(&self.with_input, INPUT) != 1 {
-            return Err(err(format!(
-                "`with_input` must contain {INSTRUCTION} and {INPUT} exactly once each"
-            )));
+            return Err(err(format!("`with_input` must contain {INSTRUCTION} and {INPUT} exactly once each")));
         }
         if count(&self.without_input, INSTRUCTION) != 1 || count(&self.without_input, INPUT) != 0 {
-            return Err(err(format!(
-                "`without_input` must contain {INSTRUCTION} exactly once and no {INPUT}"
-            )));
+            return Err(err(format!("`without_input` must contain {INSTRUCTION} exactly once and no {INPUT}")));
         }
         Ok(())
     }
@@ -92,11 +81,7 @@ impl Template {
     /// The prompt for a record: everything before the output. As in LLM-Adapters, a record
     /// uses the with-input form when `input` is a non-empty string.
     pub fn prompt(&self, r: &Record) -> String {
-        let fmt = if r.input.is_empty() {
-            &self.without_input
-        } else {
-            &self.with_input
-        };
+        let fmt = if r.input.is_empty() { &self.without_input } else { &self.with_input };
         render(fmt, &r.instruction, &r.input)
     }
 
@@ -109,10 +94,7 @@ impl Template {
 
     /// A stable description of the template for cache keys.
     pub fn fingerprint(&self) -> String {
-        format!(
-            "{}\u{0}{}\u{0}{}",
-            self.name, self.with_input, self.without_input
-        )
+        format!("{}\u{0}{}\u{0}{}", self.name, self.with_input, self.without_input)
     }
 }
 
@@ -142,12 +124,7 @@ mod tests {
     use super::*;
 
     fn rec(instruction: &str, input: &str) -> Record {
-        Record {
-            instruction: instruction.into(),
-            input: input.into(),
-            output: "out".into(),
-            answer: None,
-        }
+        Record { instruction: instruction.into(), input: input.into(), output: "out".into(), answer: None }
     }
 
     #[test]
@@ -159,10 +136,7 @@ mod tests {
              completes the request.\n\n### Instruction:\nSay hi.\n\n### Response:\n"
         );
         assert!(!p.contains("  "), "no doubled spaces / indentation: {p:?}");
-        assert!(
-            p.lines().all(|l| !l.starts_with(' ')),
-            "no indented line: {p:?}"
-        );
+        assert!(p.lines().all(|l| !l.starts_with(' ')), "no indented line: {p:?}");
     }
 
     #[test]
@@ -174,10 +148,7 @@ mod tests {
              further context. Write a response that appropriately completes the request.\n\n\
              ### Instruction:\nAdd.\n\n### Input:\n1 2\n\n### Response:\n"
         );
-        assert!(
-            p.lines().all(|l| !l.starts_with(' ')),
-            "no indented line: {p:?}"
-        );
+        assert!(p.lines().all(|l| !l.starts_with(' ')), "no indented line: {p:?}");
     }
 
     #[test]

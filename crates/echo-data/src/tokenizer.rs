@@ -43,10 +43,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn tok_err(path: &Path, msg: impl Into<String>) -> Error {
-    Error::Tokenizer {
-        path: path.to_path_buf(),
-        msg: msg.into(),
-    }
+    Error::Tokenizer { path: path.to_path_buf(), msg: msg.into() }
 }
 
 /// A token named in tokenizer_config.json: a plain string or an AddedToken object.
@@ -68,15 +65,13 @@ fn id_value(v: &serde_json::Value) -> Option<u32> {
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Json {
-                path: path.to_path_buf(),
-                line: e.line() as u64,
-                column: e.column() as u64,
-                record: None,
-                msg: e.to_string(),
-            }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            line: e.line() as u64,
+            column: e.column() as u64,
+            record: None,
+            msg: e.to_string(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, "cannot read", e)),
     }
@@ -90,20 +85,14 @@ impl Tokenizer {
         let (dir, file) = if p.is_dir() {
             (p.to_path_buf(), p.join("tokenizer.json"))
         } else {
-            (
-                p.parent().map(Path::to_path_buf).unwrap_or_default(),
-                p.to_path_buf(),
-            )
+            (p.parent().map(Path::to_path_buf).unwrap_or_default(), p.to_path_buf())
         };
-        let bytes =
-            std::fs::read(&file).map_err(|e| Error::io(&file, "cannot read tokenizer", e))?;
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, "cannot read tokenizer", e))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| tok_err(&file, format!("not a valid tokenizer.json: {e}")))?;
         // The pipeline owns truncation and padding; a tokenizer.json that enables either
         // would change lengths silently.
-        inner
-            .with_truncation(None)
-            .map_err(|e| tok_err(&file, format!("cannot disable truncation: {e}")))?;
+        inner.with_truncation(None).map_err(|e| tok_err(&file, format!("cannot disable truncation: {e}")))?;
         inner.with_padding(None);
 
         let tcfg = read_json(&dir.join("tokenizer_config.json"))?;
@@ -111,11 +100,7 @@ impl Tokenizer {
         let mcfg = read_json(&dir.join("config.json"))?;
 
         let lookup_token = |key: &str| -> Result<Option<(u32, String)>> {
-            let Some(name) = tcfg
-                .as_ref()
-                .and_then(|c| c.get(key))
-                .and_then(token_string)
-            else {
+            let Some(name) = tcfg.as_ref().and_then(|c| c.get(key)).and_then(token_string) else {
                 return Ok(None);
             };
             match inner.token_to_id(&name) {
@@ -127,10 +112,7 @@ impl Tokenizer {
             }
         };
         let lookup_id = |cfg: &Option<serde_json::Value>, file: &str, key: &str| {
-            cfg.as_ref()
-                .and_then(|c| c.get(key))
-                .and_then(id_value)
-                .map(|id| (id, format!("{file} {key}")))
+            cfg.as_ref().and_then(|c| c.get(key)).and_then(id_value).map(|id| (id, format!("{file} {key}")))
         };
         let (eos_id, eos_source) = match lookup_token("eos_token")? {
             Some(x) => x,
@@ -153,27 +135,19 @@ impl Tokenizer {
         let vocab = inner.get_vocab_size(true) as u32;
         for (what, id) in [("EOS", eos_id), ("pad", pad_id)] {
             if id >= vocab {
-                return Err(tok_err(
-                    &file,
-                    format!("{what} id {id} is outside the vocabulary ({vocab})"),
-                ));
+                return Err(tok_err(&file, format!("{what} id {id} is outside the vocabulary ({vocab})")));
             }
         }
 
         // Which ids does the post-processor put around a sequence?
         let probe = "a";
-        let with = inner
-            .encode_fast(probe, true)
-            .map_err(|e| tok_err(&file, e.to_string()))?;
-        let without = inner
-            .encode_fast(probe, false)
-            .map_err(|e| tok_err(&file, e.to_string()))?;
+        let with = inner.encode_fast(probe, true).map_err(|e| tok_err(&file, e.to_string()))?;
+        let without = inner.encode_fast(probe, false).map_err(|e| tok_err(&file, e.to_string()))?;
         let (w, wo) = (with.get_ids(), without.get_ids());
-        let (prefix, suffix) =
-            match (0..=w.len().saturating_sub(wo.len())).find(|&i| w[i..].starts_with(wo)) {
-                Some(i) if !wo.is_empty() => (w[..i].to_vec(), w[i + wo.len()..].to_vec()),
-                _ => (Vec::new(), Vec::new()),
-            };
+        let (prefix, suffix) = match (0..=w.len().saturating_sub(wo.len())).find(|&i| w[i..].starts_with(wo)) {
+            Some(i) if !wo.is_empty() => (w[..i].to_vec(), w[i + wo.len()..].to_vec()),
+            _ => (Vec::new(), Vec::new()),
+        };
 
         Ok(Tokenizer {
             inner,
@@ -198,17 +172,12 @@ impl Tokenizer {
 
     /// Ids of `text` alone, no special tokens added.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| tok_err(&self.path, e.to_string()))?;
+        let enc = self.inner.encode_fast(text, false).map_err(|e| tok_err(&self.path, e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| tok_err(&self.path, e.to_string()))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| tok_err(&self.path, e.to_string()))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {

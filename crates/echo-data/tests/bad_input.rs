@@ -5,8 +5,7 @@ mod common;
 
 use common::{file_with, tokenizer, train};
 use echo_data::{
-    encode_file, encode_records, read_records, EncodeConfig, Error, Overlong, Progress, Record,
-    RecordStream, Template,
+    encode_file, encode_records, read_records, EncodeConfig, Error, Overlong, Progress, Record, RecordStream, Template,
 };
 
 fn tmp() -> tempfile::TempDir {
@@ -25,13 +24,7 @@ fn malformed_json_names_file_line_and_column() {
     let p = file_with(&d, "bad.json", text.as_bytes());
     let err = read_records(&p).unwrap_err();
     match &err {
-        Error::Json {
-            path,
-            line,
-            column,
-            record,
-            ..
-        } => {
+        Error::Json { path, line, column, record, .. } => {
             assert_eq!(path, &p);
             assert_eq!(*line, 3);
             assert_eq!(*column, col_of(text, 3, "\"output\""));
@@ -59,15 +52,7 @@ fn malformed_record_deep_in_a_real_file_is_located_exactly() {
     let d = tmp();
     let p = file_with(&d, "train.json", broken.as_bytes());
     let err = read_records(&p).unwrap_err();
-    let Error::Json {
-        line: l,
-        column,
-        record,
-        ..
-    } = err
-    else {
-        panic!("{err:?}")
-    };
+    let Error::Json { line: l, column, record, .. } = err else { panic!("{err:?}") };
     assert_eq!(l as usize, line);
     assert_eq!(record, Some(4999));
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -87,27 +72,11 @@ fn structural_errors() {
     let d = tmp();
     // (text, message, the byte the error points at)
     let cases: [(&str, &str, usize); 5] = [
-        (
-            "[{\"instruction\": \"a\", \"output\": \"b\"},]",
-            "expected '{'",
-            37,
-        ),
-        (
-            "[{\"instruction\": \"a\", \"output\": \"b\"} {}]",
-            "expected ',' or ']'",
-            37,
-        ),
+        ("[{\"instruction\": \"a\", \"output\": \"b\"},]", "expected '{'", 37),
+        ("[{\"instruction\": \"a\", \"output\": \"b\"} {}]", "expected ',' or ']'", 37),
         ("hello", "expected a JSON array", 0),
-        (
-            "[{\"instruction\": \"a\", \"output\": \"b",
-            "unexpected end of file",
-            34,
-        ),
-        (
-            "[{\"instruction\": \"a\", \"output\": \"b\"}] x",
-            "trailing characters",
-            38,
-        ),
+        ("[{\"instruction\": \"a\", \"output\": \"b", "unexpected end of file", 34),
+        ("[{\"instruction\": \"a\", \"output\": \"b\"}] x", "trailing characters", 38),
     ];
     for (text, want, at) in cases {
         let (line, column) = (1, at as u64 + 1);
@@ -116,9 +85,7 @@ fn structural_errors() {
         let msg = err.to_string();
         assert!(msg.contains(want), "{text:?}: {msg}");
         match err {
-            Error::Json {
-                line: l, column: c, ..
-            } => assert_eq!((l, c), (line, column), "{text:?}: {msg}"),
+            Error::Json { line: l, column: c, .. } => assert_eq!((l, c), (line, column), "{text:?}: {msg}"),
             e => panic!("{text:?}: {e:?}"),
         }
     }
@@ -130,47 +97,30 @@ fn a_record_missing_a_field() {
     let text = "[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c\", \"answer\": \"x\"}\n]";
     let p = file_with(&d, "m.json", text.as_bytes());
     match read_records(&p).unwrap_err() {
-        Error::MissingField {
-            path,
-            record,
-            line,
-            column,
-            field,
-        } => {
-            assert_eq!(
-                (path, record, line, column, field),
-                (p.clone(), 1, 3, 2, "output")
-            );
+        Error::MissingField { path, record, line, column, field } => {
+            assert_eq!((path, record, line, column, field), (p.clone(), 1, 3, 2, "output"));
         }
         e => panic!("{e:?}"),
     }
     let p = file_with(&d, "m2.jsonl", b"{\"output\": \"b\"}\n");
     let msg = read_records(&p).unwrap_err().to_string();
-    assert!(
-        msg.contains("field `instruction` is missing") && msg.contains("m2.jsonl:1:1"),
-        "{msg}"
-    );
+    assert!(msg.contains("field `instruction` is missing") && msg.contains("m2.jsonl:1:1"), "{msg}");
     // A field of the wrong type is a JSON error naming the record.
     let p = file_with(&d, "t.json", b"[{\"instruction\": \"a\", \"output\": 5}]");
     let msg = read_records(&p).unwrap_err().to_string();
-    assert!(
-        msg.contains("record [0]") && msg.contains("invalid type"),
-        "{msg}"
-    );
+    assert!(msg.contains("record [0]") && msg.contains("invalid type"), "{msg}");
 }
 
 #[test]
 fn an_empty_output() {
     let d = tmp();
-    let p = file_with(&d, "e.json", b"[{\"instruction\": \"a\", \"output\": \"b\"}, {\"instruction\": \"a\", \"output\": \"\"}]");
+    let p = file_with(
+        &d,
+        "e.json",
+        b"[{\"instruction\": \"a\", \"output\": \"b\"}, {\"instruction\": \"a\", \"output\": \"\"}]",
+    );
     match read_records(&p).unwrap_err() {
-        Error::EmptyField {
-            record,
-            field,
-            line,
-            column,
-            ..
-        } => {
+        Error::EmptyField { record, field, line, column, .. } => {
             assert_eq!((record, field, line, column), (1, "output", 1, 39))
         }
         e => panic!("{e:?}"),
@@ -180,18 +130,12 @@ fn an_empty_output() {
 #[test]
 fn non_utf8_bytes() {
     let d = tmp();
-    let mut bytes =
-        b"[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c".to_vec();
+    let mut bytes = b"[\n {\"instruction\": \"a\", \"output\": \"b\"},\n {\"instruction\": \"c".to_vec();
     let bad_at = bytes.len();
     bytes.extend_from_slice(b"\xFF\xFE\", \"output\": \"d\"}\n]");
     let p = file_with(&d, "u.json", &bytes);
     match read_records(&p).unwrap_err() {
-        Error::InvalidUtf8 {
-            path,
-            offset,
-            line,
-            column,
-        } => {
+        Error::InvalidUtf8 { path, offset, line, column } => {
             assert_eq!(path, p);
             assert_eq!(offset, bad_at as u64);
             assert_eq!(line, 3);
@@ -205,26 +149,16 @@ fn non_utf8_bytes() {
 #[test]
 fn an_empty_dataset() {
     let d = tmp();
-    for (name, text) in [
-        ("a.json", ""),
-        ("b.json", "  \n\n"),
-        ("c.json", "[]"),
-        ("d.json", "[ \n ]\n"),
-        ("e.jsonl", "\n\n"),
-    ] {
+    for (name, text) in
+        [("a.json", ""), ("b.json", "  \n\n"), ("c.json", "[]"), ("d.json", "[ \n ]\n"), ("e.jsonl", "\n\n")]
+    {
         let p = file_with(&d, name, text.as_bytes());
         let err = read_records(&p).unwrap_err();
         assert!(matches!(err, Error::EmptyDataset { .. }), "{name}: {err:?}");
         assert!(err.to_string().contains(name), "{err}");
         // The pipeline refuses it too.
-        let err = encode_file(
-            &p,
-            &tokenizer(),
-            &Template::alpaca(),
-            &EncodeConfig::default(),
-            Progress::Hidden,
-        )
-        .unwrap_err();
+        let err =
+            encode_file(&p, &tokenizer(), &Template::alpaca(), &EncodeConfig::default(), Progress::Hidden).unwrap_err();
         assert!(matches!(err, Error::EmptyDataset { .. }), "{name}: {err:?}");
     }
 }
@@ -237,55 +171,35 @@ fn jsonl_is_read_and_located() {
     assert_eq!(r.len(), 2);
     assert_eq!(
         r[1],
-        Record {
-            instruction: "c".into(),
-            input: "i".into(),
-            output: "d".into(),
-            answer: Some("d".into())
-        }
+        Record { instruction: "c".into(), input: "i".into(), output: "d".into(), answer: Some("d".into()) }
     );
-    let p = file_with(&d, "bad.jsonl", b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"a\" \"output\": \"b\"}\n");
+    let p = file_with(
+        &d,
+        "bad.jsonl",
+        b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"a\" \"output\": \"b\"}\n",
+    );
     match read_records(&p).unwrap_err() {
-        Error::Json {
-            line,
-            column,
-            record,
-            ..
-        } => {
+        Error::Json { line, column, record, .. } => {
             let text = "{\"instruction\": \"a\" \"output\": \"b\"}";
-            assert_eq!(
-                (line, column, record),
-                (2, col_of(text, 1, "\"output\""), Some(1))
-            )
+            assert_eq!((line, column, record), (2, col_of(text, 1, "\"output\""), Some(1)))
         }
         e => panic!("{e:?}"),
     }
 }
 
 fn boolq_head(n: usize) -> Vec<Record> {
-    read_records(train("boolq"))
-        .unwrap()
-        .into_iter()
-        .take(n)
-        .collect()
+    read_records(train("boolq")).unwrap().into_iter().take(n).collect()
 }
 
 #[test]
 fn a_cutoff_shorter_than_every_prompt_is_an_error_that_says_so() {
     let tok = tokenizer();
     let recs = boolq_head(50);
-    let cfg = EncodeConfig {
-        cutoff: Some(8),
-        ..Default::default()
-    };
-    let err =
-        encode_records(&tok, &Template::alpaca(), &recs, &cfg, "boolq".as_ref(), 0).unwrap_err();
+    let cfg = EncodeConfig { cutoff: Some(8), ..Default::default() };
+    let err = encode_records(&tok, &Template::alpaca(), &recs, &cfg, "boolq".as_ref(), 0).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::NoExamples { .. }), "{err:?}");
-    assert!(
-        msg.contains("all 50 records were dropped") && msg.contains("prompt"),
-        "{msg}"
-    );
+    assert!(msg.contains("all 50 records were dropped") && msg.contains("prompt"), "{msg}");
 }
 
 #[test]
@@ -293,19 +207,12 @@ fn a_cutoff_shorter_than_some_prompts_drops_and_reports_exactly_those() {
     let tok = tokenizer();
     let tpl = Template::alpaca();
     let recs = boolq_head(400);
-    let plens: Vec<usize> = recs
-        .iter()
-        .map(|r| tok.encode(&tpl.prompt(r)).unwrap().len())
-        .collect();
+    let plens: Vec<usize> = recs.iter().map(|r| tok.encode(&tpl.prompt(r)).unwrap().len()).collect();
     let mut sorted = plens.clone();
     sorted.sort_unstable();
     let cutoff = sorted[200]; // about half of the prompts reach it
     for overlong in [Overlong::Truncate, Overlong::Drop] {
-        let cfg = EncodeConfig {
-            cutoff: Some(cutoff),
-            overlong,
-            train_on_inputs: false,
-        };
+        let cfg = EncodeConfig { cutoff: Some(cutoff), overlong, train_on_inputs: false };
         let ds = encode_records(&tok, &tpl, &recs, &cfg, "boolq".as_ref(), 0).unwrap();
         let want: Vec<usize> = (0..recs.len()).filter(|&i| plens[i] >= cutoff).collect();
         let got: Vec<usize> = ds
@@ -316,21 +223,11 @@ fn a_cutoff_shorter_than_some_prompts_drops_and_reports_exactly_those() {
             .collect();
         assert_eq!(got, want);
         assert_eq!(ds.report.dropped_prompt_over_cutoff, want.len());
-        assert_eq!(
-            ds.report.examples + ds.report.dropped,
-            recs.len(),
-            "every record accounted for"
-        );
-        assert!(ds
-            .examples
-            .iter()
-            .all(|e| e.len() <= cutoff && e.prompt_len < e.len()));
+        assert_eq!(ds.report.examples + ds.report.dropped, recs.len(), "every record accounted for");
+        assert!(ds.examples.iter().all(|e| e.len() <= cutoff && e.prompt_len < e.len()));
         if overlong == Overlong::Truncate {
             assert_eq!(ds.report.dropped, want.len());
-            assert_eq!(
-                ds.report.truncated,
-                ds.examples.iter().filter(|e| e.truncated).count()
-            );
+            assert_eq!(ds.report.truncated, ds.examples.iter().filter(|e| e.truncated).count());
             assert!(ds
                 .examples
                 .iter()

@@ -16,9 +16,7 @@ fn ex(i: usize, len: usize, prompt: usize) -> Example {
 }
 
 fn varied(n: usize) -> Vec<Example> {
-    (0..n)
-        .map(|i| ex(i, 3 + (i * 37) % 41, 1 + (i % 3)))
-        .collect()
+    (0..n).map(|i| ex(i, 3 + (i * 37) % 41, 1 + (i % 3))).collect()
 }
 
 #[test]
@@ -26,25 +24,13 @@ fn padding_layout_is_right_padded_row_major() {
     let es = [ex(0, 3, 1), ex(1, 5, 2), ex(2, 2, 1)];
     let b = Batch::from_examples(&es.iter().collect::<Vec<_>>(), 7);
     assert_eq!((b.batch_size, b.seq_len), (3, 5));
-    assert_eq!(
-        b.input_ids,
-        vec![1000, 1001, 1002, 7, 7, 2000, 2001, 2002, 2003, 2004, 3000, 3001, 7, 7, 7,]
-    );
-    assert_eq!(
-        b.attention_mask,
-        vec![1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    );
+    assert_eq!(b.input_ids, vec![1000, 1001, 1002, 7, 7, 2000, 2001, 2002, 2003, 2004, 3000, 3001, 7, 7, 7,]);
+    assert_eq!(b.attention_mask, vec![1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
     assert_eq!(
         b.labels,
-        vec![
-            -100, 1001, 1002, -100, -100, -100, -100, 2002, 2003, 2004, -100, 3001, -100, -100,
-            -100,
-        ]
+        vec![-100, 1001, 1002, -100, -100, -100, -100, 2002, 2003, 2004, -100, 3001, -100, -100, -100,]
     );
-    assert_eq!(
-        b.prompt_mask,
-        vec![1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0]
-    );
+    assert_eq!(b.prompt_mask, vec![1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0]);
     assert_eq!(b.lengths, vec![3, 5, 2]);
     assert_eq!(b.prompt_lengths, vec![1, 2, 1]);
     assert_eq!((b.tokens(), b.label_tokens()), (10, 6));
@@ -55,23 +41,14 @@ fn epoch(b: &mut Batcher) -> Vec<Batch> {
 }
 
 fn covers_once(batches: &[Batch], n: usize) {
-    let mut all: Vec<usize> = batches
-        .iter()
-        .flat_map(|b| b.example_indices.clone())
-        .collect();
+    let mut all: Vec<usize> = batches.iter().flat_map(|b| b.example_indices.clone()).collect();
     all.sort_unstable();
     assert_eq!(all, (0..n).collect::<Vec<_>>());
 }
 
 #[test]
 fn each_epoch_is_a_new_permutation_of_every_example() {
-    let cfg = BatchConfig {
-        batch_size: 8,
-        seed: 1,
-        shuffle: true,
-        bucket: None,
-        drop_last: false,
-    };
+    let cfg = BatchConfig { batch_size: 8, seed: 1, shuffle: true, bucket: None, drop_last: false };
     let mut b = Batcher::new(varied(61), 0, cfg).unwrap();
     assert_eq!(b.batches_per_epoch(), 8);
     let e0 = epoch(&mut b);
@@ -82,28 +59,14 @@ fn each_epoch_is_a_new_permutation_of_every_example() {
     assert_ne!(e0, e1);
     assert_eq!(e0.last().unwrap().batch_size, 61 % 8);
     assert_eq!(e0[3].position, BatchPosition { epoch: 0, index: 3 });
-    let unshuffled = Batcher::new(
-        varied(61),
-        0,
-        BatchConfig {
-            shuffle: false,
-            ..b.config().clone()
-        },
-    )
-    .unwrap();
+    let unshuffled = Batcher::new(varied(61), 0, BatchConfig { shuffle: false, ..b.config().clone() }).unwrap();
     assert_eq!(unshuffled.epoch_plan(0)[0], (0..8).collect::<Vec<_>>());
     assert_eq!(unshuffled.epoch_plan(0), unshuffled.epoch_plan(5));
 }
 
 #[test]
 fn resuming_from_a_position_continues_exactly() {
-    let cfg = BatchConfig {
-        batch_size: 5,
-        seed: 3,
-        shuffle: true,
-        bucket: Some(2),
-        drop_last: false,
-    };
+    let cfg = BatchConfig { batch_size: 5, seed: 3, shuffle: true, bucket: Some(2), drop_last: false };
     let mut a = Batcher::new(varied(23), 0, cfg.clone()).unwrap();
     let first: Vec<Batch> = (0..7).map(|_| a.next_batch()).collect();
     let saved = serde_json::to_string(&a.position()).unwrap();
@@ -115,37 +78,17 @@ fn resuming_from_a_position_continues_exactly() {
     assert_eq!(resumed, rest);
     assert_eq!(b.batch_at(first[2].position).unwrap(), first[2]);
     // The end of an epoch is the start of the next.
-    b.seek(BatchPosition {
-        epoch: 2,
-        index: b.batches_per_epoch(),
-    })
-    .unwrap();
+    b.seek(BatchPosition { epoch: 2, index: b.batches_per_epoch() }).unwrap();
     assert_eq!(b.position(), BatchPosition { epoch: 3, index: 0 });
-    assert!(b
-        .seek(BatchPosition {
-            epoch: 0,
-            index: b.batches_per_epoch() + 1
-        })
-        .is_err());
-    assert!(b
-        .batch_at(BatchPosition {
-            epoch: 0,
-            index: b.batches_per_epoch()
-        })
-        .is_err());
+    assert!(b.seek(BatchPosition { epoch: 0, index: b.batches_per_epoch() + 1 }).is_err());
+    assert!(b.batch_at(BatchPosition { epoch: 0, index: b.batches_per_epoch() }).is_err());
 }
 
 #[test]
 fn bucketing_cuts_padding_and_puts_the_longest_batch_first() {
     let n = 400;
     let padding = |bucket| {
-        let cfg = BatchConfig {
-            batch_size: 8,
-            seed: 11,
-            shuffle: true,
-            bucket,
-            drop_last: false,
-        };
+        let cfg = BatchConfig { batch_size: 8, seed: 11, shuffle: true, bucket, drop_last: false };
         let mut b = Batcher::new(varied(n), 0, cfg).unwrap();
         let e = epoch(&mut b);
         covers_once(&e, n);
@@ -153,38 +96,19 @@ fn bucketing_cuts_padding_and_puts_the_longest_batch_first() {
         if bucket.is_some() {
             assert_eq!(e[0].seq_len, longest, "the longest batch comes first");
         }
-        e.iter()
-            .map(|x| x.batch_size * x.seq_len - x.tokens())
-            .sum::<usize>()
+        e.iter().map(|x| x.batch_size * x.seq_len - x.tokens()).sum::<usize>()
     };
     let (plain, bucketed) = (padding(None), padding(Some(10)));
-    assert!(
-        bucketed * 3 < plain,
-        "padding {bucketed} with bucketing vs {plain} without"
-    );
+    assert!(bucketed * 3 < plain, "padding {bucketed} with bucketing vs {plain} without");
 }
 
 #[test]
 fn drop_last_keeps_full_batches_only() {
-    let cfg = BatchConfig {
-        batch_size: 8,
-        seed: 1,
-        shuffle: true,
-        bucket: None,
-        drop_last: true,
-    };
+    let cfg = BatchConfig { batch_size: 8, seed: 1, shuffle: true, bucket: None, drop_last: true };
     let mut b = Batcher::new(varied(61), 0, cfg.clone()).unwrap();
     assert_eq!(b.batches_per_epoch(), 7);
     assert!(epoch(&mut b).iter().all(|x| x.batch_size == 8));
-    let bucketed = Batcher::new(
-        varied(61),
-        0,
-        BatchConfig {
-            bucket: Some(2),
-            ..cfg
-        },
-    )
-    .unwrap();
+    let bucketed = Batcher::new(varied(61), 0, BatchConfig { bucket: Some(2), ..cfg }).unwrap();
     assert!(bucketed.epoch_plan(0).iter().all(|x| x.len() == 8));
 }
 
@@ -192,32 +116,7 @@ fn drop_last_keeps_full_batches_only() {
 fn bad_batcher_configs_are_refused() {
     let cfg = BatchConfig::default();
     assert!(Batcher::new(Vec::<Example>::new(), 0, cfg.clone()).is_err());
-    assert!(Batcher::new(
-        varied(4),
-        0,
-        BatchConfig {
-            batch_size: 0,
-            ..cfg.clone()
-        }
-    )
-    .is_err());
-    assert!(Batcher::new(
-        varied(4),
-        0,
-        BatchConfig {
-            bucket: Some(0),
-            ..cfg.clone()
-        }
-    )
-    .is_err());
-    assert!(Batcher::new(
-        varied(4),
-        0,
-        BatchConfig {
-            batch_size: 8,
-            drop_last: true,
-            ..cfg
-        }
-    )
-    .is_err());
+    assert!(Batcher::new(varied(4), 0, BatchConfig { batch_size: 0, ..cfg.clone() }).is_err());
+    assert!(Batcher::new(varied(4), 0, BatchConfig { bucket: Some(0), ..cfg.clone() }).is_err());
+    assert!(Batcher::new(varied(4), 0, BatchConfig { batch_size: 8, drop_last: true, ..cfg }).is_err());
 }

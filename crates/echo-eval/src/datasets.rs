@@ -45,7 +45,8 @@ pub struct Dataset {
 
 /// Sub-folders of `data_dir` that hold a `test.json`, sorted by name.
 pub fn discover(data_dir: &Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(data_dir).map_err(|e| Error::Input(format!("{}: cannot list the data folder: {e}", data_dir.display())))?;
+    let entries = std::fs::read_dir(data_dir)
+        .map_err(|e| Error::Input(format!("{}: cannot list the data folder: {e}", data_dir.display())))?;
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("test.json").is_file())
@@ -78,15 +79,25 @@ pub fn load(data_dir: &Path, names: &[String], limit: Option<usize>) -> Result<V
         let dir = data_dir.join(name);
         let path = dir.join("test.json");
         if !path.is_file() {
-            let what = if dir.is_dir() { format!("{} has no test.json", dir.display()) } else { format!("no dataset `{name}` in {}", data_dir.display()) };
+            let what = if dir.is_dir() {
+                format!("{} has no test.json", dir.display())
+            } else {
+                format!("no dataset `{name}` in {}", data_dir.display())
+            };
             return Err(Error::Input(format!("{what} (datasets with a test.json there: {})", list_or_none(&found))));
         }
         let pattern = answer_pattern(name).ok_or_else(|| {
-            Error::Input(format!("dataset `{name}`: no answer pattern known for this name (known: {})", known_datasets().join(", ")))
+            Error::Input(format!(
+                "dataset `{name}`: no answer pattern known for this name (known: {})",
+                known_datasets().join(", ")
+            ))
         })?;
         let mut records = echo_data::read_records(&path).map_err(|e| Error::Input(e.to_string()))?;
         if let Some(i) = records.iter().position(|r| r.answer.is_none()) {
-            return Err(Error::Input(format!("{}: record {i} has no `answer` field (the evaluation compares against it)", path.display())));
+            return Err(Error::Input(format!(
+                "{}: record {i} has no `answer` field (the evaluation compares against it)",
+                path.display()
+            )));
         }
         if let Some(n) = limit {
             records.truncate(n);
@@ -120,7 +131,15 @@ pub fn candidates(record: &Record, pattern: &[&str]) -> Vec<String> {
     let listed: Vec<String> = record
         .instruction
         .rsplit_once("Answer format:")
-        .map(|(_, rest)| rest.lines().next().unwrap_or("").split('/').map(|s| s.trim().to_string()).filter(|s| pattern.contains(&s.as_str())).collect())
+        .map(|(_, rest)| {
+            rest.lines()
+                .next()
+                .unwrap_or("")
+                .split('/')
+                .map(|s| s.trim().to_string())
+                .filter(|s| pattern.contains(&s.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = if listed.len() >= 2 { listed } else { pattern.iter().map(|s| s.to_string()).collect() };
     if let Some(a) = &record.answer {
@@ -145,7 +164,12 @@ mod tests {
     use super::*;
 
     fn rec(instruction: &str, output: &str, answer: &str) -> Record {
-        Record { instruction: instruction.into(), input: String::new(), output: output.into(), answer: Some(answer.into()) }
+        Record {
+            instruction: instruction.into(),
+            input: String::new(),
+            output: output.into(),
+            answer: Some(answer.into()),
+        }
     }
 
     #[test]
@@ -162,7 +186,11 @@ mod tests {
     #[test]
     fn candidates_follow_the_answer_format_line() {
         let p = answer_pattern("ARC-Easy").unwrap();
-        let r = rec("Q?\n\nAnswer1: a Answer2: b Answer3: c\n\nAnswer format: answer1/answer2/answer3", "the correct answer is answer2", "answer2");
+        let r = rec(
+            "Q?\n\nAnswer1: a Answer2: b Answer3: c\n\nAnswer format: answer1/answer2/answer3",
+            "the correct answer is answer2",
+            "answer2",
+        );
         assert_eq!(candidates(&r, p), ["answer1", "answer2", "answer3"]);
         let r = rec("Q without a format line", "the correct answer is answer5", "answer5");
         assert_eq!(candidates(&r, p).len(), 5);

@@ -38,9 +38,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// another model (its tensors do not fit this model's shapes) is an error naming both.
 pub fn apply_adapter(model: &mut Llama, adapter_dir: &Path, model_dir: &Path) -> Result<usize> {
     let mut store = ParamStore::new();
-    let adapters = echo_adapters::load_peft(adapter_dir, model, &mut store)
-        .map_err(|e| Error::Input(format!("adapter {} does not fit the model {}: {e}", adapter_dir.display(), model_dir.display())))?;
-    let merged = echo_adapters::merged_weights(model, &adapters, &store).map_err(|e| Error::Input(format!("merging {}: {e}", adapter_dir.display())))?;
+    let adapters = echo_adapters::load_peft(adapter_dir, model, &mut store).map_err(|e| {
+        Error::Input(format!("adapter {} does not fit the model {}: {e}", adapter_dir.display(), model_dir.display()))
+    })?;
+    let merged = echo_adapters::merged_weights(model, &adapters, &store)
+        .map_err(|e| Error::Input(format!("merging {}: {e}", adapter_dir.display())))?;
     let n = merged.len();
     // `merged_weights` yields one weight per site, in `sites()` order.
     for (site, (_, w)) in adapters.sites().zip(merged) {
@@ -64,7 +66,13 @@ impl DatasetScore {
     pub fn from_predictions(name: &str, preds: &[Prediction]) -> Self {
         let correct = preds.iter().filter(|p| p.correct).count();
         let no_answer = preds.iter().filter(|p| p.prediction.is_none()).count();
-        DatasetScore { name: name.into(), total: preds.len(), correct, no_answer, accuracy: if preds.is_empty() { 0.0 } else { correct as f64 / preds.len() as f64 } }
+        DatasetScore {
+            name: name.into(),
+            total: preds.len(),
+            correct,
+            no_answer,
+            accuracy: if preds.is_empty() { 0.0 } else { correct as f64 / preds.len() as f64 },
+        }
     }
 }
 

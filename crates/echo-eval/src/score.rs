@@ -80,7 +80,12 @@ pub fn score_dataset(
     if opts.batch == 0 {
         return Err(Error::Input("batch must be > 0".into()));
     }
-    let prompts: Vec<Vec<u32>> = ds.records.iter().map(|r| tok.encode(&template.prompt(r))).collect::<std::result::Result<_, _>>().map_err(|e| Error::Input(e.to_string()))?;
+    let prompts: Vec<Vec<u32>> = ds
+        .records
+        .iter()
+        .map(|r| tok.encode(&template.prompt(r)))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Input(e.to_string()))?;
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
     let mut out: Vec<Option<Prediction>> = vec![None; prompts.len()];
@@ -103,7 +108,14 @@ fn answer_of(ds: &Dataset, i: usize) -> String {
     ds.records[i].answer.clone().expect("datasets::load checks every record has an answer")
 }
 
-fn generate_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], prompts: &[Vec<u32>], max_new: usize) -> Result<Vec<Prediction>> {
+fn generate_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    idx: &[usize],
+    prompts: &[Vec<u32>],
+    max_new: usize,
+) -> Result<Vec<Prediction>> {
     let batch: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
     let mut opts = GenerateOptions::greedy(model, max_new);
     if !opts.eos_token_ids.contains(&tok.eos_id()) {
@@ -117,7 +129,15 @@ fn generate_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], p
             let text = tok.decode(new, true).map_err(|e| Error::Input(e.to_string()))?;
             let prediction = extract_answer(&text, ds.pattern);
             let answer = answer_of(ds, i);
-            Ok(Prediction { dataset: ds.name.clone(), index: i, correct: prediction.as_deref() == Some(answer.as_str()), answer, prediction, output: Some(text), scores: None })
+            Ok(Prediction {
+                dataset: ds.name.clone(),
+                index: i,
+                correct: prediction.as_deref() == Some(answer.as_str()),
+                answer,
+                prediction,
+                output: Some(text),
+                scores: None,
+            })
         })
         .collect()
 }
@@ -142,11 +162,17 @@ fn split_candidates(tok: &Tokenizer, ds: &Dataset, i: usize, prompt: &[u32]) -> 
     let prefix = answer_prefix(r);
     // The continuation is tokenised on its own and appended to the prompt's tokens: the
     // boundary rule the training data uses (echo_data::encode).
-    let conts: Vec<Vec<u32>> =
-        names.iter().map(|c| tok.encode_plain(&format!("{prefix}{c}"))).collect::<std::result::Result<_, _>>().map_err(|e| Error::Input(e.to_string()))?;
+    let conts: Vec<Vec<u32>> = names
+        .iter()
+        .map(|c| tok.encode_plain(&format!("{prefix}{c}")))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Input(e.to_string()))?;
     let shortest = conts.iter().map(Vec::len).min().unwrap_or(0);
     if shortest == 0 {
-        return Err(Error::Input(format!("{}: record {i}: a candidate answer tokenises to nothing", ds.path.display())));
+        return Err(Error::Input(format!(
+            "{}: record {i}: a candidate answer tokenises to nothing",
+            ds.path.display()
+        )));
     }
     let mut shared = 0;
     while shared < shortest - 1 && conts.iter().all(|c| c[shared] == conts[0][shared]) {
@@ -157,8 +183,15 @@ fn split_candidates(tok: &Tokenizer, ds: &Dataset, i: usize, prompt: &[u32]) -> 
     Ok(Candidates { names, context, suffixes: conts.iter().map(|c| c[shared..].to_vec()).collect() })
 }
 
-fn loglik_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], prompts: &[Vec<u32>]) -> Result<Vec<Prediction>> {
-    let sets: Vec<Candidates> = idx.iter().map(|&i| split_candidates(tok, ds, i, &prompts[i])).collect::<Result<_>>()?;
+fn loglik_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    ds: &Dataset,
+    idx: &[usize],
+    prompts: &[Vec<u32>],
+) -> Result<Vec<Prediction>> {
+    let sets: Vec<Candidates> =
+        idx.iter().map(|&i| split_candidates(tok, ds, i, &prompts[i])).collect::<Result<_>>()?;
     let b = sets.len();
     let v = model.config.vocab_size;
     let longest_ctx = sets.iter().map(|s| s.context.len()).max().unwrap_or(1);
@@ -168,8 +201,11 @@ fn loglik_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], pro
     let first = dec.prefill(&contexts, &mut PlainInfer)?;
     let first = first.f32s("loglik")?;
     // scores[row][candidate]: the first suffix token is scored from the prefill's logits.
-    let mut scores: Vec<Vec<f64>> =
-        sets.iter().enumerate().map(|(row, s)| log_probs(&first[row * v..(row + 1) * v], s.suffixes.iter().map(|x| x[0]))).collect();
+    let mut scores: Vec<Vec<f64>> = sets
+        .iter()
+        .enumerate()
+        .map(|(row, s)| log_probs(&first[row * v..(row + 1) * v], s.suffixes.iter().map(|x| x[0])))
+        .collect();
     let most = sets.iter().map(|s| s.suffixes.len()).max().unwrap_or(0);
     let pad = tok.pad_id();
     for j in 0..most {
@@ -180,7 +216,8 @@ fn loglik_batch(model: &Llama, tok: &Tokenizer, ds: &Dataset, idx: &[usize], pro
         // Candidate j of every row continues from the shared context on a fork of the cache.
         let mut fork = dec.clone();
         for step in 1..len_j {
-            let feed: Vec<u32> = sets.iter().map(|s| s.suffixes.get(j).and_then(|x| x.get(step - 1)).copied().unwrap_or(pad)).collect();
+            let feed: Vec<u32> =
+                sets.iter().map(|s| s.suffixes.get(j).and_then(|x| x.get(step - 1)).copied().unwrap_or(pad)).collect();
             let logits = fork.step(&feed, &mut PlainInfer)?;
             let l = logits.f32s("loglik")?;
             for (row, s) in sets.iter().enumerate() {

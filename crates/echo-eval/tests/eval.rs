@@ -33,7 +33,12 @@ fn arc_record(q: &str, n: usize, answer: usize) -> Record {
 }
 
 fn bool_record(q: &str, a: &str) -> Record {
-    Record { instruction: format!("{q}\n\nAnswer format: true/false"), input: String::new(), output: format!("the correct answer is {a}"), answer: Some(a.into()) }
+    Record {
+        instruction: format!("{q}\n\nAnswer format: true/false"),
+        input: String::new(),
+        output: format!("the correct answer is {a}"),
+        answer: Some(a.into()),
+    }
 }
 
 fn write_set(root: &Path, name: &str, records: &[Record]) {
@@ -43,11 +48,26 @@ fn write_set(root: &Path, name: &str, records: &[Record]) {
 
 fn data_dir(name: &str) -> PathBuf {
     let d = temp_dir(name);
-    let arc = vec![arc_record("why?", 4, 2), arc_record("a longer question about the sun and moon?", 3, 1), arc_record("x", 5, 5), arc_record("what now", 4, 4), arc_record("ok", 4, 3)];
+    let arc = vec![
+        arc_record("why?", 4, 2),
+        arc_record("a longer question about the sun and moon?", 3, 1),
+        arc_record("x", 5, 5),
+        arc_record("what now", 4, 4),
+        arc_record("ok", 4, 3),
+    ];
     write_set(&d, "ARC-Easy", &arc);
-    write_set(&d, "boolq", &[bool_record("is it?", "true"), bool_record("is it not, really?", "false"), bool_record("maybe", "true")]);
+    write_set(
+        &d,
+        "boolq",
+        &[bool_record("is it?", "true"), bool_record("is it not, really?", "false"), bool_record("maybe", "true")],
+    );
     // Any LLM-Adapters test set whose name has a known pattern works as found.
-    let wino = |a: &str| Record { instruction: "Fill in: _ went home.\n\nOption1: Al Option2: Bo\n\nAnswer format: option1/option2".into(), input: String::new(), output: format!("the correct answer is {a}"), answer: Some(a.into()) };
+    let wino = |a: &str| Record {
+        instruction: "Fill in: _ went home.\n\nOption1: Al Option2: Bo\n\nAnswer format: option1/option2".into(),
+        input: String::new(),
+        output: format!("the correct answer is {a}"),
+        answer: Some(a.into()),
+    };
     write_set(&d, "winogrande", &[wino("option1"), wino("option2")]);
     d
 }
@@ -83,18 +103,35 @@ fn loglik_scores_match_a_full_forward() {
     // Candidates of several tokens that part early: every row forks the cache and feeds
     // candidate tokens of different lengths (the commonsense patterns part at the last token).
     let multi: &'static [&'static str] = &["blue whale songs", "red fox", "a very long green answer indeed"];
-    let rec = |q: &str, a: &str| Record { instruction: q.into(), input: String::new(), output: format!("the correct answer is {a}"), answer: Some(a.into()) };
+    let rec = |q: &str, a: &str| Record {
+        instruction: q.into(),
+        input: String::new(),
+        output: format!("the correct answer is {a}"),
+        answer: Some(a.into()),
+    };
     sets.push(echo_eval::Dataset {
         name: "multi".into(),
         path: dir.join("multi"),
-        records: vec![rec("colour?", "red fox"), rec("which animal sings at sea, usually?", "blue whale songs"), rec("hm", "a very long green answer indeed")],
+        records: vec![
+            rec("colour?", "red fox"),
+            rec("which animal sings at sea, usually?", "blue whale songs"),
+            rec("hm", "a very long green answer indeed"),
+        ],
         pattern: multi,
     });
     let template = Template::alpaca();
     let mut worst = 0f64;
     for ds in &sets {
         // Batch 2: rows of different lengths (left padding) and forks of the cache.
-        let preds = score_dataset(&m, &tok, &template, ds, &EvalOptions { mode: Mode::Loglik, batch: 2, max_new_tokens: 0 }, &mut |_| {}).unwrap();
+        let preds = score_dataset(
+            &m,
+            &tok,
+            &template,
+            ds,
+            &EvalOptions { mode: Mode::Loglik, batch: 2, max_new_tokens: 0 },
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(preds.len(), ds.records.len());
         for (p, r) in preds.iter().zip(&ds.records) {
             let scores = p.scores.as_ref().unwrap();
@@ -105,7 +142,8 @@ fn loglik_scores_match_a_full_forward() {
             };
             assert_eq!(scores.len(), n_expected, "candidates from the Answer format line");
             let prompt = tok.encode(&template.prompt(r)).unwrap();
-            let conts: Vec<Vec<u32>> = scores.iter().map(|(c, _)| tok.encode_plain(&format!("the correct answer is {c}")).unwrap()).collect();
+            let conts: Vec<Vec<u32>> =
+                scores.iter().map(|(c, _)| tok.encode_plain(&format!("the correct answer is {c}")).unwrap()).collect();
             // Tokens every continuation shares are context; each score covers the rest.
             let shortest = conts.iter().map(Vec::len).min().unwrap();
             let shared = (0..shortest - 1).take_while(|&i| conts.iter().all(|c| c[i] == conts[0][i])).count();
@@ -113,7 +151,12 @@ fn loglik_scores_match_a_full_forward() {
                 let full: Vec<u32> = prompt.iter().chain(cont).copied().collect();
                 let reference = full_forward_log_prob(&m, &full, prompt.len() + shared);
                 worst = worst.max((score - reference).abs());
-                assert!((score - reference).abs() < 1e-3, "{} record {} candidate {cand}: {score} vs full forward {reference}", ds.name, p.index);
+                assert!(
+                    (score - reference).abs() < 1e-3,
+                    "{} record {} candidate {cand}: {score} vs full forward {reference}",
+                    ds.name,
+                    p.index
+                );
             }
             let best = scores.iter().fold(&scores[0], |b, s| if s.1 > b.1 { s } else { b });
             assert_eq!(p.prediction.as_deref(), Some(best.0.as_str()));
@@ -129,11 +172,25 @@ fn generation_does_not_depend_on_batching() {
     let tok = Tokenizer::from_dir(fixture()).unwrap();
     let dir = data_dir("generate");
     let sets = load(&dir, &[], Some(4)).unwrap();
-    assert_eq!(sets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["ARC-Easy", "boolq", "winogrande"], "all found, sorted");
+    assert_eq!(
+        sets.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+        ["ARC-Easy", "boolq", "winogrande"],
+        "all found, sorted"
+    );
     assert_eq!(sets[0].records.len(), 4, "--limit keeps the first records");
     let template = Template::alpaca();
     for ds in &sets {
-        let run = |batch| score_dataset(&m, &tok, &template, ds, &EvalOptions { mode: Mode::Generate, batch, max_new_tokens: 12 }, &mut |_| {}).unwrap();
+        let run = |batch| {
+            score_dataset(
+                &m,
+                &tok,
+                &template,
+                ds,
+                &EvalOptions { mode: Mode::Generate, batch, max_new_tokens: 12 },
+                &mut |_| {},
+            )
+            .unwrap()
+        };
         let (one, three) = (run(1), run(3));
         assert_eq!(one, three, "{}: batch 1 vs batch 3", ds.name);
         for p in &one {
@@ -150,7 +207,10 @@ fn bad_data_folders_are_clear_errors() {
     let e = load(&dir, &["piqa".into()], None).unwrap_err().to_string();
     assert!(e.contains("piqa") && e.contains("has no test.json") && e.contains("ARC-Easy, boolq, winogrande"), "{e}");
     let e = load(&dir, &["hellaswag".into()], None).unwrap_err().to_string();
-    assert!(e.contains("no dataset `hellaswag`") && e.contains("ARC-Easy, boolq, winogrande"), "lists what was found: {e}");
+    assert!(
+        e.contains("no dataset `hellaswag`") && e.contains("ARC-Easy, boolq, winogrande"),
+        "lists what was found: {e}"
+    );
     write_set(&dir, "mystery", &[bool_record("q", "true")]);
     let e = load(&dir, &["mystery".into()], None).unwrap_err().to_string();
     assert!(e.contains("no answer pattern") && e.contains("winogrande"), "{e}");

@@ -15,7 +15,18 @@ use std::time::Instant;
 
 /// The `gemm` crate call exactly as `cpu::gemm::gemm` makes it.
 #[allow(clippy::too_many_arguments)]
-fn crate_gemm(m: usize, n: usize, k: usize, c: &mut [f32], c_rs: usize, a: MatRef, b: MatRef, alpha: f32, acc: bool, par: Par) {
+fn crate_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    a: MatRef,
+    b: MatRef,
+    alpha: f32,
+    acc: bool,
+    par: Par,
+) {
     let parallelism = match par {
         Par::Serial => gemm::Parallelism::None,
         Par::Rayon => match rayon::current_num_threads() {

@@ -43,7 +43,20 @@ enum Entry {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn call(e: Entry, m: usize, n: usize, k: usize, c: &mut [f32], co: usize, crs: usize, a: MatRef, b: MatRef, alpha: f32, acc: bool, par: Par) {
+fn call(
+    e: Entry,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    co: usize,
+    crs: usize,
+    a: MatRef,
+    b: MatRef,
+    alpha: f32,
+    acc: bool,
+    par: Par,
+) {
     match e {
         Entry::Avx2 => gemm_avx2::gemm(m, n, k, c, co, crs, a, b, alpha, acc, par),
         Entry::Dispatch => gemm(m, n, k, c, co, crs, a, b, alpha, acc, par),
@@ -56,15 +69,23 @@ fn assert_close(got: f32, dot: f64, abs: f64, c0: f32, alpha: f32, acc: bool, wh
     let want = if acc { c0 as f64 } else { 0.0 } + alpha as f64 * dot;
     let scale = alpha.abs() as f64 * abs + if acc { (c0 as f64).abs() } else { 0.0 };
     let tol = 1e-6 * scale + 1e-30;
-    assert!(
-        got.is_finite() && (got as f64 - want).abs() <= tol,
-        "{what}: got {got}, want {want} (tol {tol:e})"
-    );
+    assert!(got.is_finite() && (got as f64 - want).abs() <= tol, "{what}: got {got}, want {want} (tol {tol:e})");
 }
 
 /// Dense row-major operands in every transpose combination, compared with `matmul_naive`.
 #[allow(clippy::too_many_arguments)]
-fn check_dense(e: Entry, m: usize, k: usize, n: usize, ta: bool, tb: bool, alpha: f32, acc: bool, par: Par, g: &mut Gen) {
+fn check_dense(
+    e: Entry,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    acc: bool,
+    par: Par,
+    g: &mut Gen,
+) {
     let a = g.vec(m * k);
     let b = g.vec(k * n);
     let c0 = g.vec(m * n);
@@ -205,7 +226,9 @@ fn strided_offset_views() {
     }
     let mut g = Gen(3);
     let mut case = 0usize;
-    for (m, k, n) in [(7, 13, 5), (97, 61, 300), (150, 300, 40), (20, 33, 70), (1, 576, 64), (64, 9, 1), (130, 400, 100)] {
+    for (m, k, n) in
+        [(7, 13, 5), (97, 61, 300), (150, 300, 40), (20, 33, 70), (1, 576, 64), (64, 9, 1), (130, 400, 100)]
+    {
         for la in 0..4 {
             for lb in 0..4 {
                 let a = View::new(m, k, la, &mut g);
@@ -248,11 +271,35 @@ fn k_zero_and_empty() {
     let (m, n) = (3, 4);
     for acc in [false, true] {
         let mut c = vec![2.0f32; m * n];
-        gemm_avx2::gemm(m, n, 0, &mut c, 0, n, MatRef::dense(&[], 0, false), MatRef::dense(&[], n, false), 1.0, acc, Par::Rayon);
+        gemm_avx2::gemm(
+            m,
+            n,
+            0,
+            &mut c,
+            0,
+            n,
+            MatRef::dense(&[], 0, false),
+            MatRef::dense(&[], n, false),
+            1.0,
+            acc,
+            Par::Rayon,
+        );
         assert!(c.iter().all(|&v| v == if acc { 2.0 } else { 0.0 }), "k = 0, acc {acc}: {c:?}");
     }
     let mut c = vec![2.0f32; 4];
-    gemm_avx2::gemm(0, 4, 5, &mut c, 0, 4, MatRef::dense(&[], 5, false), MatRef::dense(&[0.0; 20], 4, false), 1.0, false, Par::Rayon);
+    gemm_avx2::gemm(
+        0,
+        4,
+        5,
+        &mut c,
+        0,
+        4,
+        MatRef::dense(&[], 5, false),
+        MatRef::dense(&[0.0; 20], 4, false),
+        1.0,
+        false,
+        Par::Rayon,
+    );
     assert_eq!(c, vec![2.0; 4]);
 }
 
@@ -263,7 +310,14 @@ fn serial_and_rayon_bit_identical() {
         return;
     }
     let mut g = Gen(4);
-    for (m, k, n, ta, tb) in [(301, 600, 250, false, true), (250, 520, 301, true, false), (1024, 576, 96, false, false), (200, 1700, 130, true, false), (32, 1500, 576, true, false), (20, 900, 300, true, false)] {
+    for (m, k, n, ta, tb) in [
+        (301, 600, 250, false, true),
+        (250, 520, 301, true, false),
+        (1024, 576, 96, false, false),
+        (200, 1700, 130, true, false),
+        (32, 1500, 576, true, false),
+        (20, 900, 300, true, false),
+    ] {
         let a = g.vec(m * k);
         let b = g.vec(k * n);
         let mut s = vec![0.0; m * n];

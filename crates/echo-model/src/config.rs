@@ -76,12 +76,16 @@ impl Ctx<'_> {
         let as_id = |x: &Value| x.as_u64().filter(|&i| i <= u32::MAX as u64).map(|i| i as u32);
         match v {
             None | Some(Value::Null) => Ok(vec![]),
-            Some(Value::Array(items)) => items.iter().map(|x| as_id(x).ok_or_else(|| self.err(key, format!("{x} is not a token id")))).collect(),
+            Some(Value::Array(items)) => {
+                items.iter().map(|x| as_id(x).ok_or_else(|| self.err(key, format!("{x} is not a token id")))).collect()
+            }
             Some(x) => as_id(x).map(|i| vec![i]).ok_or_else(|| self.err(key, format!("{x} is not a token id"))),
         }
     }
     fn f64_field(&self, obj: &Value, key: &str, parent: &str) -> Result<f64> {
-        obj.get(key).and_then(Value::as_f64).ok_or_else(|| self.err(&format!("{parent}.{key}"), "missing or not a number"))
+        obj.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| self.err(&format!("{parent}.{key}"), "missing or not a number"))
     }
 }
 
@@ -103,7 +107,9 @@ impl LlamaConfig {
         match raw.model_type.as_deref() {
             Some("llama") => {}
             Some(other) => {
-                return Err(c.unsupported(format!("model_type `{other}` (supported: llama — LLaMA-1/2/3, SmolLM2, TinyLlama)")))
+                return Err(
+                    c.unsupported(format!("model_type `{other}` (supported: llama — LLaMA-1/2/3, SmolLM2, TinyLlama)"))
+                )
             }
             None => return Err(c.err("model_type", "missing")),
         }
@@ -119,12 +125,19 @@ impl LlamaConfig {
         let heads = c.required("num_attention_heads", raw.num_attention_heads)?;
         let kv_heads = c.required("num_key_value_heads", raw.num_key_value_heads.or(Some(heads)))?;
         if heads % kv_heads != 0 {
-            return Err(c.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads = {heads}")));
+            return Err(
+                c.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads = {heads}"))
+            );
         }
         let head_dim = match raw.head_dim {
             Some(d) => c.required("head_dim", Some(d))?,
             None if hidden_size % heads == 0 => hidden_size / heads,
-            None => return Err(c.err("head_dim", format!("missing, and hidden_size {hidden_size} is not a multiple of {heads} heads"))),
+            None => {
+                return Err(c.err(
+                    "head_dim",
+                    format!("missing, and hidden_size {hidden_size} is not a multiple of {heads} heads"),
+                ))
+            }
         };
         if head_dim % 2 != 0 {
             return Err(c.err("head_dim", format!("{head_dim} is odd; rotary embeddings need an even head dimension")));
@@ -147,7 +160,8 @@ impl LlamaConfig {
             rms_norm_eps: eps as f32,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: c.required("max_position_embeddings", raw.max_position_embeddings.or(Some(2048)))?,
+            max_position_embeddings: c
+                .required("max_position_embeddings", raw.max_position_embeddings.or(Some(2048)))?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             bos_token_id: bos.first().copied(),
             eos_token_ids: c.token_ids("eos_token_id", &raw.eos_token_id)?,

@@ -61,7 +61,12 @@ impl Llama {
     /// never holds more than one tensor. Deterministic in `seed`.
     pub fn random_on(config: LlamaConfig, device: Device, seed: u64) -> Result<Llama> {
         let c = &config;
-        let (d, q_out, kv_out, ff) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+        let (d, q_out, kv_out, ff) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+            c.intermediate_size,
+        );
         let mut next = 0u64;
         let mut matrix = |rows: usize, cols: usize| {
             next += 1;
@@ -71,7 +76,15 @@ impl Llama {
         let embed = matrix(c.vocab_size, d)?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for _ in 0..c.num_hidden_layers {
-            let proj = [matrix(q_out, d)?, matrix(kv_out, d)?, matrix(kv_out, d)?, matrix(d, q_out)?, matrix(ff, d)?, matrix(ff, d)?, matrix(d, ff)?];
+            let proj = [
+                matrix(q_out, d)?,
+                matrix(kv_out, d)?,
+                matrix(kv_out, d)?,
+                matrix(d, q_out)?,
+                matrix(ff, d)?,
+                matrix(ff, d)?,
+                matrix(d, ff)?,
+            ];
             blocks.push(Block { attn_norm: ones(d)?, mlp_norm: ones(d)?, proj });
         }
         let lm_head = if c.tie_word_embeddings { embed.clone() } else { matrix(c.vocab_size, d)? };

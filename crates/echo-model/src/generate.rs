@@ -130,7 +130,9 @@ impl<'m> Decoder<'m> {
             return Err(Error::Input(format!("{} prompts for a decoder of batch {}", prompts.len(), self.cache.batch)));
         }
         if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-            return Err(Error::Input(format!("prompt {i} is empty (generation needs at least one token to condition on)")));
+            return Err(Error::Input(format!(
+                "prompt {i} is empty (generation needs at least one token to condition on)"
+            )));
         }
         let t = prompts.iter().map(Vec::len).max().expect("batch > 0");
         let pad_id = 0u32;
@@ -184,7 +186,10 @@ impl<'m> Decoder<'m> {
             for i in 0..q_len {
                 let pos = (offset + i).saturating_sub(pad);
                 if pos >= c.max_position_embeddings {
-                    return Err(Error::Input(format!("row {row} reaches position {pos}, beyond max_position_embeddings {}", c.max_position_embeddings)));
+                    return Err(Error::Input(format!(
+                        "row {row} reaches position {pos}, beyond max_position_embeddings {}",
+                        c.max_position_embeddings
+                    )));
                 }
                 positions.push(pos);
             }
@@ -209,7 +214,16 @@ impl<'m> Decoder<'m> {
             cache_write(&dims, k.f32s("decode")?, &mut self.cache.k[l], offset);
             cache_write(&dims, v.f32s("decode")?, &mut self.cache.v[l], offset);
             let mut att = vec![0.0f32; b * q_len * hq * hd];
-            decode_attention(&dims, q.f32s("decode")?, &self.cache.k[l], &self.cache.v[l], &self.cache.key_valid, offset, scale, &mut att);
+            decode_attention(
+                &dims,
+                q.f32s("decode")?,
+                &self.cache.k[l],
+                &self.cache.v[l],
+                &self.cache.key_valid,
+                offset,
+                scale,
+                &mut att,
+            );
             let a = Tensor::new(att, [b, q_len, hq * hd])?;
             h = h.add(&proj.project(l, Proj::O, &a, blk.weight(Proj::O))?)?;
             let (x, _) = nn::rmsnorm_forward(&h, Some(&blk.mlp_norm), eps)?;
@@ -251,7 +265,12 @@ pub struct GenerateOptions {
 impl GenerateOptions {
     /// Greedy decoding stopping on the model config's EOS ids.
     pub fn greedy(model: &Llama, max_new_tokens: usize) -> Self {
-        GenerateOptions { max_new_tokens, eos_token_ids: model.config.eos_token_ids.clone(), pad_token_id: model.config.pad_token_id, sampling: None }
+        GenerateOptions {
+            max_new_tokens,
+            eos_token_ids: model.config.eos_token_ids.clone(),
+            pad_token_id: model.config.pad_token_id,
+            sampling: None,
+        }
     }
 }
 
@@ -295,8 +314,11 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     }
     let max = logits[argmax(logits) as usize] as f64;
     let inv_t = 1.0 / s.temperature as f64;
-    let mut probs: Vec<(f64, u32)> =
-        logits.iter().enumerate().map(|(i, &x)| (if x.is_nan() { 0.0 } else { ((x as f64 - max) * inv_t).exp() }, i as u32)).collect();
+    let mut probs: Vec<(f64, u32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (if x.is_nan() { 0.0 } else { ((x as f64 - max) * inv_t).exp() }, i as u32))
+        .collect();
     // Most likely first; ties by id, so the order (and the draw) is deterministic.
     probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let total: f64 = probs.iter().map(|p| p.0).sum();
@@ -321,7 +343,12 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
 }
 
 /// Generates up to `max_new_tokens` for each prompt (token ids), batched.
-pub fn generate(model: &Llama, prompts: &[Vec<u32>], opts: &GenerateOptions, proj: &mut dyn InferProjector) -> Result<Generation> {
+pub fn generate(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    proj: &mut dyn InferProjector,
+) -> Result<Generation> {
     generate_streaming(model, prompts, opts, proj, &mut |_, _| {})
 }
 

@@ -12,6 +12,6 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
-pub use llama::{shifted_targets, Batch, Block, Hidden, Llama, Plain, Proj, Projector};
 pub use generate::{generate, Decoder, GenerateOptions, Generation, InferProjector, PlainInfer, Sampling};
 pub use gguf::import_gguf;
+pub use llama::{shifted_targets, Batch, Block, Hidden, Llama, Plain, Proj, Projector};

@@ -126,7 +126,11 @@ impl Batch {
         let mut ids = Vec::with_capacity(input_ids.len());
         for (i, &t) in input_ids.iter().enumerate() {
             if t < 0 || t as usize >= vocab {
-                return Err(Error::Input(format!("input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})", i / seq, i % seq)));
+                return Err(Error::Input(format!(
+                    "input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})",
+                    i / seq,
+                    i % seq
+                )));
             }
             ids.push(t as usize);
         }
@@ -135,7 +139,13 @@ impl Batch {
             match m {
                 0 => valid.push(false),
                 1 => valid.push(true),
-                _ => return Err(Error::Input(format!("attention_mask[{}, {}] = {m}; expected 0 or 1", i / seq, i % seq))),
+                _ => {
+                    return Err(Error::Input(format!(
+                        "attention_mask[{}, {}] = {m}; expected 0 or 1",
+                        i / seq,
+                        i % seq
+                    )))
+                }
             }
         }
         let positions = (0..batch).flat_map(|_| 0..seq).collect();
@@ -192,9 +202,14 @@ impl Llama {
     /// time is held on the host in f32.
     pub fn from_weights_on(config: LlamaConfig, w: &WeightFiles, device: Device) -> Result<Self> {
         let c = &config;
-        let (d, q_out, kv_out) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let matrix = |name: &str, shape: &[usize]| -> Result<Tensor> { place(w.f32_tensor(name, Some(shape))?, Role::Matrix, device) };
-        let vector = |name: &str, shape: &[usize]| -> Result<Tensor> { place(w.f32_tensor(name, Some(shape))?, Role::Vector, device) };
+        let (d, q_out, kv_out) =
+            (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let matrix = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            place(w.f32_tensor(name, Some(shape))?, Role::Matrix, device)
+        };
+        let vector = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            place(w.f32_tensor(name, Some(shape))?, Role::Vector, device)
+        };
         let embed = matrix("model.embed_tokens.weight", &[c.vocab_size, d])?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
@@ -211,7 +226,15 @@ impl Llama {
             blocks.push(Block {
                 attn_norm: vector(&format!("model.layers.{l}.input_layernorm.weight"), &[d])?,
                 mlp_norm: vector(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[d])?,
-                proj: [load(Proj::Q)?, load(Proj::K)?, load(Proj::V)?, load(Proj::O)?, load(Proj::Gate)?, load(Proj::Up)?, load(Proj::Down)?],
+                proj: [
+                    load(Proj::Q)?,
+                    load(Proj::K)?,
+                    load(Proj::V)?,
+                    load(Proj::O)?,
+                    load(Proj::Gate)?,
+                    load(Proj::Up)?,
+                    load(Proj::Down)?,
+                ],
             });
         }
         let norm = vector("model.norm.weight", &[d])?;
@@ -231,7 +254,10 @@ impl Llama {
             return Err(Error::Input(format!("cannot capture block {l}: the model has {} blocks", self.blocks.len())));
         }
         if batch.seq > c.max_position_embeddings {
-            return Err(Error::Input(format!("sequence length {} exceeds max_position_embeddings {}", batch.seq, c.max_position_embeddings)));
+            return Err(Error::Input(format!(
+                "sequence length {} exceeds max_position_embeddings {}",
+                batch.seq, c.max_position_embeddings
+            )));
         }
         let (b, t, d) = (batch.batch, batch.seq, c.hidden_size);
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -274,7 +300,11 @@ impl Llama {
     /// number of counted tokens; errors when no token carries a label.
     pub fn lm_loss(&self, hidden: &Var, labels: &[i64], batch: &Batch) -> Result<(Var, usize)> {
         if labels.len() != batch.batch * batch.seq {
-            return Err(Error::Input(format!("labels has {} elements, the batch {}", labels.len(), batch.batch * batch.seq)));
+            return Err(Error::Input(format!(
+                "labels has {} elements, the batch {}",
+                labels.len(),
+                batch.batch * batch.seq
+            )));
         }
         let (rows, targets) = shifted_targets(labels, batch.batch, batch.seq);
         if rows.is_empty() {

@@ -50,7 +50,13 @@ impl WeightFiles {
         }
         let single = dir.join("model.safetensors");
         if !single.exists() {
-            return Err(Error::io(&single, std::io::Error::new(std::io::ErrorKind::NotFound, "no model.safetensors or model.safetensors.index.json in the model folder")));
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json in the model folder",
+                ),
+            ));
         }
         Self::open_files(&[single])
     }
@@ -75,7 +81,11 @@ impl WeightFiles {
             })?;
             if !shards.iter().any(|s| s == shard) {
                 if !dir.join(shard).exists() {
-                    return Err(Error::MissingShard { index: index.to_path_buf(), shard: shard.into(), tensor: tensor.clone() });
+                    return Err(Error::MissingShard {
+                        index: index.to_path_buf(),
+                        shard: shard.into(),
+                        tensor: tensor.clone(),
+                    });
                 }
                 shards.push(shard.to_string());
             }
@@ -124,7 +134,8 @@ impl WeightFiles {
     fn locate(&self, name: &str) -> Result<(&Mapped, Dtype, Vec<usize>, &[u8])> {
         let Some(&i) = self.owner.get(name) else {
             let path = self.files.first().map(|f| f.path.clone()).unwrap_or_default();
-            let hint = if self.files.len() > 1 { format!(" in any of {} shards", self.files.len()) } else { String::new() };
+            let hint =
+                if self.files.len() > 1 { format!(" in any of {} shards", self.files.len()) } else { String::new() };
             return Err(Error::MissingTensor { path, name: name.into(), hint });
         };
         let f = &self.files[i];
@@ -144,7 +155,12 @@ impl WeightFiles {
         let (f, dtype, shape, bytes) = self.locate(name)?;
         if let Some(e) = expected {
             if e != shape.as_slice() {
-                return Err(Error::TensorShape { path: f.path.clone(), name: name.into(), expected: e.to_vec(), got: shape });
+                return Err(Error::TensorShape {
+                    path: f.path.clone(),
+                    name: name.into(),
+                    expected: e.to_vec(),
+                    got: shape,
+                });
             }
         }
         let data: Vec<f32> = match dtype {
@@ -152,7 +168,12 @@ impl WeightFiles {
             Dtype::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             other => {
-                return Err(Error::TensorDType { path: f.path.clone(), name: name.into(), expected: "F32, BF16 or F16".into(), got: format!("{other:?}") })
+                return Err(Error::TensorDType {
+                    path: f.path.clone(),
+                    name: name.into(),
+                    expected: "F32, BF16 or F16".into(),
+                    got: format!("{other:?}"),
+                })
             }
         };
         Ok(Tensor::new(data, shape)?)
@@ -164,7 +185,14 @@ impl WeightFiles {
         let data = match dtype {
             Dtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             Dtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
-            other => return Err(Error::TensorDType { path: f.path.clone(), name: name.into(), expected: "I64 or I32".into(), got: format!("{other:?}") }),
+            other => {
+                return Err(Error::TensorDType {
+                    path: f.path.clone(),
+                    name: name.into(),
+                    expected: "I64 or I32".into(),
+                    got: format!("{other:?}"),
+                })
+            }
         };
         Ok((data, shape))
     }
@@ -190,7 +218,11 @@ impl SaveTensor {
 
 /// Writes a safetensors file atomically: a temporary file in the same folder, synced, then
 /// renamed over `path`, so a crash never leaves a half-written file where a good one was.
-pub fn save_safetensors(path: &Path, tensors: Vec<(String, SaveTensor)>, metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: Vec<(String, SaveTensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let prepared: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, t)| {
@@ -203,7 +235,8 @@ pub fn save_safetensors(path: &Path, tensors: Vec<(String, SaveTensor)>, metadat
         .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::SafeTensors { path: path.to_path_buf(), msg: e.to_string() })?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::SafeTensors { path: path.to_path_buf(), msg: e.to_string() })?;
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| Error::SafeTensors { path: path.to_path_buf(), msg: e.to_string() })?;
     write_atomic(path, &bytes)
 }
 

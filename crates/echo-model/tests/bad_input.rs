@@ -83,7 +83,9 @@ fn missing_tensor() {
 #[test]
 fn tensor_shape_not_matching_config() {
     let d = copy("shape");
-    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let e = load_err(&d);
     assert!(e.contains("model.safetensors") && e.contains("[160, 64]") && e.contains("expected [128, 64]"), "{e}");
@@ -117,7 +119,12 @@ fn sharded_index_pointing_to_a_missing_shard() {
     let index = serde_json::json!({ "metadata": {}, "weight_map": map });
     std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("model.safetensors.index.json") && e.contains("model-00002-of-00002.safetensors") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains("model-00002-of-00002.safetensors")
+            && e.contains("does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -149,7 +156,9 @@ fn llama3_and_transformers4_spellings() {
     assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
     assert_eq!(c.eos_token_ids, vec![128001, 128008, 128009]);
     assert_eq!((c.head_dim, c.num_key_value_heads), (16, 1));
-    let t5 = t4.replace("\"rope_theta\":500000.0,\"rope_scaling\"", "\"rope_parameters\"").replace("\"rope_type\":\"llama3\"", "\"rope_type\":\"llama3\",\"rope_theta\":500000.0");
+    let t5 = t4
+        .replace("\"rope_theta\":500000.0,\"rope_scaling\"", "\"rope_parameters\"")
+        .replace("\"rope_type\":\"llama3\"", "\"rope_type\":\"llama3\",\"rope_theta\":500000.0");
     assert_eq!(LlamaConfig::parse_str(&t5).unwrap(), c, "transformers-5 spelling must read the same");
 }
 
@@ -162,16 +171,24 @@ fn sharded_model_loads_like_the_single_file() {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for (i, n) in names.iter().enumerate() {
         let t = files.f32_tensor(n, None).unwrap();
-        let (list, shard) = if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
+        let (list, shard) = if i % 2 == 0 {
+            (&mut a, "model-00001-of-00002.safetensors")
+        } else {
+            (&mut b, "model-00002-of-00002.safetensors")
+        };
         list.push((n.to_string(), SaveTensor::F32(t.as_f32().to_vec(), t.dims().to_vec())));
         map.insert(n.to_string(), serde_json::Value::String(shard.into()));
     }
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
     save_safetensors(&d.join("model-00001-of-00002.safetensors"), a, None).unwrap();
     save_safetensors(&d.join("model-00002-of-00002.safetensors"), b, None).unwrap();
-    std::fs::write(d.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": map }).to_string()).unwrap();
+    std::fs::write(d.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": map }).to_string())
+        .unwrap();
     let sharded = Llama::load(&d).unwrap();
     let single = Llama::load(&fixture()).unwrap();
-    assert_eq!(sharded.blocks[3].weight(echo_model::Proj::Down).as_f32(), single.blocks[3].weight(echo_model::Proj::Down).as_f32());
+    assert_eq!(
+        sharded.blocks[3].weight(echo_model::Proj::Down).as_f32(),
+        single.blocks[3].weight(echo_model::Proj::Down).as_f32()
+    );
     assert_eq!(sharded.lm_head.as_f32(), single.lm_head.as_f32());
 }

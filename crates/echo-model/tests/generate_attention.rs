@@ -38,7 +38,16 @@ fn cached_attention_matches_full_recompute() {
             }
         }
         let mut out = vec![0.0f32; b * len * hq * d];
-        decode_attention(&dims, &row(&qs, hq, offset, len), &kc, &vc, &key_valid, offset, 1.0 / (d as f32).sqrt(), &mut out);
+        decode_attention(
+            &dims,
+            &row(&qs, hq, offset, len),
+            &kc,
+            &vc,
+            &key_valid,
+            offset,
+            1.0 / (d as f32).sqrt(),
+            &mut out,
+        );
         let want = row(&full, hq, offset, len);
         for (i, (a, w)) in out.iter().zip(&want).enumerate() {
             let (bb, slot) = (i / (len * hq * d), offset + i / (hq * d) % len);

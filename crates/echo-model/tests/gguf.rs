@@ -24,7 +24,9 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Deterministic test values with varied magnitudes and signs.
 fn wave(n: usize, seed: f32) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32 * 0.37 + seed).sin() * 1.7 + (i as f32 * 0.11).cos() * 0.3) * (1.0 + (i % 7) as f32 * 0.25)).collect()
+    (0..n)
+        .map(|i| ((i as f32 * 0.37 + seed).sin() * 1.7 + (i as f32 * 0.11).cos() * 0.3) * (1.0 + (i % 7) as f32 * 0.25))
+        .collect()
 }
 
 /// Writes `data` as one tensor of type `ty` in a GGUF file and reads it back through the reader.
@@ -63,10 +65,12 @@ fn exactly_representable_values_survive_every_format() {
         .collect();
     assert_eq!(through_file(GgmlType::Q4_1, &q41, &dir), q41);
     // Q8_0: amax 127 * 0.5 so d = 0.5.
-    let q8: Vec<f32> = (0..64).map(|i| if i % 32 == 3 { -63.5 } else { ((i * 37 % 255) as f32 - 127.0) * 0.5 }).collect();
+    let q8: Vec<f32> =
+        (0..64).map(|i| if i % 32 == 3 { -63.5 } else { ((i * 37 % 255) as f32 - 127.0) * 0.5 }).collect();
     assert_eq!(through_file(GgmlType::Q8_0, &q8, &dir), q8);
     // Q5_0: codes -16..15 times 0.125, -2.0 largest.
-    let q50: Vec<f32> = (0..64).map(|i| if i % 32 == 9 { -2.0 } else { ((i * 11 % 32) as f32 - 16.0) * 0.125 }).collect();
+    let q50: Vec<f32> =
+        (0..64).map(|i| if i % 32 == 9 { -2.0 } else { ((i * 11 % 32) as f32 - 16.0) * 0.125 }).collect();
     assert_eq!(through_file(GgmlType::Q5_0, &q50, &dir), q50);
     let q51: Vec<f32> = (0..64)
         .map(|i| {
@@ -164,9 +168,21 @@ fn k_quants_match_gguf_py() {
     // reference; see tests/gguf_reference.py, which also checks whole files).
     let idx = [0usize, 1, 31, 32, 63, 64, 100, 128, 200, 255];
     let cases: [(GgmlType, [f32; 10], f64); 3] = [
-        (GgmlType::Q4_K, [10.2578125, -0.3984375, 5.4140625, 0.4375, 1.4375, 13.6171875, 3.234375, 13.3125, 4.4609375, 1.7890625], 1767.25),
-        (GgmlType::Q5_K, [25.7578125, -0.3984375, 5.4140625, 3.6875, 2.6875, 13.6171875, 7.609375, 32.8125, 4.4609375, 3.6640625], 3697.75),
-        (GgmlType::Q6_K, [-44.71875, 53.0, -3.0, 7.21875, -18.125, -95.0, 78.84375, -10.96875, 34.03125, -1.875], 144.125),
+        (
+            GgmlType::Q4_K,
+            [10.2578125, -0.3984375, 5.4140625, 0.4375, 1.4375, 13.6171875, 3.234375, 13.3125, 4.4609375, 1.7890625],
+            1767.25,
+        ),
+        (
+            GgmlType::Q5_K,
+            [25.7578125, -0.3984375, 5.4140625, 3.6875, 2.6875, 13.6171875, 7.609375, 32.8125, 4.4609375, 3.6640625],
+            3697.75,
+        ),
+        (
+            GgmlType::Q6_K,
+            [-44.71875, 53.0, -3.0, 7.21875, -18.125, -95.0, 78.84375, -10.96875, 34.03125, -1.875],
+            144.125,
+        ),
     ];
     for (ty, want, sum) in cases {
         let size = ty.block().1;
@@ -251,7 +267,8 @@ fn fixture_as_gguf(path: &Path, ty: GgmlType, tied: bool) {
         .f32("llama.rope.freq_base", cfg.rope_theta as f32)
         .f32("llama.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
         .u32("llama.rope.dimension_count", cfg.head_dim as u32);
-    let tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
     let vocab = tok["model"]["vocab"].as_object().unwrap();
     let mut tokens = vec![""; vocab.len()];
     for (t, id) in vocab {
@@ -259,13 +276,24 @@ fn fixture_as_gguf(path: &Path, ty: GgmlType, tied: bool) {
     }
     let special: Vec<u64> = tok["added_tokens"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
     let types: Vec<i32> = (0..tokens.len() as u64).map(|i| if special.contains(&i) { 3 } else { 1 }).collect();
-    let merges: Vec<String> =
-        tok["model"]["merges"].as_array().unwrap().iter().map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap())).collect();
+    let merges: Vec<String> = tok["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+        .collect();
     let merges: Vec<&str> = merges.iter().map(String::as_str).collect();
     g.str("tokenizer.ggml.model", "gpt2").str("tokenizer.ggml.pre", "gpt-2");
-    g.strs("tokenizer.ggml.tokens", &tokens).i32s("tokenizer.ggml.token_type", &types).strs("tokenizer.ggml.merges", &merges);
-    g.u32("tokenizer.ggml.bos_token_id", 1).u32("tokenizer.ggml.eos_token_id", 2).u32("tokenizer.ggml.padding_token_id", 0);
-    g.str("tokenizer.chat_template", "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}");
+    g.strs("tokenizer.ggml.tokens", &tokens)
+        .i32s("tokenizer.ggml.token_type", &types)
+        .strs("tokenizer.ggml.merges", &merges);
+    g.u32("tokenizer.ggml.bos_token_id", 1)
+        .u32("tokenizer.ggml.eos_token_id", 2)
+        .u32("tokenizer.ggml.padding_token_id", 0);
+    g.str(
+        "tokenizer.chat_template",
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    );
 
     let mut put = |gguf: &str, hf: &str, qty: GgmlType, heads: Option<usize>| {
         let t = w.f32_tensor(hf, None).unwrap();
@@ -336,7 +364,10 @@ fn f32_export_then_import_restores_the_hf_weights_exactly() {
     for f in ["generation_config.json", "tokenizer_config.json"] {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap();
         if f == "generation_config.json" {
-            assert_eq!((v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64(), v["pad_token_id"].as_u64()), (Some(1), Some(2), Some(0)));
+            assert_eq!(
+                (v["bos_token_id"].as_u64(), v["eos_token_id"].as_u64(), v["pad_token_id"].as_u64()),
+                (Some(1), Some(2), Some(0))
+            );
         } else {
             assert_eq!(v["eos_token"], "<|im_end|>");
             assert!(v["chat_template"].as_str().unwrap().contains("<|im_start|>"));
@@ -366,7 +397,8 @@ fn quantised_import_stays_close_and_ties_embeddings() {
     let model = Llama::load(&out).unwrap();
     assert_eq!(model.lm_head.to_vec_f32(), model.embed.to_vec_f32());
     let q = WeightFiles::open_dir(&out).unwrap().f32_tensor("model.layers.1.self_attn.k_proj.weight", None).unwrap();
-    let orig = WeightFiles::open_dir(&fixture()).unwrap().f32_tensor("model.layers.1.self_attn.k_proj.weight", None).unwrap();
+    let orig =
+        WeightFiles::open_dir(&fixture()).unwrap().f32_tensor("model.layers.1.self_attn.k_proj.weight", None).unwrap();
     let diff = q.max_abs_diff(&orig).unwrap();
     let amax = orig.to_vec_f32().iter().fold(0f32, |a, v| a.max(v.abs()));
     assert!(diff < amax / 127.0, "Q8_0 k_proj off by {diff} (amax {amax})");

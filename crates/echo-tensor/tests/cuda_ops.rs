@@ -91,7 +91,17 @@ fn storage_round_trips_and_casts() {
         assert_eq!(bits16(&hh.to_device(Device::Cpu).unwrap()), bits16(&x.to_dtype(dt)), "{dt} upload keeps the bits");
         assert_eq!(hh.to_vec_f32(), x.to_dtype(dt).to_vec_f32());
     }
-    let special = vec![0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, 1e-40, f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000)];
+    let special = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        1e-40,
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+    ];
     let s = Tensor::new(special.clone(), [special.len()]).unwrap();
     let sg = up(&s, d).to_dtype(DType::BF16).to_device(Device::Cpu).unwrap();
     assert_eq!(bits16(&sg), bits16(&s.to_dtype(DType::BF16)), "special values through the cast kernel");
@@ -113,8 +123,16 @@ fn device_data_is_not_read_as_host_and_devices_do_not_mix() {
     assert!(matches!(g.f32s("probe"), Err(Error::DeviceUnavailable { .. })));
     assert!(matches!(g.clone().f32_mut("probe"), Err(Error::DeviceUnavailable { .. })));
     let e = g.map("my_map", |v| v * 2.0).expect_err("closures stay on the host");
-    assert!(matches!(e, Error::DeviceUnavailable { .. }) && e.to_string().contains("my_map") && e.to_string().contains("cuda:0"), "{e}");
-    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.as_f32().len())).is_err(), "as_f32 never hands out device memory");
+    assert!(
+        matches!(e, Error::DeviceUnavailable { .. })
+            && e.to_string().contains("my_map")
+            && e.to_string().contains("cuda:0"),
+        "{e}"
+    );
+    assert!(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.as_f32().len())).is_err(),
+        "as_f32 never hands out device memory"
+    );
     let e = g.add(&c).unwrap_err();
     assert!(matches!(e, Error::DeviceMismatch { op: "add", lhs: Device::Cuda(0), rhs: Device::Cpu }), "{e:?}");
     let e = c.matmul(&g).unwrap_err();
@@ -152,7 +170,14 @@ fn validation_errors_read_as_on_the_cpu() {
 fn binary_ops_with_broadcasts() {
     let d = gpu_or_skip!();
     let mut rng = Rng::new(2);
-    let shapes: [(&[usize], &[usize]); 6] = [(&[3, 1, 5], &[4, 5]), (&[2, 3], &[2, 3]), (&[7], &[]), (&[], &[2, 1, 3]), (&[1, 4, 1], &[3, 1, 6]), (&[2, 1, 3, 1, 5, 1], &[4, 1, 1, 5, 2])];
+    let shapes: [(&[usize], &[usize]); 6] = [
+        (&[3, 1, 5], &[4, 5]),
+        (&[2, 3], &[2, 3]),
+        (&[7], &[]),
+        (&[], &[2, 1, 3]),
+        (&[1, 4, 1], &[3, 1, 6]),
+        (&[2, 1, 3, 1, 5, 1], &[4, 1, 1, 5, 2]),
+    ];
     for (sa, sb) in shapes {
         let a = Tensor::randn(sa, 1.0, &mut rng);
         let b = Tensor::rand_uniform(sb, 0.5, 2.0, &mut rng);
@@ -206,7 +231,12 @@ fn add_assign_broadcast_to_and_sum_to() {
     close(&saved, &a, 0.0, "the other holder still sees the old data");
 
     let small = Tensor::randn([3, 1, 5], 1.0, &mut rng);
-    close(&up(&small, d).broadcast_to([2, 3, 4, 5]).unwrap(), &small.broadcast_to([2, 3, 4, 5]).unwrap(), 0.0, "broadcast_to");
+    close(
+        &up(&small, d).broadcast_to([2, 3, 4, 5]).unwrap(),
+        &small.broadcast_to([2, 3, 4, 5]).unwrap(),
+        0.0,
+        "broadcast_to",
+    );
     let big = Tensor::randn([2, 3, 4, 5], 1.0, &mut rng);
     let bigg = up(&big, d);
     for target in [vec![3, 1, 5], vec![5], vec![1], vec![], vec![2, 1, 4, 1], vec![2, 3, 4, 5]] {
@@ -224,7 +254,12 @@ fn layout_ops() {
     close(&xg.permute(&[2, 0, 3, 1]).unwrap(), &x.permute(&[2, 0, 3, 1]).unwrap(), 0.0, "permute");
     close(&xg.transpose(1, 3).unwrap(), &x.transpose(1, 3).unwrap(), 0.0, "transpose");
     for (dim, start, len) in [(0, 1, 1), (2, 1, 2), (3, 0, 5), (3, 4, 1), (1, 3, 0)] {
-        close(&xg.narrow(dim, start, len).unwrap(), &x.narrow(dim, start, len).unwrap(), 0.0, &format!("narrow {dim} {start} {len}"));
+        close(
+            &xg.narrow(dim, start, len).unwrap(),
+            &x.narrow(dim, start, len).unwrap(),
+            0.0,
+            &format!("narrow {dim} {start} {len}"),
+        );
     }
     let parts: Vec<Tensor> = [1, 3, 2].iter().map(|&n| Tensor::randn([2, n, 5], 1.0, &mut rng)).collect();
     let gparts: Vec<Tensor> = parts.iter().map(|p| up(p, d)).collect();
@@ -232,16 +267,31 @@ fn layout_ops() {
     close(&Tensor::concat(&gr, 1).unwrap(), &Tensor::concat(&pr, 1).unwrap(), 0.0, "concat dim 1");
     let rows: Vec<Tensor> = [2, 1].iter().map(|&n| Tensor::randn([n, 7], 1.0, &mut rng)).collect();
     let grows: Vec<Tensor> = rows.iter().map(|p| up(p, d)).collect();
-    close(&Tensor::concat(&[&grows[0], &grows[1]], 0).unwrap(), &Tensor::concat(&[&rows[0], &rows[1]], 0).unwrap(), 0.0, "concat dim 0");
+    close(
+        &Tensor::concat(&[&grows[0], &grows[1]], 0).unwrap(),
+        &Tensor::concat(&[&rows[0], &rows[1]], 0).unwrap(),
+        0.0,
+        "concat dim 0",
+    );
 
     let idx = [3usize, 0, 10, 3, 7];
     for table in [Tensor::randn([11, 6], 1.0, &mut rng), Tensor::randn([11, 2, 3], 1.0, &mut rng)] {
         close(&up(&table, d).index_select(&idx).unwrap(), &table.index_select(&idx).unwrap(), 0.0, "index_select");
         // A bf16 table (the frozen embedding) is gathered and widened on the device.
         let t16 = up(&table.to_dtype(DType::BF16), d);
-        close(&t16.index_select(&idx).unwrap(), &bf16_exact(&table).index_select(&idx).unwrap(), 0.0, "index_select bf16");
+        close(
+            &t16.index_select(&idx).unwrap(),
+            &bf16_exact(&table).index_select(&idx).unwrap(),
+            0.0,
+            "index_select bf16",
+        );
         let src = Tensor::randn(Shape::new([&[idx.len()][..], &table.dims()[1..]].concat()), 1.0, &mut rng);
-        close(&up(&src, d).scatter_add_rows(&idx, 11).unwrap(), &src.scatter_add_rows(&idx, 11).unwrap(), 0.0, "scatter_add_rows");
+        close(
+            &up(&src, d).scatter_add_rows(&idx, 11).unwrap(),
+            &src.scatter_add_rows(&idx, 11).unwrap(),
+            0.0,
+            "scatter_add_rows",
+        );
     }
 }
 
@@ -255,9 +305,17 @@ fn matmul_all_transposes_batched_and_shared() {
                 let ad = [batch.clone(), if ta { vec![k, m] } else { vec![m, k] }].concat();
                 let bd = if tb { vec![n, k] } else { vec![k, n] };
                 let a = Tensor::randn(ad, 1.0, &mut rng);
-                for b in [Tensor::randn(bd.clone(), 1.0, &mut rng), Tensor::randn([batch.clone(), bd.clone()].concat(), 1.0, &mut rng)] {
+                for b in [
+                    Tensor::randn(bd.clone(), 1.0, &mut rng),
+                    Tensor::randn([batch.clone(), bd.clone()].concat(), 1.0, &mut rng),
+                ] {
                     let what = format!("a {} b {} ta {ta} tb {tb}", a.shape(), b.shape());
-                    close(&up(&a, d).matmul_t(&up(&b, d), ta, tb).unwrap(), &a.matmul_t(&b, ta, tb).unwrap(), 1e-5, &what);
+                    close(
+                        &up(&a, d).matmul_t(&up(&b, d), ta, tb).unwrap(),
+                        &a.matmul_t(&b, ta, tb).unwrap(),
+                        1e-5,
+                        &what,
+                    );
                 }
             }
         }
@@ -272,7 +330,12 @@ fn matmul_all_transposes_batched_and_shared() {
     close(&up(&xr, d).linear(&w16).unwrap(), &xr.linear(&wr).unwrap(), 1e-4, "linear bf16, exact inputs");
     close(&up(&x, d).linear(&w16).unwrap(), &x.linear(&wr).unwrap(), 2e-2, "linear bf16");
     let dy = bf16_exact(&Tensor::randn([2, 3, 9], 1.0, &mut rng));
-    close(&up(&dy, d).matmul(&w16).unwrap(), &dy.matmul(&wr).unwrap(), 1e-4, "dy W with a bf16 W (linear's input gradient)");
+    close(
+        &up(&dy, d).matmul(&w16).unwrap(),
+        &dy.matmul(&wr).unwrap(),
+        1e-4,
+        "dy W with a bf16 W (linear's input gradient)",
+    );
     // Anywhere else a bf16 operand is refused, as on the CPU.
     let e = up(&Tensor::zeros([9, 4]), d).matmul_t(&w16, true, false).unwrap_err();
     assert!(matches!(e, Error::UnsupportedDType { op: "matmul", .. }), "{e:?}");
@@ -287,8 +350,18 @@ fn reductions_and_softmax() {
     let xg = up(&x, d);
     for dim in 0..3 {
         for keep in [false, true] {
-            close(&xg.sum_dim(dim, keep).unwrap(), &x.sum_dim(dim, keep).unwrap(), 1e-5, &format!("sum_dim {dim} {keep}"));
-            close(&xg.max_dim(dim, keep).unwrap(), &x.max_dim(dim, keep).unwrap(), 0.0, &format!("max_dim {dim} {keep}"));
+            close(
+                &xg.sum_dim(dim, keep).unwrap(),
+                &x.sum_dim(dim, keep).unwrap(),
+                1e-5,
+                &format!("sum_dim {dim} {keep}"),
+            );
+            close(
+                &xg.max_dim(dim, keep).unwrap(),
+                &x.max_dim(dim, keep).unwrap(),
+                0.0,
+                &format!("max_dim {dim} {keep}"),
+            );
         }
     }
     let empty = Tensor::zeros([3, 0, 2]);
@@ -306,7 +379,11 @@ fn reductions_and_softmax() {
 fn rmsnorm_forward_backward() {
     let d = gpu_or_skip!();
     let mut rng = Rng::new(8);
-    let (x, w, dy) = (Tensor::randn([3, 5, 67], 2.0, &mut rng), Tensor::randn([67], 1.0, &mut rng), Tensor::randn([3, 5, 67], 1.0, &mut rng));
+    let (x, w, dy) = (
+        Tensor::randn([3, 5, 67], 2.0, &mut rng),
+        Tensor::randn([67], 1.0, &mut rng),
+        Tensor::randn([3, 5, 67], 1.0, &mut rng),
+    );
     let (xg, wg, dyg) = (up(&x, d), up(&w, d), up(&dy, d));
     for weighted in [true, false] {
         let (wc, wgo) = if weighted { (Some(&w), Some(&wg)) } else { (None, None) };
@@ -334,7 +411,12 @@ fn rope_forward_and_inverse() {
     let x = Tensor::randn([2, 9, 3, 16], 1.0, &mut rng);
     let positions: Vec<usize> = (0..18).map(|i| if i < 9 { i } else { 40 + i }).collect();
     for inverse in [false, true] {
-        close(&nn::rope(&up(&x, d), &positions, &table, inverse).unwrap(), &nn::rope(&x, &positions, &table, inverse).unwrap(), 1e-6, "rope");
+        close(
+            &nn::rope(&up(&x, d), &positions, &table, inverse).unwrap(),
+            &nn::rope(&x, &positions, &table, inverse).unwrap(),
+            1e-6,
+            "rope",
+        );
     }
 }
 
@@ -348,7 +430,8 @@ fn attention_gqa_with_padding() {
         let v = Tensor::randn([b, t, hkv, hd], 1.0, &mut rng);
         let dout = Tensor::randn([b, t, hq, hd], 1.0, &mut rng);
         // right padding on sample 0, left padding (a query with no key) on the last
-        let valid: Vec<bool> = (0..b * t).map(|i| !((i / t == 0 && b > 1 && i % t >= t - 3) || (i / t == b - 1 && i % t == 0))).collect();
+        let valid: Vec<bool> =
+            (0..b * t).map(|i| !((i / t == 0 && b > 1 && i % t >= t - 3) || (i / t == b - 1 && i % t == 0))).collect();
         let (qg, kg, vg, dg) = (up(&q, d), up(&k, d), up(&v, d), up(&dout, d));
         let what = format!("B={b} T={t} Hq={hq} Hkv={hkv} D={hd}");
         let (out, lse) = nn::attention_forward(&q, &k, &v, &valid).unwrap();
@@ -367,10 +450,15 @@ fn attention_gqa_with_padding() {
 fn swiglu_forward_backward() {
     let d = gpu_or_skip!();
     let mut rng = Rng::new(11);
-    let (g, u, dy) = (Tensor::randn([3, 41], 4.0, &mut rng), Tensor::randn([3, 41], 1.0, &mut rng), Tensor::randn([3, 41], 1.0, &mut rng));
+    let (g, u, dy) = (
+        Tensor::randn([3, 41], 4.0, &mut rng),
+        Tensor::randn([3, 41], 1.0, &mut rng),
+        Tensor::randn([3, 41], 1.0, &mut rng),
+    );
     let (gg, ug, dyg) = (up(&g, d), up(&u, d), up(&dy, d));
     close(&nn::swiglu_forward(&gg, &ug).unwrap(), &nn::swiglu_forward(&g, &u).unwrap(), 1e-6, "swiglu");
-    let ((dgg, dug), (dgc, duc)) = (nn::swiglu_backward(&dyg, &gg, &ug).unwrap(), nn::swiglu_backward(&dy, &g, &u).unwrap());
+    let ((dgg, dug), (dgc, duc)) =
+        (nn::swiglu_backward(&dyg, &gg, &ug).unwrap(), nn::swiglu_backward(&dy, &g, &u).unwrap());
     close(&dgg, &dgc, 1e-6, "swiglu dgate");
     close(&dug, &duc, 1e-6, "swiglu dup");
 }
@@ -393,7 +481,8 @@ fn lora_case(d: Device, bf16_w: bool, dropout: bool, inject: bool, want: Want) {
     let keep = Tensor::new(keep, x.shape().clone()).unwrap();
     let xd = x.mul(&keep).unwrap();
     let wg = if bf16_w { up(&w.to_dtype(DType::BF16), d) } else { up(&w, d) };
-    let (xg, ag, bg, dyg, keepg, xdg, gateg, projg) = (up(&x, d), up(&a, d), up(&b, d), up(&dy, d), up(&keep, d), up(&xd, d), up(&gate, d), up(&proj, d));
+    let (xg, ag, bg, dyg, keepg, xdg, gateg, projg) =
+        (up(&x, d), up(&a, d), up(&b, d), up(&dy, d), up(&keep, d), up(&xd, d), up(&gate, d), up(&proj, d));
     let p = LoraParams { w: &w, a: &a, b: &b, scale: 1.7 };
     let pg = LoraParams { w: &wg, a: &ag, b: &bg, scale: 1.7 };
     let inj = Injection { gate: &gate, proj: &proj };
@@ -408,7 +497,9 @@ fn lora_case(d: Device, bf16_w: bool, dropout: bool, inject: bool, want: Want) {
     close(&zg, &z, tol, &format!("{what} z"));
     let gc = nn::lora_backward(&dy, &x, xdc, kc, &p, &z, want).unwrap();
     let gg = nn::lora_backward(&dyg, &xg, xdgo, kgo, &pg, &zg, want).unwrap();
-    for (name, g, c) in [("dx", gg.dx, gc.dx), ("da", gg.da, gc.da), ("db", gg.db, gc.db), ("dz", Some(gg.dz), Some(gc.dz))] {
+    for (name, g, c) in
+        [("dx", gg.dx, gc.dx), ("da", gg.da, gc.da), ("db", gg.db, gc.db), ("dz", Some(gg.dz), Some(gc.dz))]
+    {
         assert_eq!(g.is_some(), c.is_some(), "{what} {name} presence");
         if let (Some(g), Some(c)) = (g, c) {
             close(&g, &c, tol, &format!("{what} {name}"));
@@ -436,8 +527,14 @@ fn gated_injection_forward_backward() {
     let (g, p) = (Tensor::randn([2, 5], 1.0, &mut rng), Tensor::randn([2, 5], 1.0, &mut rng));
     let (gg, pg) = (up(&g, d), up(&p, d));
     let (inj, injg) = (Injection { gate: &g, proj: &p }, Injection { gate: &gg, proj: &pg });
-    close(&nn::gated_inject_forward(&up(&z, d), &injg).unwrap(), &nn::gated_inject_forward(&z, &inj).unwrap(), 1e-6, "inject");
-    let ((dgg, dpg), (dgc, dpc)) = (nn::gated_inject_backward(&up(&dz, d), &injg).unwrap(), nn::gated_inject_backward(&dz, &inj).unwrap());
+    close(
+        &nn::gated_inject_forward(&up(&z, d), &injg).unwrap(),
+        &nn::gated_inject_forward(&z, &inj).unwrap(),
+        1e-6,
+        "inject",
+    );
+    let ((dgg, dpg), (dgc, dpc)) =
+        (nn::gated_inject_backward(&up(&dz, d), &injg).unwrap(), nn::gated_inject_backward(&dz, &inj).unwrap());
     close(&dgg, &dgc, 1e-5, "inject dgate");
     close(&dpg, &dpc, 1e-5, "inject dproj");
 }
@@ -488,20 +585,48 @@ fn cross_entropy_kl_and_pooling() {
     let (lgl, zg) = nn::cross_entropy_forward(&lg, &targets).unwrap();
     close(&lgl, &l, 1e-5, "ce loss");
     close(&zg, &z, 1e-5, "ce lse");
-    close(&nn::cross_entropy_backward(&lg, &targets, &zg, &row_scale).unwrap(), &nn::cross_entropy_backward(&logits, &targets, &z, &row_scale).unwrap(), 1e-5, "ce dlogits");
+    close(
+        &nn::cross_entropy_backward(&lg, &targets, &zg, &row_scale).unwrap(),
+        &nn::cross_entropy_backward(&logits, &targets, &z, &row_scale).unwrap(),
+        1e-5,
+        "ce dlogits",
+    );
 
     let (t, s) = (Tensor::randn([5, 257], 5.0, &mut rng), Tensor::randn([5, 257], 5.0, &mut rng));
     let (tg, sg) = (up(&t, d), up(&s, d));
     let rs = [0.0, 0.5, -1.0, 2.0, 1.0];
     close(&nn::kl_forward(&tg, &sg, 2.0).unwrap(), &nn::kl_forward(&t, &s, 2.0).unwrap(), 2e-5, "kl");
-    close(&nn::kl_backward_student(&tg, &sg, 2.0, &rs).unwrap(), &nn::kl_backward_student(&t, &s, 2.0, &rs).unwrap(), 2e-5, "kl dstudent");
+    close(
+        &nn::kl_backward_student(&tg, &sg, 2.0, &rs).unwrap(),
+        &nn::kl_backward_student(&t, &s, 2.0, &rs).unwrap(),
+        2e-5,
+        "kl dstudent",
+    );
 
     let x = Tensor::randn([3, 7, 10], 1.0, &mut rng);
-    let mask: Vec<f32> = (0..21).map(|i| if i < 7 { 0.0 } else if rng.bernoulli(0.6) { 1.0 } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..21)
+        .map(|i| {
+            if i < 7 {
+                0.0
+            } else if rng.bernoulli(0.6) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let mask = Tensor::new(mask, [3, 7]).unwrap();
     let dout = Tensor::randn([3, 10], 1.0, &mut rng);
     let (xg, mg) = (up(&x, d), up(&mask, d));
-    close(&nn::masked_mean_forward(&xg, &mg).unwrap(), &nn::masked_mean_forward(&x, &mask).unwrap(), 1e-6, "masked mean");
-    let (dg, dc) = (nn::masked_mean_backward(&up(&dout, d), x.shape(), &mg).unwrap(), nn::masked_mean_backward(&dout, x.shape(), &mask).unwrap());
+    close(
+        &nn::masked_mean_forward(&xg, &mg).unwrap(),
+        &nn::masked_mean_forward(&x, &mask).unwrap(),
+        1e-6,
+        "masked mean",
+    );
+    let (dg, dc) = (
+        nn::masked_mean_backward(&up(&dout, d), x.shape(), &mg).unwrap(),
+        nn::masked_mean_backward(&dout, x.shape(), &mask).unwrap(),
+    );
     close(&dg, &dc, 1e-6, "masked mean dx");
 }

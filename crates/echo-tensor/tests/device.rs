@@ -15,7 +15,8 @@ fn to_device_without_a_driver_is_a_clean_error() {
         println!("a usable GPU is present: the no-driver path is not exercised here");
         return;
     };
-    for t in [Tensor::zeros([2, 3]), Tensor::ones([4]).to_dtype(DType::BF16), Tensor::scalar(1.0).to_dtype(DType::F16)] {
+    for t in [Tensor::zeros([2, 3]), Tensor::ones([4]).to_dtype(DType::BF16), Tensor::scalar(1.0).to_dtype(DType::F16)]
+    {
         let e = t.to_device(Device::Cuda(0)).expect_err("no usable GPU");
         assert!(matches!(e, Error::DeviceUnavailable { device: Device::Cuda(0), .. }), "{e:?}");
         let msg = e.to_string();
@@ -40,7 +41,11 @@ fn host_moves_are_clones() {
 fn device_errors_name_both_devices_and_the_reason() {
     let e = Error::DeviceMismatch { op: "add", lhs: Device::Cpu, rhs: Device::Cuda(0) }.to_string();
     assert!(e.contains("add") && e.contains("cpu") && e.contains("cuda:0"), "{e}");
-    let e = Error::Cuda { op: "matmul", device: Device::Cuda(1), source: echo_kernels::cuda::CudaError::Unsupported("too big".into()) };
+    let e = Error::Cuda {
+        op: "matmul",
+        device: Device::Cuda(1),
+        source: echo_kernels::cuda::CudaError::Unsupported("too big".into()),
+    };
     let msg = e.to_string();
     assert!(msg.contains("matmul") && msg.contains("cuda:1") && msg.contains("too big"), "{msg}");
     assert!(std::error::Error::source(&e).is_some(), "the CUDA error is kept as the source");

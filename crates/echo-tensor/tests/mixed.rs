@@ -34,7 +34,8 @@ fn setup() -> Setup {
     let mut rng = Rng::new(9);
     let (rows, din, dout, r) = (6, 20, 12, 4);
     let x = Tensor::randn([2, 3, din], 1.0, &mut rng);
-    let keep = Tensor::new((0..rows * din).map(|i| if i % 7 == 0 { 0.0 } else { 1.25 }).collect(), [2, 3, din]).unwrap();
+    let keep =
+        Tensor::new((0..rows * din).map(|i| if i % 7 == 0 { 0.0 } else { 1.25 }).collect(), [2, 3, din]).unwrap();
     let xd = x.mul(&keep).unwrap();
     let w16 = Tensor::randn([dout, din], 0.3, &mut rng).to_dtype(DType::BF16);
     let w32 = w16.to_dtype(DType::F32);
@@ -86,11 +87,13 @@ fn lora_and_dora_with_a_bf16_base_weight() {
     assert_eq!(g.db.as_ref().unwrap().to_vec_f32(), g32.db.as_ref().unwrap().to_vec_f32());
     assert_eq!(g.dz.to_vec_f32(), g32.dz.to_vec_f32());
     let dy2 = s.dy.reshape([6, 12]).unwrap();
-    let dx_shift = round(&dy2).matmul(&s.w32).unwrap().sub(&dy2.matmul(&s.w32).unwrap()).unwrap().reshape([2, 3, 20]).unwrap();
+    let dx_shift =
+        round(&dy2).matmul(&s.w32).unwrap().sub(&dy2.matmul(&s.w32).unwrap()).unwrap().reshape([2, 3, 20]).unwrap();
     close(g.dx.as_ref().unwrap(), &g32.dx.unwrap().add(&dx_shift).unwrap(), 1e-5, "lora dx");
     // dx without dropout and without a request for it.
     let nodrop = nn::lora_backward(&s.dy, &s.x, None, None, &p16, &z, Want { dx: true, ..Default::default() }).unwrap();
-    let nodrop32 = nn::lora_backward(&s.dy, &s.x, None, None, &p32, &z, Want { dx: true, ..Default::default() }).unwrap();
+    let nodrop32 =
+        nn::lora_backward(&s.dy, &s.x, None, None, &p32, &z, Want { dx: true, ..Default::default() }).unwrap();
     close(nodrop.dx.as_ref().unwrap(), &nodrop32.dx.unwrap().add(&dx_shift).unwrap(), 1e-5, "lora dx, no dropout");
     assert!(nodrop.da.is_none() && nodrop.db.is_none());
 

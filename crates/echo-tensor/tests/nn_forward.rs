@@ -24,7 +24,9 @@ fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &[bool]) -> Vec<f3
                 let mut s: Vec<f64> = vec![f64::NEG_INFINITY; t];
                 for j in 0..=i {
                     if valid[bi * t + j] {
-                        let dot: f64 = (0..d).map(|e| (q[((bi * t + i) * hq + h) * d + e] * k[((bi * t + j) * hkv + g) * d + e]) as f64).sum();
+                        let dot: f64 = (0..d)
+                            .map(|e| (q[((bi * t + i) * hq + h) * d + e] * k[((bi * t + j) * hkv + g) * d + e]) as f64)
+                            .sum();
                         s[j] = dot / (d as f64).sqrt();
                     }
                 }
@@ -34,7 +36,8 @@ fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, valid: &[bool]) -> Vec<f3
                 }
                 let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                 for e in 0..d {
-                    let o: f64 = (0..t).map(|j| (s[j] - m).exp() / z * v[((bi * t + j) * hkv + g) * d + e] as f64).sum();
+                    let o: f64 =
+                        (0..t).map(|j| (s[j] - m).exp() / z * v[((bi * t + j) * hkv + g) * d + e] as f64).sum();
                     out[((bi * t + i) * hq + h) * d + e] = o as f32;
                 }
             }
@@ -51,10 +54,12 @@ fn attention_matches_naive_with_gqa_and_padding() {
         let k = Tensor::randn([b, t, hkv, d], 1.0, &mut rng);
         let v = Tensor::randn([b, t, hkv, d], 1.0, &mut rng);
         // right padding on sample 0, left padding (a query with nothing to attend) on the last
-        let valid: Vec<bool> = (0..b * t).map(|i| {
-            let (s, p) = (i / t, i % t);
-            !((s == 0 && b > 1 && p >= t - 3) || (s == b - 1 && p == 0))
-        }).collect();
+        let valid: Vec<bool> = (0..b * t)
+            .map(|i| {
+                let (s, p) = (i / t, i % t);
+                !((s == 0 && b > 1 && p >= t - 3) || (s == b - 1 && p == 0))
+            })
+            .collect();
         let (out, lse) = nn::attention_forward(&q, &k, &v, &valid).unwrap();
         close(out.as_f32(), &naive_attention(&q, &k, &v, &valid), 1e-5, "attention");
         assert_eq!(lse.dims(), &[b, hq, t]);
@@ -82,7 +87,12 @@ fn rope_rotates_half_pairs_and_inverse_undoes_it() {
     let y = nn::rope(&x, &[3], &table, false).unwrap();
     // dims (0, 2) rotate by 3 * 1, dims (1, 3) by 3 * 10000^(-1/2)
     let (a0, a1) = (3.0f32, 3.0f32 * 0.01);
-    let want = [1.0 * a0.cos() - 3.0 * a0.sin(), 2.0 * a1.cos() - 4.0 * a1.sin(), 3.0 * a0.cos() + 1.0 * a0.sin(), 4.0 * a1.cos() + 2.0 * a1.sin()];
+    let want = [
+        1.0 * a0.cos() - 3.0 * a0.sin(),
+        2.0 * a1.cos() - 4.0 * a1.sin(),
+        3.0 * a0.cos() + 1.0 * a0.sin(),
+        4.0 * a1.cos() + 2.0 * a1.sin(),
+    ];
     close(y.as_f32(), &want, 1e-6, "rope");
     let back = nn::rope(&y, &[3], &table, true).unwrap();
     close(back.as_f32(), x.as_f32(), 1e-6, "rope inverse");
@@ -90,7 +100,12 @@ fn rope_rotates_half_pairs_and_inverse_undoes_it() {
 
 #[test]
 fn llama3_scaling_has_three_regimes() {
-    let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+    let s = Llama3Scaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
     let plain = echo_kernels::cpu::rope::inv_freq(128, 500_000.0, None);
     let scaled = echo_kernels::cpu::rope::inv_freq(128, 500_000.0, Some(s));
     let mut regimes = [0usize; 3];

@@ -33,7 +33,15 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
 }
 
 /// Writes a checkpoint into `dir` (replacing an older one there atomically).
-pub fn save(dir: &Path, state: &TrainState, adapters: &Adapters, echo_params: &[ParamId], adam: &AdamWState, store: &ParamStore, base_model: &str) -> Result<(), String> {
+pub fn save(
+    dir: &Path,
+    state: &TrainState,
+    adapters: &Adapters,
+    echo_params: &[ParamId],
+    adam: &AdamWState,
+    store: &ParamStore,
+    base_model: &str,
+) -> Result<(), String> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
@@ -43,13 +51,20 @@ pub fn save(dir: &Path, state: &TrainState, adapters: &Adapters, echo_params: &[
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     save_peft(&tmp.join("adapter"), adapters, store, base_model).map_err(|e| e.to_string())?;
-    let mut tensors: Vec<(String, SaveTensor)> = echo_params.iter().map(|&id| (store.get(id).name.clone(), SaveTensor::from_tensor(store.value(id)))).collect();
+    let mut tensors: Vec<(String, SaveTensor)> =
+        echo_params.iter().map(|&id| (store.get(id).name.clone(), SaveTensor::from_tensor(store.value(id)))).collect();
     // Moments are stored flat (`[numel]`), read back from a device if they live there.
     for (k, m) in &adam.m {
-        tensors.push((format!("optim.m.{k}"), SaveTensor::F32(m.try_to_vec_f32().map_err(|e| e.to_string())?, vec![m.numel()])));
+        tensors.push((
+            format!("optim.m.{k}"),
+            SaveTensor::F32(m.try_to_vec_f32().map_err(|e| e.to_string())?, vec![m.numel()]),
+        ));
     }
     for (k, v) in &adam.v {
-        tensors.push((format!("optim.v.{k}"), SaveTensor::F32(v.try_to_vec_f32().map_err(|e| e.to_string())?, vec![v.numel()])));
+        tensors.push((
+            format!("optim.v.{k}"),
+            SaveTensor::F32(v.try_to_vec_f32().map_err(|e| e.to_string())?, vec![v.numel()]),
+        ));
     }
     save_safetensors(&tmp.join("state.safetensors"), tensors, None).map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");

@@ -222,7 +222,13 @@ fn projections(key: &str, names: &[String]) -> Result<Vec<Proj>, String> {
         return Err(bad(key, "at least one module", "an empty list"));
     }
     let allowed: Vec<&str> = Proj::ALL.iter().map(|p| p.short_name()).collect();
-    names.iter().map(|n| Proj::from_short_name(n).ok_or_else(|| bad(key, &format!("one of {}", allowed.join(", ")), format!("`{n}`")))).collect()
+    names
+        .iter()
+        .map(|n| {
+            Proj::from_short_name(n)
+                .ok_or_else(|| bad(key, &format!("one of {}", allowed.join(", ")), format!("`{n}`")))
+        })
+        .collect()
 }
 
 impl RunConfig {
@@ -289,7 +295,11 @@ impl RunConfig {
             return Err(bad("echo.init_std", ">= 0", e.init_std));
         }
         if t.batch_size == 0 || t.micro_batch_size == 0 || t.batch_size % t.micro_batch_size != 0 {
-            return Err(bad("train.batch_size", "a positive multiple of train.micro_batch_size", format!("{} (micro {})", t.batch_size, t.micro_batch_size)));
+            return Err(bad(
+                "train.batch_size",
+                "a positive multiple of train.micro_batch_size",
+                format!("{} (micro {})", t.batch_size, t.micro_batch_size),
+            ));
         }
         if t.epochs == 0 && t.max_steps == 0 {
             return Err(bad("train.epochs", "> 0 (or train.max_steps > 0)", 0));
@@ -306,14 +316,22 @@ impl RunConfig {
             return Err(bad("train.device", "auto, cpu, cuda or cuda:N", format!("\"{}\"", t.device)));
         }
         if !(t.adam_eps > 0.0) || !(t.weight_decay >= 0.0) || !(t.max_grad_norm >= 0.0) {
-            return Err(bad("train.adam_eps / weight_decay / max_grad_norm", "adam_eps > 0, weight_decay >= 0, max_grad_norm >= 0", format!("{} / {} / {}", t.adam_eps, t.weight_decay, t.max_grad_norm)));
+            return Err(bad(
+                "train.adam_eps / weight_decay / max_grad_norm",
+                "adam_eps > 0, weight_decay >= 0, max_grad_norm >= 0",
+                format!("{} / {} / {}", t.adam_eps, t.weight_decay, t.max_grad_norm),
+            ));
         }
         Ok(())
     }
 
     pub fn adapter_config(&self, n_layers: usize) -> Result<AdapterConfig, String> {
         let a = &self.adapter;
-        let layers = if a.layers.is_empty() { None } else { Some(crate::echo::resolve_layers("adapter.layers", &a.layers, n_layers)?) };
+        let layers = if a.layers.is_empty() {
+            None
+        } else {
+            Some(crate::echo::resolve_layers("adapter.layers", &a.layers, n_layers)?)
+        };
         Ok(AdapterConfig {
             method: if a.method == "dora" { Method::Dora } else { Method::Lora },
             r: a.r,
@@ -332,7 +350,11 @@ impl RunConfig {
         if !e.enabled {
             return Ok(None);
         }
-        let target_layers = if e.target_layers.is_empty() { (0..(n_layers / 4).max(1) as i64).collect() } else { e.target_layers.clone() };
+        let target_layers = if e.target_layers.is_empty() {
+            (0..(n_layers / 4).max(1) as i64).collect()
+        } else {
+            e.target_layers.clone()
+        };
         Ok(Some(EchoConfig {
             source_layers: e.source_layers.clone(),
             target_layers,

@@ -16,7 +16,9 @@ pub fn resolve(spec: &str) -> Result<(Device, String), String> {
     };
     let notice = match (parsed, why_not) {
         (DeviceSpec::Auto, Some(why)) => format!("device: cpu (auto: CUDA is not usable here: {why})"),
-        (DeviceSpec::Auto, None) => format!("device: {device} (auto: a CUDA driver, device, NVRTC and cuBLAS were found)"),
+        (DeviceSpec::Auto, None) => {
+            format!("device: {device} (auto: a CUDA driver, device, NVRTC and cuBLAS were found)")
+        }
         _ => format!("device: {device} (as requested)"),
     };
     Ok((device, notice))

@@ -112,7 +112,10 @@ impl StepCheck {
 impl fmt::Display for StepCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let worst = match self.worst_grad() {
-            Some(g) => format!("{}: cos {:.5}, norm x{:.4}, max abs err {:.1e} = {:.1e} of its largest", g.name, g.cos, g.norm_ratio, g.max_abs, g.rel),
+            Some(g) => format!(
+                "{}: cos {:.5}, norm x{:.4}, max abs err {:.1e} = {:.1e} of its largest",
+                g.name, g.cos, g.norm_ratio, g.max_abs, g.rel
+            ),
             None => "-".into(),
         };
         write!(
@@ -182,7 +185,15 @@ fn fixture_batch(fixture: &Path) -> Result<CheckBatch, String> {
     let get = |k: &str| f.i64_tensor(k).map_err(|e| e.to_string());
     let (ids, shape) = get("input_ids")?;
     let route = get("route")?.0.iter().map(|&r| r != 0).collect();
-    Ok(CheckBatch { name: format!("fixture batch {}x{}", shape[0], shape[1]), ids, mask: get("attention_mask")?.0, labels: get("labels")?.0, batch: shape[0], seq: shape[1], route })
+    Ok(CheckBatch {
+        name: format!("fixture batch {}x{}", shape[0], shape[1]),
+        ids,
+        mask: get("attention_mask")?.0,
+        labels: get("labels")?.0,
+        batch: shape[0],
+        seq: shape[1],
+        route,
+    })
 }
 
 /// 3 x 70 random tokens (longer than the attention kernels' 16-query and 32-key tiles), the
@@ -201,7 +212,15 @@ fn long_batch(vocab: usize) -> CheckBatch {
             labels.push(if real && t >= prompt { id } else { IGNORE_INDEX });
         }
     }
-    CheckBatch { name: format!("padded batch {batch}x{seq}"), ids, mask, labels, batch, seq, route: vec![true, false, true] }
+    CheckBatch {
+        name: format!("padded batch {batch}x{seq}"),
+        ids,
+        mask,
+        labels,
+        batch,
+        seq,
+        route: vec![true, false, true],
+    }
 }
 
 /// The model with every base weight the device stores as bf16 in bf16 on the host.
@@ -213,7 +232,14 @@ fn with_bf16_weights(m: &Llama) -> Result<Llama, String> {
         let proj: [Tensor; 7] = proj.try_into().unwrap_or_else(|_| unreachable!("seven projections"));
         blocks.push(Block { attn_norm: b.attn_norm.clone(), mlp_norm: b.mlp_norm.clone(), proj });
     }
-    Ok(Llama { config: m.config.clone(), embed: r(&m.embed)?, blocks, norm: m.norm.clone(), lm_head: r(&m.lm_head)?, rope: m.rope.clone() })
+    Ok(Llama {
+        config: m.config.clone(),
+        embed: r(&m.embed)?,
+        blocks,
+        norm: m.norm.clone(),
+        lm_head: r(&m.lm_head)?,
+        rope: m.rope.clone(),
+    })
 }
 
 /// What one side measured, everything on the host.
@@ -241,14 +267,27 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     let mut store = start.to_device(model.device()).map_err(|e| e.to_string())?;
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
     let b = s.batch;
-    let input = StepInput { input_ids: &b.ids, attention_mask: &b.mask, labels: &b.labels, batch: b.batch, seq: b.seq, route: &b.route, prompt_mask: None };
+    let input = StepInput {
+        input_ids: &b.ids,
+        attention_mask: &b.mask,
+        labels: &b.labels,
+        batch: b.batch,
+        seq: b.seq,
+        route: &b.route,
+        prompt_mask: None,
+    };
     let mut dropout = Rng::new(11);
     let (first, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout), 1.0, false)?;
     let mut grads = Vec::with_capacity(s.ids.len());
     for &id in s.ids {
         let g = store.grad(id).ok_or_else(|| format!("no gradient for `{}`", store.get(id).name))?;
         if g.device() != model.device() {
-            return Err(format!("the gradient of `{}` is on {}, the step ran on {}", store.get(id).name, g.device(), model.device()));
+            return Err(format!(
+                "the gradient of `{}` is on {}, the step ran on {}",
+                store.get(id).name,
+                g.device(),
+                model.device()
+            ));
         }
         grads.push(host(g)?);
     }
@@ -261,7 +300,13 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     for (&id, b) in s.ids.iter().zip(&before) {
         let v = store.value(id);
         if v.device() != model.device() || v.dtype() != DType::F32 {
-            return Err(format!("after AdamW `{}` is {} on {}, expected f32 on {}", store.get(id).name, v.dtype(), v.device(), model.device()));
+            return Err(format!(
+                "after AdamW `{}` is {} on {}, expected f32 on {}",
+                store.get(id).name,
+                v.dtype(),
+                v.device(),
+                model.device()
+            ));
         }
         update.push(host(v)?.sub(b).map_err(|e| e.to_string())?);
     }
@@ -278,11 +323,23 @@ fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff, String> {
     let (c, d) = (cpu.as_f32(), dev.as_f32());
     let mut max_abs = 0f32;
     for (a, b) in c.iter().zip(d) {
-        let e = if a.is_finite() && b.is_finite() { (a - b).abs() } else if a.to_bits() == b.to_bits() { 0.0 } else { f32::INFINITY };
+        let e = if a.is_finite() && b.is_finite() {
+            (a - b).abs()
+        } else if a.to_bits() == b.to_bits() {
+            0.0
+        } else {
+            f32::INFINITY
+        };
         max_abs = max_abs.max(e);
     }
     let scale = c.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
-    let rel = if max_abs == 0.0 { 0.0 } else if scale == 0.0 { f32::INFINITY } else { max_abs / scale };
+    let rel = if max_abs == 0.0 {
+        0.0
+    } else if scale == 0.0 {
+        f32::INFINITY
+    } else {
+        max_abs / scale
+    };
     let (mut dot, mut nc, mut nd) = (0f64, 0f64, 0f64);
     for (&a, &b) in c.iter().zip(d) {
         dot += a as f64 * b as f64;
@@ -295,7 +352,13 @@ fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff, String> {
         _ => (0.0, f64::INFINITY),
     };
     let finite = |v: f64| if v.is_nan() { f32::INFINITY } else { v as f32 };
-    Ok(TensorDiff { name: name.to_string(), max_abs, rel, cos: if cos.is_nan() { 0.0 } else { cos as f32 }, norm_ratio: finite(norm_ratio) })
+    Ok(TensorDiff {
+        name: name.to_string(),
+        max_abs,
+        rel,
+        cos: if cos.is_nan() { 0.0 } else { cos as f32 },
+        norm_ratio: finite(norm_ratio),
+    })
 }
 
 /// Worst `|u_dev - u_cpu| / lr` where `|g_cpu| >= SIGNIFICANT * max |g_cpu|`.
@@ -312,14 +375,28 @@ fn update_diff(grad: &Tensor, cpu: &Tensor, dev: &Tensor) -> f32 {
     worst
 }
 
-fn check_case(fixture: &Path, cpu_model: &Llama, dev_model: &Llama, case: &Case, batch: &CheckBatch) -> Result<StepCheck, String> {
+fn check_case(
+    fixture: &Path,
+    cpu_model: &Llama,
+    dev_model: &Llama,
+    case: &Case,
+    batch: &CheckBatch,
+) -> Result<StepCheck, String> {
     let mut store = ParamStore::new();
     let mut adapters = load_peft(&fixture.join(case.adapter), cpu_model, &mut store).map_err(|e| e.to_string())?;
     adapters.config.dropout = case.dropout;
     let echo = match case.echo {
         true => {
             let c = &cpu_model.config;
-            Some(EchoPath::init(echo_config(), &adapters, c.num_hidden_layers, c.hidden_size, c.rms_norm_eps, &mut store, &mut Rng::new(5))?)
+            Some(EchoPath::init(
+                echo_config(),
+                &adapters,
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.rms_norm_eps,
+                &mut store,
+                &mut Rng::new(5),
+            )?)
         }
         false => None,
     };
@@ -327,7 +404,8 @@ fn check_case(fixture: &Path, cpu_model: &Llama, dev_model: &Llama, case: &Case,
     ids.extend(echo.as_ref().map(|e| e.param_ids()).unwrap_or_default());
     let setup = Setup { adapters: &adapters, echo: echo.as_ref(), ids: &ids, batch };
     let cpu = run_side(cpu_model, &store, &setup).map_err(|e| format!("{} on the cpu: {e}", case.name))?;
-    let dev = run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}: {e}", case.name, dev_model.device()))?;
+    let dev =
+        run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}: {e}", case.name, dev_model.device()))?;
     let mut grads = Vec::with_capacity(ids.len());
     let mut update = (0f32, String::new());
     for (i, &id) in ids.iter().enumerate() {

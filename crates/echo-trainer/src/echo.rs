@@ -216,7 +216,15 @@ impl EchoPath {
 
     /// Builds the echo vectors `e` `[B, d]` from the plain forward's boundary states
     /// (`boundary[i]` belongs to `sources[i]`), pooling over `prompt_mask` `[B, T]`.
-    pub fn aggregate(&self, tape: &Tape, store: &ParamStore, boundary: &[Var], prompt_mask: &[f32], batch: usize, seq: usize) -> echo_autograd::Result<EchoValues> {
+    pub fn aggregate(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        boundary: &[Var],
+        prompt_mask: &[f32],
+        batch: usize,
+        seq: usize,
+    ) -> echo_autograd::Result<EchoValues> {
         let mask = match self.config.aggregation {
             Aggregation::LastPromptToken => last_token_mask(prompt_mask, seq),
             _ => prompt_mask.to_vec(),
@@ -247,7 +255,13 @@ impl EchoPath {
     }
 
     /// Per target module, `(g, p)` for the samples in `rows` of the trunk output.
-    pub fn injections(&self, tape: &Tape, store: &ParamStore, trunk_u: &Var, rows: &[usize]) -> echo_autograd::Result<HashMap<(usize, Proj), (Var, Var)>> {
+    pub fn injections(
+        &self,
+        tape: &Tape,
+        store: &ParamStore,
+        trunk_u: &Var,
+        rows: &[usize],
+    ) -> echo_autograd::Result<HashMap<(usize, Proj), (Var, Var)>> {
         let u = if rows.len() == trunk_u.dims()[0] { trunk_u.clone() } else { ops::index_select(trunk_u, rows)? };
         let mut out = HashMap::new();
         for m in &self.modules {

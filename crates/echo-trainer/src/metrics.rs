@@ -34,7 +34,13 @@ pub struct Metrics {
 impl Metrics {
     /// Opens `path`, appending when resuming, else starting it afresh.
     pub fn open(path: &Path, append: bool) -> Result<Self, String> {
-        let file = OpenOptions::new().create(true).append(append).write(true).truncate(!append).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Metrics { file, path: path.display().to_string() })
     }
 
@@ -54,8 +60,12 @@ impl Metrics {
 /// Draws train loss, plain CE, echo CE and validation loss against the step.
 pub fn plot_svg(metrics: &Path, out: &Path) -> Result<(), String> {
     let f = File::open(metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
-    let mut series: [(&str, &str, Vec<(f64, f64)>); 4] =
-        [("train loss", "#1f77b4", vec![]), ("CE plain route (/N)", "#2ca02c", vec![]), ("CE echo route (/N)", "#d62728", vec![]), ("validation loss", "#ff7f0e", vec![])];
+    let mut series: [(&str, &str, Vec<(f64, f64)>); 4] = [
+        ("train loss", "#1f77b4", vec![]),
+        ("CE plain route (/N)", "#2ca02c", vec![]),
+        ("CE echo route (/N)", "#d62728", vec![]),
+        ("validation loss", "#ff7f0e", vec![]),
+    ];
     for line in BufReader::new(f).lines() {
         let line = line.map_err(|e| format!("{}: {e}", metrics.display()))?;
         if let Ok(s) = serde_json::from_str::<StepLine>(&line) {
@@ -87,14 +97,22 @@ pub fn plot_svg(metrics: &Path, out: &Path) -> Result<(), String> {
     let sy = |y: f64| h - m - (y - y0) / (y1 - y0).max(1e-9) * (h - 2.0 * m);
     let mut svg = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
     svg += &format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m);
-    svg += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step ({x0:.0} to {x1:.0})</text>\n", w / 2.0, h - 15.0);
+    svg += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step ({x0:.0} to {x1:.0})</text>\n",
+        w / 2.0,
+        h - 15.0
+    );
     svg += &format!("<text x=\"5\" y=\"{}\">{y1:.3}</text><text x=\"5\" y=\"{}\">{y0:.3}</text>\n", m, h - m);
     for (i, (name, color, p)) in series.iter().enumerate() {
         if p.is_empty() {
             continue;
         }
-        let path: Vec<String> = p.iter().filter(|(_, y)| y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-        svg += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n", path.join(" "));
+        let path: Vec<String> =
+            p.iter().filter(|(_, y)| y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
         svg += &format!("<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n", w - m - 170.0, m + 15.0 * i as f64);
     }
     svg += "</svg>\n";

@@ -98,7 +98,16 @@ impl AdamW {
         self.state.step += 1;
         let c = &self.config;
         let (bc1, bc2) = AdamWStep::bias_corrections(c.beta1, c.beta2, self.state.step);
-        let hyper = AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay, grad_scale, bc1, bc2 };
+        let hyper = AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            grad_scale,
+            bc1,
+            bc2,
+        };
         for &id in ids {
             let p = store.get_mut(id);
             let Some(grad) = p.grad.as_ref() else { continue };

@@ -33,14 +33,22 @@ struct EchoJson {
 
 /// Reads `dir/echo-config.json` and `dir/echo-init.safetensors`, registering the echo
 /// parameters in `store`. Returns the path and the given per-sample route, if any.
-pub fn load_echo_dir(dir: &Path, model: &Llama, adapters: &Adapters, store: &mut ParamStore) -> Result<(EchoPath, Option<Vec<bool>>), String> {
+pub fn load_echo_dir(
+    dir: &Path,
+    model: &Llama,
+    adapters: &Adapters,
+    store: &mut ParamStore,
+) -> Result<(EchoPath, Option<Vec<bool>>), String> {
     let cfg_path = dir.join("echo-config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let j: EchoJson = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let target_modules = j
         .target_modules
         .iter()
-        .map(|m| Proj::from_short_name(m).ok_or_else(|| format!("{}: target_modules: `{m}` is not a LLaMA projection", cfg_path.display())))
+        .map(|m| {
+            Proj::from_short_name(m)
+                .ok_or_else(|| format!("{}: target_modules: `{m}` is not a LLaMA projection", cfg_path.display()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let config = EchoConfig {
         source_layers: j.source_layers,
@@ -60,8 +68,14 @@ pub fn load_echo_dir(dir: &Path, model: &Llama, adapters: &Adapters, store: &mut
     let init_path = dir.join("echo-init.safetensors");
     let files = WeightFiles::open_files(std::slice::from_ref(&init_path)).map_err(|e| e.to_string())?;
     let c = &model.config;
-    let path = EchoPath::register(config, adapters, c.num_hidden_layers, c.hidden_size, c.rms_norm_eps, store, |name, shape| {
-        files.f32_tensor(name, Some(shape)).map_err(|e| e.to_string())
-    })?;
+    let path = EchoPath::register(
+        config,
+        adapters,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.rms_norm_eps,
+        store,
+        |name, shape| files.f32_tensor(name, Some(shape)).map_err(|e| e.to_string()),
+    )?;
     Ok((path, route))
 }

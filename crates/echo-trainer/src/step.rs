@@ -117,9 +117,14 @@ pub fn forward_backward(
     let (b, t) = (input.batch, input.seq);
     let model = ctx.model;
     let fail = |e: &dyn std::fmt::Display| e.to_string();
-    let batch = Batch::new(input.input_ids, input.attention_mask, b, t, model.config.vocab_size).map_err(|e| fail(&e))?;
+    let batch =
+        Batch::new(input.input_ids, input.attention_mask, b, t, model.config.vocab_size).map_err(|e| fail(&e))?;
     if input.labels.len() != b * t || input.route.len() != b {
-        return Err(format!("labels ({}) or route ({}) do not match the batch [{b}, {t}]", input.labels.len(), input.route.len()));
+        return Err(format!(
+            "labels ({}) or route ({}) do not match the batch [{b}, {t}]",
+            input.labels.len(),
+            input.route.len()
+        ));
     }
     let (rows, targets) = shifted_targets(input.labels, b, t);
     let n = rows.len();
@@ -140,7 +145,8 @@ pub fn forward_backward(
         }
     }
     let tape = Tape::new();
-    let mut stats = StepStats { tokens: n, routed_tokens: rows_r.len(), routed_samples: routed.len(), ..Default::default() };
+    let mut stats =
+        StepStats { tokens: n, routed_tokens: rows_r.len(), routed_samples: routed.len(), ..Default::default() };
     let mut tr = None;
     let mut read = Readback::default();
     let loss = {
@@ -158,13 +164,22 @@ pub fn forward_backward(
         }
         let mut trace_echo = None;
         if let Some(ep) = echo {
-            let pmask = input.prompt_mask.map(<[f32]>::to_vec).unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels));
+            let pmask = input
+                .prompt_mask
+                .map(<[f32]>::to_vec)
+                .unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels));
             let values = ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t).map_err(|e| fail(&e))?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };
             let inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows).map_err(|e| fail(&e))?;
-            let sub = Batch::new(&rows_of(input.input_ids, &echo_rows, t), &rows_of(input.attention_mask, &echo_rows, t), echo_rows.len(), t, model.config.vocab_size)
-                .map_err(|e| fail(&e))?;
+            let sub = Batch::new(
+                &rows_of(input.input_ids, &echo_rows, t),
+                &rows_of(input.attention_mask, &echo_rows, t),
+                echo_rows.len(),
+                t,
+                model.config.vocab_size,
+            )
+            .map_err(|e| fail(&e))?;
             let hidden_echo = {
                 let mut proj = ctx.adapters.projector(store, dropout_rng.as_deref_mut(), Some(&inject));
                 model.forward(&tape, &sub, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
@@ -172,7 +187,9 @@ pub fn forward_backward(
             if !rows_r.is_empty() {
                 let pos: Vec<usize> = rows_r
                     .iter()
-                    .map(|&r| echo_rows.iter().position(|&s| s == r / t).expect("routed sample in the echo batch") * t + r % t)
+                    .map(|&r| {
+                        echo_rows.iter().position(|&s| s == r / t).expect("routed sample in the echo batch") * t + r % t
+                    })
                     .collect();
                 let logits_echo = model.logits_at(&hidden_echo, &pos).map_err(|e| fail(&e))?;
                 let ce = ops::cross_entropy(&logits_echo, &tgt_r, n as f32).map_err(|e| fail(&e))?;
@@ -180,7 +197,9 @@ pub fn forward_backward(
                 terms.push(ce);
                 let c = &ep.config;
                 let student = model.logits_at(&plain.hidden, &rows_r).map_err(|e| fail(&e))?;
-                let kd = ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32).map_err(|e| fail(&e))?;
+                let kd =
+                    ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32)
+                        .map_err(|e| fail(&e))?;
                 read.loss_kd = Some(kd.value().clone());
                 if c.lambda_kd > 0.0 {
                     terms.push(ops::scale(&kd, c.lambda_kd * c.tau * c.tau).map_err(|e| fail(&e))?);
@@ -199,7 +218,10 @@ pub fn forward_backward(
                 logits_plain: all_logits(model, &plain.hidden).map_err(|e| fail(&e))?,
                 logits_echo: le,
                 echo: values.as_ref().map(|v| v.echo.value().clone()),
-                pooled: values.as_ref().map(|v| v.pooled.iter().map(|p| p.value().clone()).collect()).unwrap_or_default(),
+                pooled: values
+                    .as_ref()
+                    .map(|v| v.pooled.iter().map(|p| p.value().clone()).collect())
+                    .unwrap_or_default(),
                 layer_weights: values.as_ref().map(|v| v.layer_weights.value().clone()),
                 trunk_u: values.as_ref().map(|v| v.trunk_u.value().clone()),
             });

@@ -115,7 +115,9 @@ pub fn bench_batch(batch: usize, seq: usize, vocab: usize) -> Vec<i64> {
 fn synchronize(device: Device) -> Result<(), String> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(n) => echo_kernels::cuda::runtime::Gpu::get(n).and_then(|g| g.synchronize()).map_err(|e| e.to_string()),
+        Device::Cuda(n) => {
+            echo_kernels::cuda::runtime::Gpu::get(n).and_then(|g| g.synchronize()).map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -136,7 +138,15 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
     let started = Instant::now();
     let model = Llama::random_on(bench.config.clone(), device, 7).map_err(|e| e.to_string())?;
     let mut store = ParamStore::new();
-    let cfg = AdapterConfig { method: Method::Lora, r: bench.r, alpha: bench.alpha, use_rslora: false, dropout: 0.0, targets: bench.targets.clone(), layers: None };
+    let cfg = AdapterConfig {
+        method: Method::Lora,
+        r: bench.r,
+        alpha: bench.alpha,
+        use_rslora: false,
+        dropout: 0.0,
+        targets: bench.targets.clone(),
+        layers: None,
+    };
     let adapters = Adapters::init(cfg, &model, &mut store, &mut Rng::new(1)).map_err(|e| e.to_string())?;
     let mut store = store.to_device(device).map_err(|e| e.to_string())?;
     let ids: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
@@ -147,7 +157,15 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
     let tokens = bench_batch(b, t, bench.config.vocab_size);
     let mask = vec![1i64; b * t];
     let route = vec![false; b];
-    let input = StepInput { input_ids: &tokens, attention_mask: &mask, labels: &tokens, batch: b, seq: t, route: &route, prompt_mask: None };
+    let input = StepInput {
+        input_ids: &tokens,
+        attention_mask: &mask,
+        labels: &tokens,
+        batch: b,
+        seq: t,
+        route: &route,
+        prompt_mask: None,
+    };
     let ctx = StepContext { model: &model, adapters: &adapters, echo: None };
     let mut adam = AdamW::new(AdamWConfig::default());
     let (mut first_loss, mut last_loss) = (None, 0f32);

@@ -10,7 +10,9 @@ use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore, Tape};
-use echo_data::{Batch as DataBatch, BatchConfig, Batcher, EncodeConfig, Example, Overlong, Progress, Template, Tokenizer};
+use echo_data::{
+    Batch as DataBatch, BatchConfig, Batcher, EncodeConfig, Example, Overlong, Progress, Template, Tokenizer,
+};
 use echo_model::{Batch, Llama};
 use echo_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,16 +70,27 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
     let examples = if d.train == ["synthetic"] {
         let spec = echo_data::SyntheticSpec { count: d.synthetic_records, seed: cfg.train.seed, ..Default::default() };
         let records = echo_data::synthetic_records(&spec).map_err(|e| e.to_string())?;
-        echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0).map_err(|e| e.to_string())?.examples
+        echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0)
+            .map_err(|e| e.to_string())?
+            .examples
     } else {
         let weights = if d.weights.is_empty() { vec![1.0; d.train.len()] } else { d.weights.clone() };
-        let sources = d.train.iter().zip(weights).map(|(p, w)| echo_data::MixSource { path: PathBuf::from(p), weight: w }).collect();
+        let sources = d
+            .train
+            .iter()
+            .zip(weights)
+            .map(|(p, w)| echo_data::MixSource { path: PathBuf::from(p), weight: w })
+            .collect();
         let spec = echo_data::MixSpec { sources, total: None, seed: cfg.train.seed };
         let cache = echo_data::Cache::in_target(".");
         echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog).map_err(|e| e.to_string())?.examples
     };
     if examples.len() <= d.val_count {
-        return Err(format!("data: {} examples cannot leave data.val_count = {} for validation and some for training", examples.len(), d.val_count));
+        return Err(format!(
+            "data: {} examples cannot leave data.val_count = {} for validation and some for training",
+            examples.len(),
+            d.val_count
+        ));
     }
     let (train, val) = echo_data::split_validation(examples, d.val_count, cfg.train.seed).map_err(|e| e.to_string())?;
     Ok(Data { train, val, pad_id: tok.pad_id() })
@@ -110,7 +123,14 @@ fn counted(labels: &[i64], batch: usize, seq: usize) -> usize {
 }
 
 /// Mean validation loss of the deployed (plain) route over `val`, batched by `micro`.
-pub fn validation_loss(model: &Llama, adapters: &Adapters, store: &ParamStore, val: &[Example], pad_id: u32, micro: usize) -> Result<Option<f32>, String> {
+pub fn validation_loss(
+    model: &Llama,
+    adapters: &Adapters,
+    store: &ParamStore,
+    val: &[Example],
+    pad_id: u32,
+    micro: usize,
+) -> Result<Option<f32>, String> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in val.chunks(micro.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
@@ -146,13 +166,17 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     identity.train.device = crate::config::TrainSection::default().device;
     let config_toml = toml::to_string(&identity).map_err(|e| e.to_string())?;
 
-    let mut batcher = Batcher::new(data.train.clone(), data.pad_id, BatchConfig {
-        batch_size: t.batch_size,
-        seed: t.seed,
-        shuffle: true,
-        bucket: cfg.data.bucket_by_length.then_some(8),
-        drop_last: false,
-    })
+    let mut batcher = Batcher::new(
+        data.train.clone(),
+        data.pad_id,
+        BatchConfig {
+            batch_size: t.batch_size,
+            seed: t.seed,
+            shuffle: true,
+            bucket: cfg.data.bucket_by_length.then_some(8),
+            drop_last: false,
+        },
+    )
     .map_err(|e| e.to_string())?;
     let per_epoch = batcher.batches_per_epoch();
     let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
@@ -164,7 +188,13 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         Some(_) => load_peft(&checkpoint::adapter_dir(&ckpt_dir), &model, &mut store).map_err(|e| e.to_string())?,
         None => match &cfg.adapter.from {
             Some(dir) => load_peft(Path::new(dir), &model, &mut store).map_err(|e| format!("adapter.from: {e}"))?,
-            None => Adapters::init(cfg.adapter_config(n_layers)?, &model, &mut store, &mut Rng::derive(t.seed, "adapter-init")).map_err(|e| e.to_string())?,
+            None => Adapters::init(
+                cfg.adapter_config(n_layers)?,
+                &model,
+                &mut store,
+                &mut Rng::derive(t.seed, "adapter-init"),
+            )
+            .map_err(|e| e.to_string())?,
         },
     };
     let echo = match cfg.echo_config(n_layers)? {
@@ -172,10 +202,29 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         Some(ec) => {
             let c = &model.config;
             Some(match &resumed {
-                Some(l) => EchoPath::register(ec, &adapters, n_layers, c.hidden_size, c.rms_norm_eps, &mut store, |name, _| {
-                    l.echo.get(name).cloned().ok_or_else(|| format!("{}: checkpoint has no `{name}`", ckpt_dir.display()))
-                })?,
-                None => EchoPath::init(ec, &adapters, n_layers, c.hidden_size, c.rms_norm_eps, &mut store, &mut Rng::derive(t.seed, "echo-init"))?,
+                Some(l) => EchoPath::register(
+                    ec,
+                    &adapters,
+                    n_layers,
+                    c.hidden_size,
+                    c.rms_norm_eps,
+                    &mut store,
+                    |name, _| {
+                        l.echo
+                            .get(name)
+                            .cloned()
+                            .ok_or_else(|| format!("{}: checkpoint has no `{name}`", ckpt_dir.display()))
+                    },
+                )?,
+                None => EchoPath::init(
+                    ec,
+                    &adapters,
+                    n_layers,
+                    c.hidden_size,
+                    c.rms_norm_eps,
+                    &mut store,
+                    &mut Rng::derive(t.seed, "echo-init"),
+                )?,
             })
         }
     };
@@ -186,7 +235,8 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let echo_ids = echo.as_ref().map(|e| e.param_ids()).unwrap_or_default();
     trainable.extend(&echo_ids);
 
-    let mut adam = AdamW::new(AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
+    let mut adam =
+        AdamW::new(AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: t.adam_eps, weight_decay: t.weight_decay });
     let mut state = TrainState {
         step: 0,
         position: Default::default(),
@@ -213,7 +263,11 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
 
     let bar = if opts.progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} step, ETA {eta} | {msg}").expect("template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} step, ETA {eta} | {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
     bar.set_position(state.step as u64);
     let (mut first_loss, mut last_loss, mut first_val) = (None, None, None);
     let (mut tokens_seen, mut compute_secs) = (0usize, 0.0f64);
@@ -236,8 +290,17 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             if n == 0 {
                 continue;
             }
-            let route: Vec<bool> = (0..a.batch).map(|_| echo.is_some() && routing_rng.bernoulli(cfg.echo.p_route)).collect();
-            let input = StepInput { input_ids: &a.ids, attention_mask: &a.mask, labels: &a.labels, batch: a.batch, seq: a.seq, route: &route, prompt_mask: Some(&a.prompt) };
+            let route: Vec<bool> =
+                (0..a.batch).map(|_| echo.is_some() && routing_rng.bernoulli(cfg.echo.p_route)).collect();
+            let input = StepInput {
+                input_ids: &a.ids,
+                attention_mask: &a.mask,
+                labels: &a.labels,
+                batch: a.batch,
+                seq: a.seq,
+                route: &route,
+                prompt_mask: Some(&a.prompt),
+            };
             let w = n as f32 / total_counted as f32;
             let (s, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout_rng), w, false)?;
             if !s.loss.is_finite() {
@@ -299,7 +362,8 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                 if state.best_val_loss.is_none_or(|b| v < b) {
                     state.best_val_loss = Some(v);
                     state.best_step = Some(state.step);
-                    save_peft(&out_dir.join("best-adapter"), &adapters, &store, &base_name).map_err(|e| e.to_string())?;
+                    save_peft(&out_dir.join("best-adapter"), &adapters, &store, &base_name)
+                        .map_err(|e| e.to_string())?;
                 }
             }
         }

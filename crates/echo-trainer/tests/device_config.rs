@@ -41,9 +41,12 @@ fn the_device_key_defaults_to_auto_and_is_checked() {
 #[test]
 fn a_checkpoint_resumes_under_another_device_setting() {
     let out = tmp("resume");
-    let first = train(&config(Some("auto")), &fixture(), &out, &RunOptions { stop_after: Some(1), ..Default::default() }).unwrap();
+    let first =
+        train(&config(Some("auto")), &fixture(), &out, &RunOptions { stop_after: Some(1), ..Default::default() })
+            .unwrap();
     assert_eq!(first.steps, 1);
-    let resumed = train(&config(Some("cpu")), &fixture(), &out, &RunOptions { resume: true, ..Default::default() }).unwrap();
+    let resumed =
+        train(&config(Some("cpu")), &fixture(), &out, &RunOptions { resume: true, ..Default::default() }).unwrap();
     assert_eq!((resumed.steps, resumed.device.as_str()), (3, "cpu"));
     std::fs::remove_dir_all(out).ok();
 }
@@ -65,14 +68,26 @@ fn a_short_run_on_cuda_follows_the_cpu() {
     };
     assert!(close(cpu.first_loss, gpu.first_loss), "first loss {:?} vs {:?}", cpu.first_loss, gpu.first_loss);
     assert!(close(cpu.last_loss, gpu.last_loss), "last loss {:?} vs {:?}", cpu.last_loss, gpu.last_loss);
-    assert!(close(cpu.best_val_loss, gpu.best_val_loss), "validation {:?} vs {:?}", cpu.best_val_loss, gpu.best_val_loss);
+    assert!(
+        close(cpu.best_val_loss, gpu.best_val_loss),
+        "validation {:?} vs {:?}",
+        cpu.best_val_loss,
+        gpu.best_val_loss
+    );
     // A run stopped on the GPU and resumed there from its checkpoint (parameters and AdamW
     // moments read back from the device and uploaded again) ends exactly where the straight
     // one did: the kernels and cuBLAS are deterministic.
     let c = tmp("cuda-resumed");
     train(&config(Some("cuda:0")), &fixture(), &c, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
-    let resumed = train(&config(Some("cuda:0")), &fixture(), &c, &RunOptions { resume: true, ..Default::default() }).unwrap();
-    assert_eq!(resumed.last_loss.map(f32::to_bits), gpu.last_loss.map(f32::to_bits), "{:?} vs {:?}", resumed.last_loss, gpu.last_loss);
+    let resumed =
+        train(&config(Some("cuda:0")), &fixture(), &c, &RunOptions { resume: true, ..Default::default() }).unwrap();
+    assert_eq!(
+        resumed.last_loss.map(f32::to_bits),
+        gpu.last_loss.map(f32::to_bits),
+        "{:?} vs {:?}",
+        resumed.last_loss,
+        gpu.last_loss
+    );
     std::fs::remove_dir_all(c).ok();
     std::fs::remove_dir_all(a).ok();
     std::fs::remove_dir_all(b).ok();

@@ -63,7 +63,16 @@ fn tiny_config() -> LlamaConfig {
 
 #[test]
 fn the_step_benchmark_runs_at_a_tiny_shape() {
-    let bench = StepBench { config: tiny_config(), batch: 2, seq: 16, r: 4, warmup: 1, steps: 2, targets: vec![Proj::Q, Proj::V, Proj::Down], ..StepBench::llama_7b() };
+    let bench = StepBench {
+        config: tiny_config(),
+        batch: 2,
+        seq: 16,
+        r: 4,
+        warmup: 1,
+        steps: 2,
+        targets: vec![Proj::Q, Proj::V, Proj::Down],
+        ..StepBench::llama_7b()
+    };
     let r = step_bench::run(&bench, Device::Cpu).unwrap();
     assert_eq!((r.layers, r.tokens_per_step, r.step_seconds.len()), (2, 32, 2));
     assert!(r.tokens_per_s > 0.0);

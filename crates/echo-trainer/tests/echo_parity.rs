@@ -45,7 +45,15 @@ fn check(adapter: &str, reference_file: &str) {
     assert_eq!(ours_pm, pm.iter().map(|&x| x as f32).collect::<Vec<_>>(), "prompt mask");
 
     let ctx = StepContext { model: &model, adapters: &adapters, echo: Some(&echo) };
-    let input = StepInput { input_ids: &ids, attention_mask: &mask, labels: &labels, batch: shape[0], seq: shape[1], route: &route, prompt_mask: None };
+    let input = StepInput {
+        input_ids: &ids,
+        attention_mask: &mask,
+        labels: &labels,
+        batch: shape[0],
+        seq: shape[1],
+        route: &route,
+        prompt_mask: None,
+    };
     let (stats, trace) = forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap();
     let trace = trace.unwrap();
 
@@ -73,12 +81,17 @@ fn check(adapter: &str, reference_file: &str) {
     let (n_src, d) = (w.numel(), pooled.dims()[2]);
     for (b, e_row) in trace.echo.as_ref().unwrap().as_f32().chunks(d).enumerate() {
         let y: Vec<f64> = (0..d)
-            .map(|j| (0..n_src).map(|s| w.as_f32()[s] as f64 * pooled.as_f32()[(s * shape[0] + b) * d + j] as f64).sum())
+            .map(|j| {
+                (0..n_src).map(|s| w.as_f32()[s] as f64 * pooled.as_f32()[(s * shape[0] + b) * d + j] as f64).sum()
+            })
             .collect();
         let ms = y.iter().map(|v| v * v).sum::<f64>() / d as f64;
         let expected = eps / (ms + eps);
         let got = 1.0 - e_row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
-        assert!((got - expected).abs() <= 0.1 * expected, "{adapter}: sample {b}: 1 - mean(e^2) = {got:e}, eps = 1e-5 implies {expected:e}");
+        assert!(
+            (got - expected).abs() <= 0.1 * expected,
+            "{adapter}: sample {b}: 1 - mean(e^2) = {got:e}, eps = 1e-5 implies {expected:e}"
+        );
     }
     assert!(trace.trunk_u.as_ref().unwrap().max_abs_diff(&f("aux.trunk_u")).unwrap() <= 2e-5);
 

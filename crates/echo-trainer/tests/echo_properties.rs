@@ -42,13 +42,25 @@ fn cfg() -> EchoConfig {
 }
 
 fn grads(store: &ParamStore, adapters: &Adapters) -> Vec<Vec<u32>> {
-    adapters.tensors().iter().map(|(id, _)| store.grad(*id).unwrap().as_f32().iter().map(|x| x.to_bits()).collect()).collect()
+    adapters
+        .tensors()
+        .iter()
+        .map(|(id, _)| store.grad(*id).unwrap().as_f32().iter().map(|x| x.to_bits()).collect())
+        .collect()
 }
 
 #[test]
 fn echo_off_or_unrouted_without_kd_is_exactly_a_plain_step() {
     let s = setup();
-    let input = |route: &'static [bool]| StepInput { input_ids: &s.ids, attention_mask: &s.mask, labels: &s.labels, batch: 2, seq: 12, route, prompt_mask: None };
+    let input = |route: &'static [bool]| StepInput {
+        input_ids: &s.ids,
+        attention_mask: &s.mask,
+        labels: &s.labels,
+        batch: 2,
+        seq: 12,
+        route,
+        prompt_mask: None,
+    };
     let (mut plain_store, mut echo_store) = (ParamStore::new(), ParamStore::new());
     let plain = load_peft(&fixture().join("peft-lora"), &s.model, &mut plain_store).unwrap();
     let ctx = StepContext { model: &s.model, adapters: &plain, echo: None };
@@ -58,7 +70,10 @@ fn echo_off_or_unrouted_without_kd_is_exactly_a_plain_step() {
     let (es, _) = forward_backward(&ctx, &input(&[false, false]), &mut echo_store, None, 1.0, false).unwrap();
     assert_eq!(ps.loss.to_bits(), es.loss.to_bits());
     assert_eq!(grads(&plain_store, &plain), grads(&echo_store, &adapters), "adapter gradients differ");
-    assert!(echo.param_ids().iter().all(|&id| echo_store.grad(id).is_none()), "echo parameters got gradients without a routed sample");
+    assert!(
+        echo.param_ids().iter().all(|&id| echo_store.grad(id).is_none()),
+        "echo parameters got gradients without a routed sample"
+    );
     // And the plain step is HF's: the fixture's LoRA loss.
     assert!((ps.loss - 6.957402).abs() < 1e-5, "{}", ps.loss);
 }
@@ -73,11 +88,22 @@ fn zero_projections_make_the_echo_route_equal_the_plain_route() {
         store.get_mut(m.proj_w).value = Tensor::zeros(shape);
     }
     let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
-    let input = StepInput { input_ids: &s.ids, attention_mask: &s.mask, labels: &s.labels, batch: 2, seq: 12, route: &[true, false], prompt_mask: None };
+    let input = StepInput {
+        input_ids: &s.ids,
+        attention_mask: &s.mask,
+        labels: &s.labels,
+        batch: 2,
+        seq: 12,
+        route: &[true, false],
+        prompt_mask: None,
+    };
     let (_, trace) = forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap();
     let t = trace.unwrap();
     let (p, e) = (t.logits_plain.as_f32(), t.logits_echo.unwrap());
-    assert!(p.iter().zip(e.as_f32()).all(|(a, b)| a.to_bits() == b.to_bits()), "logits_echo != logits_plain with U_m = 0");
+    assert!(
+        p.iter().zip(e.as_f32()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "logits_echo != logits_plain with U_m = 0"
+    );
     // Sanity: with non-zero projections the routes differ (the property is not vacuous).
     let mut store2 = ParamStore::new();
     let (adapters2, echo2) = adapters_and_echo(&s, &mut store2, cfg());
@@ -94,7 +120,15 @@ fn answer_tokens_do_not_move_the_echo() {
         let mut store = ParamStore::new();
         let (adapters, echo) = adapters_and_echo(&s, &mut store, cfg());
         let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
-        let input = StepInput { input_ids: ids, attention_mask: &s.mask, labels: &s.labels, batch: 2, seq: 12, route: &[true, true], prompt_mask: None };
+        let input = StepInput {
+            input_ids: ids,
+            attention_mask: &s.mask,
+            labels: &s.labels,
+            batch: 2,
+            seq: 12,
+            route: &[true, true],
+            prompt_mask: None,
+        };
         forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap().1.unwrap().echo.unwrap()
     };
     let base = echo_of(&s.ids);
@@ -105,7 +139,10 @@ fn answer_tokens_do_not_move_the_echo() {
         }
     }
     let e = echo_of(&answer_changed);
-    assert!(base.as_f32().iter().zip(e.as_f32()).all(|(a, b)| a.to_bits() == b.to_bits()), "changing answer tokens moved the echo");
+    assert!(
+        base.as_f32().iter().zip(e.as_f32()).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "changing answer tokens moved the echo"
+    );
     let mut prompt_changed = s.ids.clone();
     prompt_changed[2] = (prompt_changed[2] + 17) % 512;
     assert!(echo_of(&prompt_changed).max_abs_diff(&base).unwrap() > 1e-3, "changing a prompt token must move the echo");

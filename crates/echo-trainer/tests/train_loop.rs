@@ -99,7 +99,11 @@ fn exported_adapter_is_plain_peft() {
     let w = WeightFiles::open_files(&[s.adapter_dir.join("adapter_model.safetensors")]).unwrap();
     let names = w.names();
     assert!(!names.is_empty());
-    assert!(names.iter().all(|n| n.starts_with("base_model.model.model.layers.") && (n.ends_with("lora_A.weight") || n.ends_with("lora_B.weight"))), "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("base_model.model.model.layers.")
+            && (n.ends_with("lora_A.weight") || n.ends_with("lora_B.weight"))),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.contains("echo")));
     assert_eq!(names.len(), 4 * 4 * 2, "4 layers x 4 targets x (A, B)");
     assert!(out.join("metrics.jsonl").exists() && out.join("loss.svg").exists() && out.join("summary.json").exists());
@@ -124,10 +128,16 @@ fn non_finite_loss_stops_and_leaves_the_checkpoint_untouched() {
     }
     drop(w);
     echo_model::weights::save_safetensors(&adapter, tensors, None).unwrap();
-    let before: Vec<Vec<u8>> = ["adapter/adapter_model.safetensors", "state.safetensors", "state.json"].iter().map(|f| std::fs::read(out.join("checkpoint").join(f)).unwrap()).collect();
+    let before: Vec<Vec<u8>> = ["adapter/adapter_model.safetensors", "state.safetensors", "state.json"]
+        .iter()
+        .map(|f| std::fs::read(out.join("checkpoint").join(f)).unwrap())
+        .collect();
     let err = train(&cfg, &fixture(), &out, &RunOptions { resume: true, ..Default::default() }).unwrap_err();
     assert!(err.contains("step 3") && err.contains("non-finite") && err.contains("untouched"), "{err}");
-    let after: Vec<Vec<u8>> = ["adapter/adapter_model.safetensors", "state.safetensors", "state.json"].iter().map(|f| std::fs::read(out.join("checkpoint").join(f)).unwrap()).collect();
+    let after: Vec<Vec<u8>> = ["adapter/adapter_model.safetensors", "state.safetensors", "state.json"]
+        .iter()
+        .map(|f| std::fs::read(out.join("checkpoint").join(f)).unwrap())
+        .collect();
     assert!(before == after, "the checkpoint changed");
     std::fs::remove_dir_all(out).ok();
 }

@@ -100,8 +100,10 @@ pub fn dora_linear(
     let inj = inject.map(|i| (i.gate.value().clone(), i.proj.value().clone()));
     let injection = inj.as_ref().map(|(g, p)| Injection { gate: g, proj: p });
     let p = LoraParams { w, a: a.value(), b: b.value(), scale };
-    let (y, saved) = nn::dora_forward(x.value(), dropped.as_ref().map(|d| &d.0), &p, magnitude.value(), injection.as_ref())?;
-    let (xv, wv, av, bv, mv) = (x.value().clone(), w.clone(), a.value().clone(), b.value().clone(), magnitude.value().clone());
+    let (y, saved) =
+        nn::dora_forward(x.value(), dropped.as_ref().map(|d| &d.0), &p, magnitude.value(), injection.as_ref())?;
+    let (xv, wv, av, bv, mv) =
+        (x.value().clone(), w.clone(), a.value().clone(), b.value().clone(), magnitude.value().clone());
     x.tape().record(y, &inputs(&[x, a, b, magnitude], inject), move |g, needs| {
         let p = LoraParams { w: &wv, a: &av, b: &bv, scale };
         let want = Want { dx: needs[0], da: needs[1], db: needs[2] };

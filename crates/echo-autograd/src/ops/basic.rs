@@ -4,7 +4,13 @@ use crate::{Error, Result, Var};
 use echo_kernels::cpu::activation::silu_grad;
 use echo_tensor::{Device, Shape, Tensor};
 
-fn binary(a: &Var, b: &Var, value: Tensor, da: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static, db: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static) -> Result<Var> {
+fn binary(
+    a: &Var,
+    b: &Var,
+    value: Tensor,
+    da: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static,
+    db: impl Fn(&Tensor) -> echo_tensor::Result<Tensor> + 'static,
+) -> Result<Var> {
     let (sa, sb) = (a.shape().clone(), b.shape().clone());
     a.tape().record(value, &[a, b], move |g, needs| {
         let ga = if needs[0] { Some(da(g)?.sum_to(&sa)?) } else { None };
@@ -85,11 +91,7 @@ pub fn linear(x: &Var, w: &Var) -> Result<Var> {
         let (rows, out) = (g.shape().rows(), g.shape().last());
         let g2 = g.reshape([rows, out])?;
         let dx = if needs[0] { Some(g2.matmul_t(&wv, false, false)?.reshape(xv.shape().clone())?) } else { None };
-        let dw = if needs[1] {
-            Some(g2.matmul_t(&xv.reshape([rows, xv.shape().last()])?, true, false)?)
-        } else {
-            None
-        };
+        let dw = if needs[1] { Some(g2.matmul_t(&xv.reshape([rows, xv.shape().last()])?, true, false)?) } else { None };
         Ok(vec![dx, dw])
     })
 }

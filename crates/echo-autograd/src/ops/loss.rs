@@ -47,7 +47,11 @@ pub fn kl_div(teacher: &Tensor, student: &Var, tau: f32, row_weight: &[f32], den
         return Err(Error::Invalid(format!("kl_div: denominator must be > 0, got {denom}")));
     }
     if row_weight.len() != student.dims().first().copied().unwrap_or(0) {
-        return Err(Error::Invalid(format!("kl_div: {} row weights for student logits {}", row_weight.len(), student.shape())));
+        return Err(Error::Invalid(format!(
+            "kl_div: {} row weights for student logits {}",
+            row_weight.len(),
+            student.shape()
+        )));
     }
     let rows = nn::kl_forward(teacher, student.value(), tau)?;
     let value = mean_of_rows(&rows, Some(row_weight), denom)?;

@@ -5,12 +5,8 @@ use std::path::PathBuf;
 
 use echo_data::Tokenizer;
 
-pub const SETS: [(&str, usize); 4] = [
-    ("boolq", 9427),
-    ("ARC-Easy", 2251),
-    ("ARC-Challenge", 1119),
-    ("openbookqa", 4957),
-];
+pub const SETS: [(&str, usize); 4] =
+    [("boolq", 9427), ("ARC-Easy", 2251), ("ARC-Challenge", 1119), ("openbookqa", 4957)];
 
 pub fn train(set: &str) -> PathBuf {
     echo_testdata::commonsense().join(set).join("train.json")

@@ -45,9 +45,21 @@ pub fn cache_write(dims: &DecodeDims, new: &[f32], cache: &mut [f32], offset: us
 
 /// Writes `out` `[B, Q, Hq, D]`: each query row's attention over the cached slots up to its own.
 #[allow(clippy::too_many_arguments)]
-pub fn decode_attention(dims: &DecodeDims, q: &[f32], k_cache: &[f32], v_cache: &[f32], key_valid: &[bool], offset: usize, scale: f32, out: &mut [f32]) {
+pub fn decode_attention(
+    dims: &DecodeDims,
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    key_valid: &[bool],
+    offset: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let DecodeDims { batch, q_len, q_heads, kv_heads, head_dim: d, capacity: s } = *dims;
-    assert!(kv_heads > 0 && q_heads % kv_heads == 0, "decode_attention: {q_heads} query heads over {kv_heads} KV heads");
+    assert!(
+        kv_heads > 0 && q_heads % kv_heads == 0,
+        "decode_attention: {q_heads} query heads over {kv_heads} KV heads"
+    );
     assert!(offset + q_len <= s, "decode_attention: slots {offset}..{} exceed capacity {s}", offset + q_len);
     assert_eq!(q.len(), batch * q_len * q_heads * d, "decode_attention: q has {} values", q.len());
     assert_eq!(out.len(), q.len(), "decode_attention: out has {} values", out.len());

@@ -202,7 +202,11 @@ unsafe impl Send for SharedPtr {}
 
 /// Thread-local buffer `cell` grown to at least `floats` f32 (64-byte aligned), lent to `f`.
 /// Taken out of the cell while in use, so a re-entrant call gets a fresh one instead of aliasing.
-fn with_buffer<R>(cell: &'static std::thread::LocalKey<Cell<Vec<Line>>>, floats: usize, f: impl FnOnce(*mut f32) -> R) -> R {
+fn with_buffer<R>(
+    cell: &'static std::thread::LocalKey<Cell<Vec<Line>>>,
+    floats: usize,
+    f: impl FnOnce(*mut f32) -> R,
+) -> R {
     cell.with(|cell| {
         let mut buf = cell.take();
         let need = floats.div_ceil(NR);
@@ -261,7 +265,8 @@ impl Job {
                     let ke = (ks + ks_max).min(k);
                     let k_blocks = (ke - ks).div_ceil(kc_max);
                     // Pack task q: panels [p0, p1) of k block kb.
-                    let chunk = if threads > 1 { panels.div_ceil((4 * threads).div_ceil(k_blocks)).max(1) } else { panels };
+                    let chunk =
+                        if threads > 1 { panels.div_ceil((4 * threads).div_ceil(k_blocks)).max(1) } else { panels };
                     let chunks = panels.div_ceil(chunk);
                     // With a single row block the items pack their own panels: no pack tasks.
                     let pack_tasks = if pack_b_in_items { 0 } else { k_blocks * chunks };
@@ -328,7 +333,19 @@ impl Job {
     /// strides 1.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn macro_kernel(&self, ic: usize, mc: usize, pc: usize, kc: usize, jc: usize, j0: usize, j1: usize, a_buf: Option<*mut f32>, b: BBlock, beta: bool) {
+    unsafe fn macro_kernel(
+        &self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        jc: usize,
+        j0: usize,
+        j1: usize,
+        a_buf: Option<*mut f32>,
+        b: BBlock,
+        beta: bool,
+    ) {
         // Element (i, p) of the rows at `a + i*a_rs + p*a_ps`; panels MR rows apart.
         let (a, a_rs, a_ps, a_panel) = match a_buf {
             Some(buf) => {

@@ -16,11 +16,8 @@ pub fn log_sum_exp(row: &[f32], inv_tau: f32) -> f32 {
 
 /// `loss[r] = lse(logits[r]) - logits[r, target[r]]`, 0 for ignored rows. Also writes `lse`.
 pub fn cross_entropy_forward(logits: &[f32], targets: &[i64], vocab: usize, loss: &mut [f32], lse: &mut [f32]) {
-    loss.par_iter_mut()
-        .zip(lse.par_iter_mut())
-        .zip(logits.par_chunks(vocab))
-        .zip(targets.par_iter())
-        .for_each(|(((l, z), row), &t)| {
+    loss.par_iter_mut().zip(lse.par_iter_mut()).zip(logits.par_chunks(vocab)).zip(targets.par_iter()).for_each(
+        |(((l, z), row), &t)| {
             if t == IGNORE_INDEX {
                 *l = 0.0;
                 *z = 0.0;
@@ -28,7 +25,8 @@ pub fn cross_entropy_forward(logits: &[f32], targets: &[i64], vocab: usize, loss
                 *z = log_sum_exp(row, 1.0);
                 *l = *z - row[t as usize];
             }
-        });
+        },
+    );
 }
 
 /// `dlogits[r] = scale[r] * (softmax(logits[r]) - onehot(target[r]))`, 0 for ignored rows.
@@ -61,18 +59,16 @@ pub fn cross_entropy_backward(
 /// `pS = softmax(student/tau)`.
 pub fn kl_forward(teacher: &[f32], student: &[f32], vocab: usize, tau: f32, kl: &mut [f32]) {
     let inv = 1.0 / tau;
-    kl.par_iter_mut()
-        .zip(teacher.par_chunks(vocab).zip(student.par_chunks(vocab)))
-        .for_each(|(k, (t, s))| {
-            let (zt, zs) = (log_sum_exp(t, inv), log_sum_exp(s, inv));
-            let mut acc = 0.0f64;
-            for (&a, &b) in t.iter().zip(s) {
-                let log_pt = a * inv - zt;
-                let log_ps = b * inv - zs;
-                acc += (log_pt.exp() * (log_pt - log_ps)) as f64;
-            }
-            *k = acc as f32;
-        });
+    kl.par_iter_mut().zip(teacher.par_chunks(vocab).zip(student.par_chunks(vocab))).for_each(|(k, (t, s))| {
+        let (zt, zs) = (log_sum_exp(t, inv), log_sum_exp(s, inv));
+        let mut acc = 0.0f64;
+        for (&a, &b) in t.iter().zip(s) {
+            let log_pt = a * inv - zt;
+            let log_ps = b * inv - zs;
+            acc += (log_pt.exp() * (log_pt - log_ps)) as f64;
+        }
+        *k = acc as f32;
+    });
 }
 
 /// Gradient of `sum_r scale[r] * kl[r]` with respect to the student logits:

@@ -8,10 +8,8 @@ use rayon::prelude::*;
 /// `rstd`, which backward reuses.
 pub fn rmsnorm_forward(x: &[f32], w: Option<&[f32]>, y: &mut [f32], rstd: &mut [f32], dim: usize, eps: f32) {
     let chunk = rows_per_task(dim);
-    y.par_chunks_mut(dim * chunk)
-        .zip(rstd.par_chunks_mut(chunk))
-        .zip(x.par_chunks(dim * chunk))
-        .for_each(|((y, rstd), x)| {
+    y.par_chunks_mut(dim * chunk).zip(rstd.par_chunks_mut(chunk)).zip(x.par_chunks(dim * chunk)).for_each(
+        |((y, rstd), x)| {
             for ((y, r), x) in y.chunks_mut(dim).zip(rstd.iter_mut()).zip(x.chunks(dim)) {
                 let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / dim as f64;
                 let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
@@ -21,7 +19,8 @@ pub fn rmsnorm_forward(x: &[f32], w: Option<&[f32]>, y: &mut [f32], rstd: &mut [
                     None => y.iter_mut().zip(x).for_each(|(y, x)| *y = x * inv),
                 }
             }
-        });
+        },
+    );
 }
 
 /// Backward: `dx = rstd * (g - xhat * mean(g * xhat))` with `g = dy * w`, `xhat = x * rstd`;

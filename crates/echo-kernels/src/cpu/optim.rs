@@ -45,7 +45,8 @@ mod tests {
     #[test]
     fn first_step_moves_by_lr_against_the_gradient_sign() {
         let (bc1, bc2) = AdamWStep::bias_corrections(0.9, 0.999, 1);
-        let s = AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, grad_scale: 1.0, bc1, bc2 };
+        let s =
+            AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, grad_scale: 1.0, bc1, bc2 };
         let (mut w, mut m, mut v) = (vec![1.0f32, -2.0], vec![0.0f32; 2], vec![0.0f32; 2]);
         adamw_step(&mut w, &[3.0, -0.5], &mut m, &mut v, &s);
         // m_hat = g, v_hat = g^2: the step is lr * sign(g).

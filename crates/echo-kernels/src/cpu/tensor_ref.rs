@@ -120,7 +120,15 @@ pub fn unary(op: UnaryOp, x: &[f32], y: &mut [f32]) {
 }
 
 /// `out = a op b`, each operand broadcast to `out_shape` (numpy rules).
-pub fn binary(op: BinaryOp, a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &mut [f32], out_shape: &[usize]) {
+pub fn binary(
+    op: BinaryOp,
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out: &mut [f32],
+    out_shape: &[usize],
+) {
     assert_broadcasts(a_shape, out_shape);
     assert_broadcasts(b_shape, out_shape);
     assert_eq!((a.len(), b.len(), out.len()), (numel(a_shape), numel(b_shape), numel(out_shape)));
@@ -181,7 +189,16 @@ pub fn softmax_rows(x: &[f32], y: &mut [f32], rows: usize, cols: usize) {
 
 /// `dst[dst_off + r dst_pitch + c] = src[src_off + r src_pitch + c]` for `r < rows`, `c < cols`.
 #[allow(clippy::too_many_arguments)]
-pub fn copy_2d(src: &[f32], src_off: usize, src_pitch: usize, dst: &mut [f32], dst_off: usize, dst_pitch: usize, rows: usize, cols: usize) {
+pub fn copy_2d(
+    src: &[f32],
+    src_off: usize,
+    src_pitch: usize,
+    dst: &mut [f32],
+    dst_off: usize,
+    dst_pitch: usize,
+    rows: usize,
+    cols: usize,
+) {
     for r in 0..rows {
         for c in 0..cols {
             dst[dst_off + r * dst_pitch + c] = src[src_off + r * src_pitch + c];
@@ -273,7 +290,8 @@ mod tests {
     #[test]
     fn reduces_one_axis() {
         // x[o, k, i] = 100 o + 10 k + i, shape [2, 3, 2].
-        let x: Vec<f32> = (0..2).flat_map(|o| (0..3).flat_map(move |k| (0..2).map(move |i| (100 * o + 10 * k + i) as f32))).collect();
+        let x: Vec<f32> =
+            (0..2).flat_map(|o| (0..3).flat_map(move |k| (0..2).map(move |i| (100 * o + 10 * k + i) as f32))).collect();
         let mut y = [0.0; 4];
         reduce_axis(ReduceOp::Sum, &x, 2, 3, 2, &mut y);
         close(&y, &[30.0, 33.0, 330.0, 333.0]);

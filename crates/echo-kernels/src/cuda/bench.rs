@@ -82,7 +82,18 @@ impl LoraBench {
     fn lora_backward_ours(&mut self, gpu: &Gpu) -> Result<()> {
         // The adapter half of ops::lora_backward (the bf16 base dx GEMM is common to both).
         let d = self.d;
-        ops::lora_lowrank_backward(gpu, &d, &self.dy, &self.x, &self.b, &self.z, 2.0, Some(&mut self.da), Some(&mut self.db), &mut self.dz)?;
+        ops::lora_lowrank_backward(
+            gpu,
+            &d,
+            &self.dy,
+            &self.x,
+            &self.b,
+            &self.z,
+            2.0,
+            Some(&mut self.da),
+            Some(&mut self.db),
+            &mut self.dz,
+        )?;
         ops::lora_expand_dx(gpu, &d, &self.dz, &self.a, None, &mut self.dx)
     }
 
@@ -115,7 +126,23 @@ impl LoraBench {
         let (t, r) = (self.rows_per_sample, d.rank);
         let samples = d.rows / t;
         // sums[b] (1 x r) = ones (1 x t) dz_b (t x r)
-        blas::gemm_strided_batched_f32_raw(gpu, false, false, 1, r, t, 1.0, self.ones.ptr(), 0, self.dz.ptr(), t * r, 0.0, self.sums.ptr(), r, samples)?;
+        blas::gemm_strided_batched_f32_raw(
+            gpu,
+            false,
+            false,
+            1,
+            r,
+            t,
+            1.0,
+            self.ones.ptr(),
+            0,
+            self.dz.ptr(),
+            t * r,
+            0.0,
+            self.sums.ptr(),
+            r,
+            samples,
+        )?;
         blas::mul_elementwise_f32_raw(gpu, self.proj.ptr(), self.sums.ptr(), self.dgate.ptr(), samples * r)?;
         blas::mul_elementwise_f32_raw(gpu, self.gate.ptr(), self.sums.ptr(), self.dproj.ptr(), samples * r)
     }
@@ -125,7 +152,23 @@ impl LoraBench {
         let samples = self.d.rows / t;
         blas::mul_elementwise_f32_raw(gpu, self.gate.ptr(), self.proj.ptr(), self.gp.ptr(), samples * r)?;
         // z_b (t x r) += ones (t x 1) gp_b (1 x r)
-        blas::gemm_strided_batched_f32_raw(gpu, false, false, t, r, 1, 1.0, self.ones.ptr(), 0, self.gp.ptr(), r, 1.0, self.z.ptr(), t * r, samples)
+        blas::gemm_strided_batched_f32_raw(
+            gpu,
+            false,
+            false,
+            t,
+            r,
+            1,
+            1.0,
+            self.ones.ptr(),
+            0,
+            self.gp.ptr(),
+            r,
+            1.0,
+            self.z.ptr(),
+            t * r,
+            samples,
+        )
     }
 }
 
@@ -184,7 +227,12 @@ pub fn run_all(gpu: &Gpu) -> Result<Vec<BenchResult>> {
         let shape = format!("N={} {}->{} r={} ({} tokens/sample)", d.rows, d.d_in, d.d_out, d.rank, rps);
         let ours = time_us(gpu, 5, 50, || lb.lora_fused(gpu))?;
         let base = time_us(gpu, 5, 50, || lb.lora_baseline(gpu))?;
-        out.push(BenchResult { name: "lora_lowrank_fwd_bwd".into(), shape: shape.clone(), ours_us: ours, baseline_us: base });
+        out.push(BenchResult {
+            name: "lora_lowrank_fwd_bwd".into(),
+            shape: shape.clone(),
+            ours_us: ours,
+            baseline_us: base,
+        });
         let ours = time_us(gpu, 5, 50, || lb.inject_fused(gpu))?;
         let base = time_us(gpu, 5, 50, || lb.inject_baseline(gpu))?;
         out.push(BenchResult { name: "gated_injection_fwd_bwd".into(), shape, ours_us: ours, baseline_us: base });

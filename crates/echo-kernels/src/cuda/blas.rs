@@ -46,7 +46,9 @@ pub fn gemm_raw(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let int = |v: usize| i32::try_from(v).map_err(|_| super::CudaError::Unsupported(format!("GEMM dimension {v} exceeds i32")));
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| super::CudaError::Unsupported(format!("GEMM dimension {v} exceeds i32")))
+    };
     let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
     gpu.context().bind_to_thread()?;
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -83,25 +85,81 @@ pub fn gemm_raw(
 
 /// The frozen linear layer: `y[m, n] (+)= x[m, k] W[n, k]^T` with bf16 `x` and `W`, fp32 `y`.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_bf16(gpu: &Gpu, x: &GpuBuf<u16>, w: &GpuBuf<u16>, y: &mut GpuBuf<f32>, m: usize, k: usize, n: usize, accumulate: bool) -> Result<()> {
+pub fn linear_bf16(
+    gpu: &Gpu,
+    x: &GpuBuf<u16>,
+    w: &GpuBuf<u16>,
+    y: &mut GpuBuf<f32>,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<()> {
     check_len("linear_bf16", "x", x.len(), m * k)?;
     check_len("linear_bf16", "w", w.len(), n * k)?;
     check_len("linear_bf16", "y", y.len(), m * n)?;
-    gemm_raw(gpu, false, true, m, n, k, 1.0, x.ptr(), w.ptr(), Operand::Bf16, if accumulate { 1.0 } else { 0.0 }, y.ptr())
+    gemm_raw(
+        gpu,
+        false,
+        true,
+        m,
+        n,
+        k,
+        1.0,
+        x.ptr(),
+        w.ptr(),
+        Operand::Bf16,
+        if accumulate { 1.0 } else { 0.0 },
+        y.ptr(),
+    )
 }
 
 /// Its input gradient: `dx[m, k] (+)= dy[m, n] W[n, k]` with bf16 `dy` and `W`, fp32 `dx`.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_bf16_dx(gpu: &Gpu, dy: &GpuBuf<u16>, w: &GpuBuf<u16>, dx: &mut GpuBuf<f32>, m: usize, k: usize, n: usize, accumulate: bool) -> Result<()> {
+pub fn linear_bf16_dx(
+    gpu: &Gpu,
+    dy: &GpuBuf<u16>,
+    w: &GpuBuf<u16>,
+    dx: &mut GpuBuf<f32>,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) -> Result<()> {
     check_len("linear_bf16_dx", "dy", dy.len(), m * n)?;
     check_len("linear_bf16_dx", "w", w.len(), n * k)?;
     check_len("linear_bf16_dx", "dx", dx.len(), m * k)?;
-    gemm_raw(gpu, false, false, m, k, n, 1.0, dy.ptr(), w.ptr(), Operand::Bf16, if accumulate { 1.0 } else { 0.0 }, dx.ptr())
+    gemm_raw(
+        gpu,
+        false,
+        false,
+        m,
+        k,
+        n,
+        1.0,
+        dy.ptr(),
+        w.ptr(),
+        Operand::Bf16,
+        if accumulate { 1.0 } else { 0.0 },
+        dx.ptr(),
+    )
 }
 
 /// fp32 `C[m, n] = alpha op(A) op(B) + beta C` on buffers (the benches' cuBLAS baseline).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_f32(gpu: &Gpu, ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: &GpuBuf<f32>, b: &GpuBuf<f32>, beta: f32, c: &mut GpuBuf<f32>) -> Result<()> {
+pub fn gemm_f32(
+    gpu: &Gpu,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &GpuBuf<f32>,
+    b: &GpuBuf<f32>,
+    beta: f32,
+    c: &mut GpuBuf<f32>,
+) -> Result<()> {
     check_len("gemm_f32", "a", a.len(), m * k)?;
     check_len("gemm_f32", "b", b.len(), k * n)?;
     check_len("gemm_f32", "c", c.len(), m * n)?;
@@ -140,7 +198,9 @@ pub fn gemm_strided_batched_f32_raw(
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());
     }
-    let int = |v: usize| i32::try_from(v).map_err(|_| super::CudaError::Unsupported(format!("GEMM dimension {v} exceeds i32")));
+    let int = |v: usize| {
+        i32::try_from(v).map_err(|_| super::CudaError::Unsupported(format!("GEMM dimension {v} exceeds i32")))
+    };
     let (mi, ni, ki, bi) = (int(m)?, int(n)?, int(k)?, int(batch)?);
     gpu.context().bind_to_thread()?;
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
@@ -187,6 +247,20 @@ pub fn mul_elementwise_f32_raw(gpu: &Gpu, a: u64, x: u64, c: u64, n: usize) -> R
     let ni = i32::try_from(n).map_err(|_| super::CudaError::Unsupported(format!("dgmm length {n} exceeds i32")))?;
     gpu.context().bind_to_thread()?;
     // SAFETY: raw cuBLAS call on buffers of n floats (caller's guarantee).
-    unsafe { cublasSdgmm(*gpu.blas().handle(), cublasSideMode_t::CUBLAS_SIDE_RIGHT, 1, ni, a as *const f32, 1, x as *const f32, 1, c as *mut f32, 1) }.result()?;
+    unsafe {
+        cublasSdgmm(
+            *gpu.blas().handle(),
+            cublasSideMode_t::CUBLAS_SIDE_RIGHT,
+            1,
+            ni,
+            a as *const f32,
+            1,
+            x as *const f32,
+            1,
+            c as *mut f32,
+            1,
+        )
+    }
+    .result()?;
     Ok(())
 }

@@ -116,14 +116,34 @@ struct Checker<'g> {
 
 impl Checker<'_> {
     /// Runs one check; `f` returns (gpu, cpu) pairs of named outputs.
-    fn run(&mut self, name: &str, shape: String, tol: f64, f: impl FnOnce(&Gpu) -> Result<Vec<(&'static str, Vec<f32>, Vec<f32>)>>) {
+    fn run(
+        &mut self,
+        name: &str,
+        shape: String,
+        tol: f64,
+        f: impl FnOnce(&Gpu) -> Result<Vec<(&'static str, Vec<f32>, Vec<f32>)>>,
+    ) {
         match f(self.gpu).and_then(|r| self.gpu.synchronize().map(|_| r)) {
-            Err(e) => self.results.push(CheckResult { name: name.into(), shape, max_err: f64::INFINITY, tol, ok: false, error: Some(e.to_string()) }),
+            Err(e) => self.results.push(CheckResult {
+                name: name.into(),
+                shape,
+                max_err: f64::INFINITY,
+                tol,
+                ok: false,
+                error: Some(e.to_string()),
+            }),
             Ok(outputs) => {
                 for (what, g, c) in outputs {
                     let err = max_err(&g, &c);
                     let name = if what.is_empty() { name.to_string() } else { format!("{name}.{what}") };
-                    self.results.push(CheckResult { name, shape: shape.clone(), max_err: err, tol, ok: err <= tol, error: None });
+                    self.results.push(CheckResult {
+                        name,
+                        shape: shape.clone(),
+                        max_err: err,
+                        tol,
+                        ok: err <= tol,
+                        error: None,
+                    });
                 }
             }
         }
@@ -187,7 +207,18 @@ pub fn run_all(gpu: &Gpu) -> Vec<CheckResult> {
 fn cast(c: &mut Checker) {
     let mut rng = TestRng::new(1);
     let mut v = rng.vec(10_000, 100.0);
-    v.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000)]);
+    v.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40,
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+    ]);
     c.run("f32_to_bf16", format!("n={}", v.len()), 0.0, |g| {
         let src = g.upload(&v)?;
         let mut dst = g.alloc::<u16>(v.len())?;
@@ -203,7 +234,8 @@ fn cast(c: &mut Checker) {
 fn blas_linear(c: &mut Checker) {
     for &(m, k, n) in &[(1, 1, 1), (37, 576, 1536), (256, 4096, 512)] {
         let mut rng = TestRng::new(2);
-        let (x, w, dy) = (round_bf16(&rng.vec(m * k, 1.0)), round_bf16(&rng.vec(n * k, 0.05)), round_bf16(&rng.vec(m * n, 1.0)));
+        let (x, w, dy) =
+            (round_bf16(&rng.vec(m * k, 1.0)), round_bf16(&rng.vec(n * k, 0.05)), round_bf16(&rng.vec(m * n, 1.0)));
         c.run("cublas_linear_bf16", format!("m={m} k={k} n={n}"), 1e-5, |g| {
             let (xg, wg, dyg) = (g.upload(&to_bf16(&x))?, g.upload(&to_bf16(&w))?, g.upload(&to_bf16(&dy))?);
             let mut y = g.alloc::<f32>(m * n)?;
@@ -233,9 +265,14 @@ fn lora(c: &mut Checker, rows: usize, rps: usize, d_in: usize, d_out: usize, ran
     let xd: Vec<f32> = x.iter().zip(&keep).map(|(x, k)| x * k).collect();
     let dy = round_bf16(&rng.vec(rows * d_out, 1.0));
     let scale = 2.0;
-    let shape = format!("N={rows} in={d_in} out={d_out} r={rank}{}{}", if inject { " inj" } else { "" }, if dropout { " drop" } else { "" });
+    let shape = format!(
+        "N={rows} in={d_in} out={d_out} r={rank}{}{}",
+        if inject { " inj" } else { "" },
+        if dropout { " drop" } else { "" }
+    );
     c.run("lora_forward", shape.clone(), 1e-5, |g| {
-        let (xg, x16, wg, ag, bg) = (g.upload(&x)?, g.upload(&to_bf16(&x))?, g.upload(&to_bf16(&w))?, g.upload(&a)?, g.upload(&b)?);
+        let (xg, x16, wg, ag, bg) =
+            (g.upload(&x)?, g.upload(&to_bf16(&x))?, g.upload(&to_bf16(&w))?, g.upload(&a)?, g.upload(&b)?);
         let (gg, pg, xdg) = (g.upload(&gate)?, g.upload(&proj)?, g.upload(&xd)?);
         let inj = inject.then_some(InjectGpu { gate: &gg, proj: &pg, rows_per_sample: rps });
         let (mut y, mut z) = (g.alloc::<f32>(rows * d_out)?, g.alloc::<f32>(rows * rank)?);
@@ -246,25 +283,67 @@ fn lora(c: &mut Checker, rows: usize, rps: usize, d_in: usize, d_out: usize, ran
         Ok(vec![("y", g.download(&y)?, yc), ("z", g.download(&z)?, zc)])
     });
     c.run("lora_backward", shape, 1e-5, |g| {
-        let (xg, wg, ag, bg, dyg) = (g.upload(&x)?, g.upload(&to_bf16(&w))?, g.upload(&a)?, g.upload(&b)?, g.upload(&dy)?);
+        let (xg, wg, ag, bg, dyg) =
+            (g.upload(&x)?, g.upload(&to_bf16(&w))?, g.upload(&a)?, g.upload(&b)?, g.upload(&dy)?);
         let (xdg, keepg) = (g.upload(&xd)?, g.upload(&keep)?);
         // The bottleneck as forward saved it (any values do for the check).
         let z = rng.vec(rows * rank, 1.0);
         let zg = g.upload(&z)?;
-        let (mut dx, mut da, mut db, mut dz) = (g.alloc::<f32>(rows * d_in)?, g.alloc::<f32>(rank * d_in)?, g.alloc::<f32>(d_out * rank)?, g.alloc::<f32>(rows * rank)?);
+        let (mut dx, mut da, mut db, mut dz) = (
+            g.alloc::<f32>(rows * d_in)?,
+            g.alloc::<f32>(rank * d_in)?,
+            g.alloc::<f32>(d_out * rank)?,
+            g.alloc::<f32>(rows * rank)?,
+        );
         let grads = LoraGradsGpu { dx: Some(&mut dx), da: Some(&mut da), db: Some(&mut db), dz: &mut dz };
-        ops::lora_backward(g, &d, &dyg, &xg, dropout.then_some(&xdg), dropout.then_some(&keepg), &wg, &ag, &bg, &zg, scale, grads)?;
-        let (mut dxc, mut dac, mut dbc, mut dzc) = (vec![0.0; rows * d_in], vec![0.0; rank * d_in], vec![0.0; d_out * rank], vec![0.0; rows * rank]);
+        ops::lora_backward(
+            g,
+            &d,
+            &dyg,
+            &xg,
+            dropout.then_some(&xdg),
+            dropout.then_some(&keepg),
+            &wg,
+            &ag,
+            &bg,
+            &zg,
+            scale,
+            grads,
+        )?;
+        let (mut dxc, mut dac, mut dbc, mut dzc) =
+            (vec![0.0; rows * d_in], vec![0.0; rank * d_in], vec![0.0; d_out * rank], vec![0.0; rows * rank]);
         let gc = LoraGrads { dx: Some(&mut dxc), da: Some(&mut dac), db: Some(&mut dbc), dz: &mut dzc };
-        cpu::lowrank::lora_backward(&d, &dy, &x, dropout.then_some(&xd[..]), dropout.then_some(&keep[..]), &w, &a, &b, &z, scale, gc);
-        Ok(vec![("dx", g.download(&dx)?, dxc), ("dA", g.download(&da)?, dac), ("dB", g.download(&db)?, dbc), ("dz", g.download(&dz)?, dzc)])
+        cpu::lowrank::lora_backward(
+            &d,
+            &dy,
+            &x,
+            dropout.then_some(&xd[..]),
+            dropout.then_some(&keep[..]),
+            &w,
+            &a,
+            &b,
+            &z,
+            scale,
+            gc,
+        );
+        Ok(vec![
+            ("dx", g.download(&dx)?, dxc),
+            ("dA", g.download(&da)?, dac),
+            ("dB", g.download(&db)?, dbc),
+            ("dz", g.download(&dz)?, dzc),
+        ])
     });
 }
 
 fn injection(c: &mut Checker, samples: usize, rps: usize, rank: usize) {
     let rows = samples * rps;
     let mut rng = TestRng::new(7 + rows as u64);
-    let (z, dz, gate, proj) = (rng.vec(rows * rank, 1.0), rng.vec(rows * rank, 1.0), rng.vec(samples * rank, 1.0), rng.vec(samples * rank, 1.0));
+    let (z, dz, gate, proj) = (
+        rng.vec(rows * rank, 1.0),
+        rng.vec(rows * rank, 1.0),
+        rng.vec(samples * rank, 1.0),
+        rng.vec(samples * rank, 1.0),
+    );
     c.run("gated_injection", format!("samples={samples} tokens={rps} r={rank}"), 1e-5, |g| {
         let (gg, pg, dzg) = (g.upload(&gate)?, g.upload(&proj)?, g.upload(&dz)?);
         let inj = InjectGpu { gate: &gg, proj: &pg, rows_per_sample: rps };
@@ -287,7 +366,8 @@ fn dora_scale(c: &mut Checker, rows: usize, cols: usize) {
     let norm: Vec<f32> = rng.vec(cols, 1.0).iter().map(|v| 0.5 + v.abs()).collect();
     c.run("dora_scale", format!("rows={rows} cols={cols}"), 1e-6, |g| {
         let (preg, dyg, mg, ng) = (g.upload(&pre)?, g.upload(&dy)?, g.upload(&m)?, g.upload(&norm)?);
-        let (mut y, mut dpre, mut dm) = (g.alloc::<f32>(rows * cols)?, g.alloc::<f32>(rows * cols)?, g.alloc::<f32>(cols)?);
+        let (mut y, mut dpre, mut dm) =
+            (g.alloc::<f32>(rows * cols)?, g.alloc::<f32>(rows * cols)?, g.alloc::<f32>(cols)?);
         ops::dora_scale_forward(g, &preg, &mg, &ng, &mut y, rows, cols)?;
         ops::dora_scale_backward(g, &dyg, &preg, &mg, &ng, &mut dpre, Some(&mut dm), rows, cols)?;
         let (mut yc, mut dprec, mut dmc) = (vec![0.0; rows * cols], vec![0.0; rows * cols], vec![0.0; cols]);
@@ -305,15 +385,22 @@ fn rmsnorm(c: &mut Checker, rows: usize, dim: usize, weighted: bool) {
     c.run("rmsnorm", format!("rows={rows} dim={dim}{}", if weighted { "" } else { " no-weight" }), 2e-5, |g| {
         let (xg, dyg, wg) = (g.upload(&x)?, g.upload(&dy)?, g.upload(&w)?);
         let wopt = weighted.then_some(&wg);
-        let (mut y, mut rstd, mut dx) = (g.alloc::<f32>(rows * dim)?, g.alloc::<f32>(rows)?, g.alloc::<f32>(rows * dim)?);
+        let (mut y, mut rstd, mut dx) =
+            (g.alloc::<f32>(rows * dim)?, g.alloc::<f32>(rows)?, g.alloc::<f32>(rows * dim)?);
         let mut dw = g.upload(&dw0)?;
         ops::rmsnorm_forward(g, &xg, wopt, &mut y, &mut rstd, rows, dim, eps)?;
         ops::rmsnorm_backward(g, &dyg, &xg, wopt, &rstd, &mut dx, weighted.then_some(&mut dw), rows, dim)?;
         let wc = weighted.then_some(&w[..]);
-        let (mut yc, mut rstdc, mut dxc, mut dwc) = (vec![0.0; rows * dim], vec![0.0; rows], vec![0.0; rows * dim], dw0.clone());
+        let (mut yc, mut rstdc, mut dxc, mut dwc) =
+            (vec![0.0; rows * dim], vec![0.0; rows], vec![0.0; rows * dim], dw0.clone());
         cpu::norm::rmsnorm_forward(&x, wc, &mut yc, &mut rstdc, dim, eps);
         cpu::norm::rmsnorm_backward(&dy, &x, wc, &rstdc, &mut dxc, weighted.then_some(&mut dwc[..]), dim);
-        Ok(vec![("y", g.download(&y)?, yc), ("rstd", g.download(&rstd)?, rstdc), ("dx", g.download(&dx)?, dxc), ("dw", g.download(&dw)?, dwc)])
+        Ok(vec![
+            ("y", g.download(&y)?, yc),
+            ("rstd", g.download(&rstd)?, rstdc),
+            ("dx", g.download(&dx)?, dxc),
+            ("dw", g.download(&dw)?, dwc),
+        ])
     });
 }
 
@@ -364,7 +451,12 @@ enum Padding {
 fn attention(c: &mut Checker, d: AttnDims, padding: Padding) {
     let (b, t, hq, hkv, hd) = (d.batch, d.seq, d.q_heads, d.kv_heads, d.head_dim);
     let mut rng = TestRng::new((t * 131 + hd) as u64);
-    let (q, k, v, dout) = (rng.vec(b * t * hq * hd, 1.0), rng.vec(b * t * hkv * hd, 1.0), rng.vec(b * t * hkv * hd, 1.0), rng.vec(b * t * hq * hd, 1.0));
+    let (q, k, v, dout) = (
+        rng.vec(b * t * hq * hd, 1.0),
+        rng.vec(b * t * hkv * hd, 1.0),
+        rng.vec(b * t * hkv * hd, 1.0),
+        rng.vec(b * t * hq * hd, 1.0),
+    );
     let mut valid = vec![true; b * t];
     match padding {
         Padding::None => {}
@@ -382,7 +474,9 @@ fn attention(c: &mut Checker, d: AttnDims, padding: Padding) {
         let (mut oc, mut lc) = (vec![0.0; q.len()], vec![0.0; b * hq * t]);
         cpu::attention::attention_forward(&d, &q, &k, &v, &valid, scale, &mut oc, &mut lc);
         let (mut dqc, mut dkc, mut dvc) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        cpu::attention::attention_backward(&d, &q, &k, &v, &valid, scale, &oc, &lc, &dout, &mut dqc, &mut dkc, &mut dvc);
+        cpu::attention::attention_backward(
+            &d, &q, &k, &v, &valid, scale, &oc, &lc, &dout, &mut dqc, &mut dkc, &mut dvc,
+        );
         Ok(vec![
             ("out", g.download(&out)?, oc),
             ("lse", g.download(&lse)?, lc),
@@ -396,7 +490,8 @@ fn attention(c: &mut Checker, d: AttnDims, padding: Padding) {
 fn cross_entropy(c: &mut Checker, rows: usize, vocab: usize) {
     let mut rng = TestRng::new(23 + vocab as u64);
     let logits = rng.vec(rows * vocab, 10.0);
-    let targets: Vec<i64> = (0..rows).map(|r| if r % 3 == 1 { cpu::loss::IGNORE_INDEX } else { rng.below(vocab) as i64 }).collect();
+    let targets: Vec<i64> =
+        (0..rows).map(|r| if r % 3 == 1 { cpu::loss::IGNORE_INDEX } else { rng.below(vocab) as i64 }).collect();
     let row_scale = rng.vec(rows, 1.0);
     c.run("cross_entropy", format!("rows={rows} vocab={vocab}"), 1e-5, |g| {
         let (lg, tg, sg) = (g.upload(&logits)?, g.upload(&targets)?, g.upload(&row_scale)?);
@@ -431,7 +526,17 @@ fn pool(c: &mut Checker, b: usize, t: usize, d: usize) {
     let mut rng = TestRng::new(31 + d as u64);
     let (x, dout) = (rng.vec(b * t * d, 1.0), rng.vec(b * d, 1.0));
     // Sample 0 (when there are several) has an all-zero mask: it pools to zero.
-    let mask: Vec<f32> = (0..b * t).map(|i| if b > 1 && i < t { 0.0 } else if rng.uniform() > -0.5 { 1.0 } else { 0.0 }).collect();
+    let mask: Vec<f32> = (0..b * t)
+        .map(|i| {
+            if b > 1 && i < t {
+                0.0
+            } else if rng.uniform() > -0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
     c.run("masked_mean_pool", format!("B={b} T={t} D={d}"), 1e-6, |g| {
         let (xg, mg, dg) = (g.upload(&x)?, g.upload(&mask)?, g.upload(&dout)?);
         let (mut out, mut dx) = (g.alloc::<f32>(b * d)?, g.alloc::<f32>(b * t * d)?);
@@ -461,7 +566,11 @@ fn embed(c: &mut Checker, n: usize, rows: usize, dim: usize) {
         cpu::embed::gather_rows(&table, &idx, dim, &mut oc);
         let mut gc = vec![0.0; rows * dim];
         cpu::embed::scatter_add_rows(&src, &idx, dim, &mut gc);
-        Ok(vec![("gather_f32", g.download(&o32)?, oc.clone()), ("gather_bf16", g.download(&o16)?, oc), ("scatter_add", g.download(&grad)?, gc)])
+        Ok(vec![
+            ("gather_f32", g.download(&o32)?, oc.clone()),
+            ("gather_bf16", g.download(&o16)?, oc),
+            ("scatter_add", g.download(&grad)?, gc),
+        ])
     });
 }
 
@@ -474,7 +583,16 @@ fn adamw(c: &mut Checker, n: usize) {
         let (mut wc, mut mc, mut vc) = (w0.clone(), vec![0.0; n], vec![0.0; n]);
         for (t, grad) in grads.iter().enumerate() {
             let (bc1, bc2) = cpu::optim::AdamWStep::bias_corrections(0.9, 0.999, t as u64 + 1);
-            let s = cpu::optim::AdamWStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, grad_scale: 0.5, bc1, bc2 };
+            let s = cpu::optim::AdamWStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                grad_scale: 0.5,
+                bc1,
+                bc2,
+            };
             let gg = g.upload(grad)?;
             ops::adamw_step(g, &mut wg, &gg, &mut mg, &mut vg, &s)?;
             cpu::optim::adamw_step(&mut wc, grad, &mut mc, &mut vc, &s);
@@ -565,16 +683,16 @@ fn tensor_fill(c: &mut Checker, n: usize) {
 fn tensor_binary(c: &mut Checker) {
     type Case = (&'static [usize], &'static [usize], &'static [usize]);
     let cases: [Case; 10] = [
-        (&[1000], &[1000], &[1000]),                                      // same shape, odd length
-        (&[64, 577], &[577], &[64, 577]),                                 // a bias row
-        (&[64, 1], &[64, 577], &[64, 577]),                               // a per-row column
-        (&[3, 1, 5], &[4, 1], &[3, 4, 5]),                                // both broadcast, b of lower rank
-        (&[1, 37], &[65, 1], &[65, 37]),                                  // outer product
-        (&[2, 3, 4, 5], &[], &[2, 3, 4, 5]),                              // a scalar b
-        (&[], &[7, 9], &[7, 9]),                                          // a scalar a
+        (&[1000], &[1000], &[1000]),                                     // same shape, odd length
+        (&[64, 577], &[577], &[64, 577]),                                // a bias row
+        (&[64, 1], &[64, 577], &[64, 577]),                              // a per-row column
+        (&[3, 1, 5], &[4, 1], &[3, 4, 5]),                               // both broadcast, b of lower rank
+        (&[1, 37], &[65, 1], &[65, 37]),                                 // outer product
+        (&[2, 3, 4, 5], &[], &[2, 3, 4, 5]),                             // a scalar b
+        (&[], &[7, 9], &[7, 9]),                                         // a scalar a
         (&[2, 1, 3, 1, 4, 5], &[1, 3, 1, 2, 1, 5], &[2, 3, 3, 2, 4, 5]), // six dimensions, alternating
-        (&[1, 1, 1], &[1], &[1, 1, 1]),                                   // size 1 only
-        (&[0, 5], &[5], &[0, 5]),                                         // empty
+        (&[1, 1, 1], &[1], &[1, 1, 1]),                                  // size 1 only
+        (&[0, 5], &[5], &[0, 5]),                                        // empty
     ];
     for (k, (sa, sb, so)) in cases.into_iter().enumerate() {
         let mut rng = TestRng::new(61 + k as u64);
@@ -587,7 +705,9 @@ fn tensor_binary(c: &mut Checker) {
         c.run("tensor_binary", format!("{sa:?} {sb:?} -> {so:?}"), 0.0, |g| {
             let (ag, bg) = (g.upload(&a)?, g.upload(&b)?);
             let mut outputs = Vec::new();
-            for (what, op) in [("add", BinaryOp::Add), ("sub", BinaryOp::Sub), ("mul", BinaryOp::Mul), ("div", BinaryOp::Div)] {
+            for (what, op) in
+                [("add", BinaryOp::Add), ("sub", BinaryOp::Sub), ("mul", BinaryOp::Mul), ("div", BinaryOp::Div)]
+            {
                 let mut out = g.alloc::<f32>(n)?;
                 tensor_ops::binary(g, op, &ag, sa, &bg, sb, &mut out, so)?;
                 let mut oc = vec![0.0; n];
@@ -602,7 +722,18 @@ fn tensor_binary(c: &mut Checker) {
 fn tensor_reductions(c: &mut Checker) {
     // (outer, n, inner): the row kernel, the column kernel, the strided one (short axes), an
     // empty axis (0 / -inf) and no outputs at all.
-    for &(outer, n, inner) in &[(1, 1, 1), (1, 70_001, 1), (37, 1000, 1), (1, 33, 1), (3, 5, 7), (5, 300, 33), (2, 4099, 2), (20_000, 3, 1), (4, 0, 3), (0, 5, 3)] {
+    for &(outer, n, inner) in &[
+        (1, 1, 1),
+        (1, 70_001, 1),
+        (37, 1000, 1),
+        (1, 33, 1),
+        (3, 5, 7),
+        (5, 300, 33),
+        (2, 4099, 2),
+        (20_000, 3, 1),
+        (4, 0, 3),
+        (0, 5, 3),
+    ] {
         let mut rng = TestRng::new(67 + (outer * n + inner) as u64);
         let mut x = rng.vec(outer * n * inner, 1.0);
         if (outer, n, inner) == (37, 1000, 1) {
@@ -625,17 +756,17 @@ fn tensor_reductions(c: &mut Checker) {
 fn tensor_sum_to(c: &mut Checker) {
     type Case = (&'static [usize], &'static [usize]);
     let cases: [Case; 11] = [
-        (&[64, 577], &[577]),                         // columns (a bias gradient)
-        (&[64, 577], &[64, 1]),                       // rows
-        (&[2, 40, 3], &[2, 1, 3]),                    // kept, reduced, kept
-        (&[1000, 3], &[3]),                           // narrow columns
-        (&[2, 3, 4, 5], &[]),                         // everything, to a scalar
-        (&[3, 2049], &[1, 1]),                        // everything, one long row
-        (&[5, 7, 9], &[1, 7, 1]),                     // reduced, kept, reduced
-        (&[2, 3, 4, 5, 6, 7], &[3, 1, 5, 1, 1]),      // six dimensions, alternating
-        (&[4, 1, 6], &[4, 1, 6]),                     // nothing to sum
-        (&[3, 1, 6], &[1, 1, 1]),                     // a size-1 axis among summed ones
-        (&[0, 5], &[5]),                              // an empty x: zeros
+        (&[64, 577], &[577]),                    // columns (a bias gradient)
+        (&[64, 577], &[64, 1]),                  // rows
+        (&[2, 40, 3], &[2, 1, 3]),               // kept, reduced, kept
+        (&[1000, 3], &[3]),                      // narrow columns
+        (&[2, 3, 4, 5], &[]),                    // everything, to a scalar
+        (&[3, 2049], &[1, 1]),                   // everything, one long row
+        (&[5, 7, 9], &[1, 7, 1]),                // reduced, kept, reduced
+        (&[2, 3, 4, 5, 6, 7], &[3, 1, 5, 1, 1]), // six dimensions, alternating
+        (&[4, 1, 6], &[4, 1, 6]),                // nothing to sum
+        (&[3, 1, 6], &[1, 1, 1]),                // a size-1 axis among summed ones
+        (&[0, 5], &[5]),                         // an empty x: zeros
     ];
     for (k, (xs, ys)) in cases.into_iter().enumerate() {
         let x = TestRng::new(71 + k as u64).vec(cpu::tensor_ref::numel(xs), 1.0);
@@ -676,11 +807,11 @@ fn tensor_softmax(c: &mut Checker) {
 fn tensor_copy_2d(c: &mut Checker) {
     // (src len, src_off, src_pitch, dst len, dst_off, dst_pitch, rows, cols)
     let cases = [
-        (40, 3, 10, 16, 0, 4, 4, 4),                         // narrow columns 3..7 of [4, 10]
+        (40, 3, 10, 16, 0, 4, 4, 4),                        // narrow columns 3..7 of [4, 10]
         (300 * 257, 0, 257, 300 * 600, 100, 600, 300, 257), // one part of a concat along columns
-        (5, 0, 0, 35, 0, 5, 7, 5),                           // pitch 0: a row repeated
-        (1000, 17, 1000, 2000, 3, 0, 1, 983),                // one row (its pitches unused)
-        (10, 0, 10, 10, 0, 10, 0, 10),                       // no rows
+        (5, 0, 0, 35, 0, 5, 7, 5),                          // pitch 0: a row repeated
+        (1000, 17, 1000, 2000, 3, 0, 1, 983),               // one row (its pitches unused)
+        (10, 0, 10, 10, 0, 10, 0, 10),                      // no rows
     ];
     for (k, (sl, so, sp, dl, doff, dp, rows, cols)) in cases.into_iter().enumerate() {
         let mut rng = TestRng::new(79 + k as u64);

@@ -36,7 +36,8 @@ fn int(op: &str, what: &str, v: usize) -> Result<i32> {
 }
 
 fn blocks(op: &str, n: usize, per: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(per)).map_err(|_| CudaError::Unsupported(format!("{op}: {n} elements need too many blocks")))
+    u32::try_from(n.div_ceil(per))
+        .map_err(|_| CudaError::Unsupported(format!("{op}: {n} elements need too many blocks")))
 }
 
 fn ptr<T>(b: &GpuBuf<T>) -> Arg {
@@ -63,7 +64,10 @@ pub struct InjectGpu<'a> {
 
 fn check_inject(op: &str, inj: &InjectGpu<'_>, rows: usize, rank: usize) -> Result<()> {
     if inj.rows_per_sample == 0 || rows % inj.rows_per_sample != 0 {
-        return Err(CudaError::Unsupported(format!("{op}: {rows} rows are not whole samples of {}", inj.rows_per_sample)));
+        return Err(CudaError::Unsupported(format!(
+            "{op}: {rows} rows are not whole samples of {}",
+            inj.rows_per_sample
+        )));
     }
     let samples = rows / inj.rows_per_sample;
     need(op, "gate", inj.gate.len(), samples * rank)?;
@@ -79,7 +83,19 @@ fn check_rank(op: &str, rank: usize) -> Result<()> {
 
 /// `c[M, n] = alpha * x[M, K] mat(k, j)` (+ injection), `mat(k, j) = mat[k ks + j js]`.
 #[allow(clippy::too_many_arguments)]
-fn shrink(gpu: &Gpu, x: &GpuBuf<f32>, mat: &GpuBuf<f32>, c: &mut GpuBuf<f32>, m: usize, k: usize, n: usize, ks: usize, js: usize, alpha: f32, inj: Option<InjectGpu<'_>>) -> Result<()> {
+fn shrink(
+    gpu: &Gpu,
+    x: &GpuBuf<f32>,
+    mat: &GpuBuf<f32>,
+    c: &mut GpuBuf<f32>,
+    m: usize,
+    k: usize,
+    n: usize,
+    ks: usize,
+    js: usize,
+    alpha: f32,
+    inj: Option<InjectGpu<'_>>,
+) -> Result<()> {
     let op = "lowrank_shrink";
     check_rank(op, n)?;
     need(op, "x", x.len(), m * k)?;
@@ -107,7 +123,20 @@ fn shrink(gpu: &Gpu, x: &GpuBuf<f32>, mat: &GpuBuf<f32>, c: &mut GpuBuf<f32>, m:
 
 /// `y[M, N] (+)= alpha * (z[M, n] mat(j, o)) * keep`, `mat(j, o) = mat[o os + j js]`.
 #[allow(clippy::too_many_arguments)]
-fn expand(gpu: &Gpu, z: &GpuBuf<f32>, mat: &GpuBuf<f32>, y: &mut GpuBuf<f32>, m: usize, n_out: usize, n: usize, os: usize, js: usize, alpha: f32, keep: Option<&GpuBuf<f32>>, accumulate: bool) -> Result<()> {
+fn expand(
+    gpu: &Gpu,
+    z: &GpuBuf<f32>,
+    mat: &GpuBuf<f32>,
+    y: &mut GpuBuf<f32>,
+    m: usize,
+    n_out: usize,
+    n: usize,
+    os: usize,
+    js: usize,
+    alpha: f32,
+    keep: Option<&GpuBuf<f32>>,
+    accumulate: bool,
+) -> Result<()> {
     let op = "lowrank_expand";
     check_rank(op, n)?;
     need(op, "z", z.len(), m * n)?;
@@ -134,22 +163,56 @@ fn expand(gpu: &Gpu, z: &GpuBuf<f32>, mat: &GpuBuf<f32>, y: &mut GpuBuf<f32>, m:
 
 /// `c[I, J] (+)= alpha * p[M, I]^T q[M, J]`.
 #[allow(clippy::too_many_arguments)]
-fn wgrad(gpu: &Gpu, p: &GpuBuf<f32>, q: &GpuBuf<f32>, c: &mut GpuBuf<f32>, m: usize, i: usize, j: usize, alpha: f32, accumulate: bool) -> Result<()> {
+fn wgrad(
+    gpu: &Gpu,
+    p: &GpuBuf<f32>,
+    q: &GpuBuf<f32>,
+    c: &mut GpuBuf<f32>,
+    m: usize,
+    i: usize,
+    j: usize,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
     let op = "lowrank_wgrad";
     need(op, "p", p.len(), m * i)?;
     need(op, "q", q.len(), m * j)?;
     need(op, "c", c.len(), i * j)?;
-    let args = [ptr(p), ptr(q), ptr(c), Arg::I32(int(op, "M", m)?), Arg::I32(int(op, "I", i)?), Arg::I32(int(op, "J", j)?), Arg::F32(alpha), Arg::I32(accumulate as i32)];
+    let args = [
+        ptr(p),
+        ptr(q),
+        ptr(c),
+        Arg::I32(int(op, "M", m)?),
+        Arg::I32(int(op, "I", i)?),
+        Arg::I32(int(op, "J", j)?),
+        Arg::F32(alpha),
+        Arg::I32(accumulate as i32),
+    ];
     gpu.launch(op, (blocks(op, j, WG_TILE)?, blocks(op, i, WG_TILE)?, 1), (256, 1, 1), &args)
 }
 
 /// LoRA shrink with the injection fused: `z = x A^T (+ g ⊙ p)`.
-pub fn lora_shrink(gpu: &Gpu, d: &LoraDims, x: &GpuBuf<f32>, a: &GpuBuf<f32>, inject: Option<InjectGpu<'_>>, z: &mut GpuBuf<f32>) -> Result<()> {
+pub fn lora_shrink(
+    gpu: &Gpu,
+    d: &LoraDims,
+    x: &GpuBuf<f32>,
+    a: &GpuBuf<f32>,
+    inject: Option<InjectGpu<'_>>,
+    z: &mut GpuBuf<f32>,
+) -> Result<()> {
     shrink(gpu, x, a, z, d.rows, d.d_in, d.rank, 1, d.d_in, 1.0, inject)
 }
 
 /// LoRA expand: `y (+)= s z B^T`.
-pub fn lora_expand(gpu: &Gpu, d: &LoraDims, z: &GpuBuf<f32>, b: &GpuBuf<f32>, scale: f32, y: &mut GpuBuf<f32>, accumulate: bool) -> Result<()> {
+pub fn lora_expand(
+    gpu: &Gpu,
+    d: &LoraDims,
+    z: &GpuBuf<f32>,
+    b: &GpuBuf<f32>,
+    scale: f32,
+    y: &mut GpuBuf<f32>,
+    accumulate: bool,
+) -> Result<()> {
     expand(gpu, z, b, y, d.rows, d.d_out, d.rank, d.rank, 1, scale, None, accumulate)
 }
 
@@ -242,45 +305,106 @@ pub fn lora_lowrank_backward(
 }
 
 /// `dx += (dz A) ⊙ keep` (`keep = None`: no dropout), the adapter's share of the input gradient.
-pub fn lora_expand_dx(gpu: &Gpu, d: &LoraDims, dz: &GpuBuf<f32>, a: &GpuBuf<f32>, keep: Option<&GpuBuf<f32>>, dx: &mut GpuBuf<f32>) -> Result<()> {
+pub fn lora_expand_dx(
+    gpu: &Gpu,
+    d: &LoraDims,
+    dz: &GpuBuf<f32>,
+    a: &GpuBuf<f32>,
+    keep: Option<&GpuBuf<f32>>,
+    dx: &mut GpuBuf<f32>,
+) -> Result<()> {
     expand(gpu, dz, a, dx, d.rows, d.d_in, d.rank, 1, d.d_in, 1.0, keep, true)
 }
 
 /// `z[row] += gate[b] ⊙ proj[b]` for every row of sample `b` (`z` is `[rows, rank]`).
-pub fn gated_inject_forward(gpu: &Gpu, z: &mut GpuBuf<f32>, inj: InjectGpu<'_>, rows: usize, rank: usize) -> Result<()> {
+pub fn gated_inject_forward(
+    gpu: &Gpu,
+    z: &mut GpuBuf<f32>,
+    inj: InjectGpu<'_>,
+    rows: usize,
+    rank: usize,
+) -> Result<()> {
     let op = "gated_inject_fwd";
     need(op, "z", z.len(), rows * rank)?;
     check_inject(op, &inj, rows, rank)?;
-    let args = [ptr(z), ptr(inj.gate), ptr(inj.proj), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "rank", rank)?), Arg::I32(int(op, "rows_per_sample", inj.rows_per_sample)?)];
+    let args = [
+        ptr(z),
+        ptr(inj.gate),
+        ptr(inj.proj),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "rank", rank)?),
+        Arg::I32(int(op, "rows_per_sample", inj.rows_per_sample)?),
+    ];
     ew(gpu, op, rows * rank, &args)
 }
 
 /// `dgate[b] = sum_t dz ⊙ proj[b]`, `dproj[b] = sum_t dz ⊙ gate[b]`.
-pub fn gated_inject_backward(gpu: &Gpu, dz: &GpuBuf<f32>, inj: InjectGpu<'_>, rows: usize, rank: usize, dgate: &mut GpuBuf<f32>, dproj: &mut GpuBuf<f32>) -> Result<()> {
+pub fn gated_inject_backward(
+    gpu: &Gpu,
+    dz: &GpuBuf<f32>,
+    inj: InjectGpu<'_>,
+    rows: usize,
+    rank: usize,
+    dgate: &mut GpuBuf<f32>,
+    dproj: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "gated_inject_bwd";
     need(op, "dz", dz.len(), rows * rank)?;
     check_inject(op, &inj, rows, rank)?;
     let samples = rows / inj.rows_per_sample;
     need(op, "dgate", dgate.len(), samples * rank)?;
     need(op, "dproj", dproj.len(), samples * rank)?;
-    let args = [ptr(dz), ptr(inj.gate), ptr(inj.proj), ptr(dgate), ptr(dproj), Arg::I32(int(op, "rank", rank)?), Arg::I32(int(op, "rows_per_sample", inj.rows_per_sample)?)];
+    let args = [
+        ptr(dz),
+        ptr(inj.gate),
+        ptr(inj.proj),
+        ptr(dgate),
+        ptr(dproj),
+        Arg::I32(int(op, "rank", rank)?),
+        Arg::I32(int(op, "rows_per_sample", inj.rows_per_sample)?),
+    ];
     gpu.launch(op, (blocks(op, rank, 32)?, int(op, "samples", samples)? as u32, 1), (32, 8, 1), &args)
 }
 
 /// DoRA's column scaling `y = pre * (m / norm)` per output column (`pre` is `[rows, cols]`).
-pub fn dora_scale_forward(gpu: &Gpu, pre: &GpuBuf<f32>, magnitude: &GpuBuf<f32>, norm: &GpuBuf<f32>, y: &mut GpuBuf<f32>, rows: usize, cols: usize) -> Result<()> {
+pub fn dora_scale_forward(
+    gpu: &Gpu,
+    pre: &GpuBuf<f32>,
+    magnitude: &GpuBuf<f32>,
+    norm: &GpuBuf<f32>,
+    y: &mut GpuBuf<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     let op = "dora_scale_fwd";
     need(op, "pre", pre.len(), rows * cols)?;
     need(op, "magnitude", magnitude.len(), cols)?;
     need(op, "norm", norm.len(), cols)?;
     need(op, "y", y.len(), rows * cols)?;
-    let args = [ptr(pre), ptr(magnitude), ptr(norm), ptr(y), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "cols", cols)?)];
+    let args = [
+        ptr(pre),
+        ptr(magnitude),
+        ptr(norm),
+        ptr(y),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "cols", cols)?),
+    ];
     ew(gpu, op, rows * cols, &args)
 }
 
 /// Its backward (norm detached): `dpre = dy * (m / norm)`, `dm = sum_rows dy * pre / norm`.
 #[allow(clippy::too_many_arguments)]
-pub fn dora_scale_backward(gpu: &Gpu, dy: &GpuBuf<f32>, pre: &GpuBuf<f32>, magnitude: &GpuBuf<f32>, norm: &GpuBuf<f32>, dpre: &mut GpuBuf<f32>, dm: Option<&mut GpuBuf<f32>>, rows: usize, cols: usize) -> Result<()> {
+pub fn dora_scale_backward(
+    gpu: &Gpu,
+    dy: &GpuBuf<f32>,
+    pre: &GpuBuf<f32>,
+    magnitude: &GpuBuf<f32>,
+    norm: &GpuBuf<f32>,
+    dpre: &mut GpuBuf<f32>,
+    dm: Option<&mut GpuBuf<f32>>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     let op = "dora_scale_bwd";
     need(op, "dy", dy.len(), rows * cols)?;
     need(op, "pre", pre.len(), rows * cols)?;
@@ -290,7 +414,16 @@ pub fn dora_scale_backward(gpu: &Gpu, dy: &GpuBuf<f32>, pre: &GpuBuf<f32>, magni
     if let Some(dm) = &dm {
         need(op, "dm", dm.len(), cols)?;
     }
-    let args = [ptr(dy), ptr(pre), ptr(magnitude), ptr(norm), ptr(dpre), opt(dm.as_deref()), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "cols", cols)?)];
+    let args = [
+        ptr(dy),
+        ptr(pre),
+        ptr(magnitude),
+        ptr(norm),
+        ptr(dpre),
+        opt(dm.as_deref()),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "cols", cols)?),
+    ];
     ew(gpu, op, cols, &args)
 }
 
@@ -298,7 +431,16 @@ pub fn dora_scale_backward(gpu: &Gpu, dy: &GpuBuf<f32>, pre: &GpuBuf<f32>, magni
 
 /// RMSNorm forward over `rows` rows of `dim` (norm.cu); `w = None` for the weightless form.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_forward(gpu: &Gpu, x: &GpuBuf<f32>, w: Option<&GpuBuf<f32>>, y: &mut GpuBuf<f32>, rstd: &mut GpuBuf<f32>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+pub fn rmsnorm_forward(
+    gpu: &Gpu,
+    x: &GpuBuf<f32>,
+    w: Option<&GpuBuf<f32>>,
+    y: &mut GpuBuf<f32>,
+    rstd: &mut GpuBuf<f32>,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<()> {
     let op = "rmsnorm_fwd";
     need(op, "x", x.len(), rows * dim)?;
     need(op, "y", y.len(), rows * dim)?;
@@ -306,13 +448,31 @@ pub fn rmsnorm_forward(gpu: &Gpu, x: &GpuBuf<f32>, w: Option<&GpuBuf<f32>>, y: &
     if let Some(w) = w {
         need(op, "w", w.len(), dim)?;
     }
-    let args = [ptr(x), opt(w), ptr(y), ptr(rstd), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "dim", dim)?), Arg::F32(eps)];
+    let args = [
+        ptr(x),
+        opt(w),
+        ptr(y),
+        ptr(rstd),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "dim", dim)?),
+        Arg::F32(eps),
+    ];
     gpu.launch(op, (int(op, "rows", rows)? as u32, 1, 1), (NORM_THREADS, 1, 1), &args)
 }
 
 /// RMSNorm backward: writes `dx`; adds into `dw` when given (as the twin).
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_backward(gpu: &Gpu, dy: &GpuBuf<f32>, x: &GpuBuf<f32>, w: Option<&GpuBuf<f32>>, rstd: &GpuBuf<f32>, dx: &mut GpuBuf<f32>, dw: Option<&mut GpuBuf<f32>>, rows: usize, dim: usize) -> Result<()> {
+pub fn rmsnorm_backward(
+    gpu: &Gpu,
+    dy: &GpuBuf<f32>,
+    x: &GpuBuf<f32>,
+    w: Option<&GpuBuf<f32>>,
+    rstd: &GpuBuf<f32>,
+    dx: &mut GpuBuf<f32>,
+    dw: Option<&mut GpuBuf<f32>>,
+    rows: usize,
+    dim: usize,
+) -> Result<()> {
     let op = "rmsnorm_bwd_dx";
     need(op, "dy", dy.len(), rows * dim)?;
     need(op, "x", x.len(), rows * dim)?;
@@ -348,12 +508,29 @@ impl RopeTableGpu {
 
 /// Rotates `x` (`[tokens, heads, 2*half]`) in place; `pos` (`[tokens]`, int32) must be
 /// `< max_pos` (checked by the layer above, as for the twin's slices).
-pub fn rope_apply(gpu: &Gpu, x: &mut GpuBuf<f32>, pos: &GpuBuf<i32>, tokens: usize, heads: usize, table: &RopeTableGpu, inverse: bool) -> Result<()> {
+pub fn rope_apply(
+    gpu: &Gpu,
+    x: &mut GpuBuf<f32>,
+    pos: &GpuBuf<i32>,
+    tokens: usize,
+    heads: usize,
+    table: &RopeTableGpu,
+    inverse: bool,
+) -> Result<()> {
     let op = "rope_apply";
     let half = table.half;
     need(op, "x", x.len(), tokens * heads * 2 * half)?;
     need(op, "pos", pos.len(), tokens)?;
-    let args = [ptr(x), ptr(pos), ptr(&table.cos), ptr(&table.sin), Arg::I32(int(op, "tokens", tokens)?), Arg::I32(int(op, "heads", heads)?), Arg::I32(int(op, "half", half)?), Arg::I32(inverse as i32)];
+    let args = [
+        ptr(x),
+        ptr(pos),
+        ptr(&table.cos),
+        ptr(&table.sin),
+        Arg::I32(int(op, "tokens", tokens)?),
+        Arg::I32(int(op, "heads", heads)?),
+        Arg::I32(int(op, "half", half)?),
+        Arg::I32(inverse as i32),
+    ];
     ew(gpu, op, tokens * heads * half, &args)
 }
 
@@ -366,9 +543,19 @@ pub fn swiglu_forward(gpu: &Gpu, gate: &GpuBuf<f32>, up: &GpuBuf<f32>, out: &mut
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn swiglu_backward(gpu: &Gpu, dout: &GpuBuf<f32>, gate: &GpuBuf<f32>, up: &GpuBuf<f32>, dgate: &mut GpuBuf<f32>, dup: &mut GpuBuf<f32>, n: usize) -> Result<()> {
+pub fn swiglu_backward(
+    gpu: &Gpu,
+    dout: &GpuBuf<f32>,
+    gate: &GpuBuf<f32>,
+    up: &GpuBuf<f32>,
+    dgate: &mut GpuBuf<f32>,
+    dup: &mut GpuBuf<f32>,
+    n: usize,
+) -> Result<()> {
     let op = "swiglu_bwd";
-    for (what, len) in [("dout", dout.len()), ("gate", gate.len()), ("up", up.len()), ("dgate", dgate.len()), ("dup", dup.len())] {
+    for (what, len) in
+        [("dout", dout.len()), ("gate", gate.len()), ("up", up.len()), ("dgate", dgate.len()), ("dup", dup.len())]
+    {
         need(op, what, len, n)?;
     }
     ew(gpu, op, n, &[ptr(dout), ptr(gate), ptr(up), ptr(dgate), ptr(dup), Arg::I64(n as i64)])
@@ -379,7 +566,10 @@ fn check_attn(op: &str, d: &crate::cpu::attention::AttnDims) -> Result<()> {
         return Err(CudaError::Unsupported(format!("{op}: head_dim {} outside 1..={ATT_DMAX}", d.head_dim)));
     }
     if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 {
-        return Err(CudaError::Unsupported(format!("{op}: {} query heads are not a multiple of {} kv heads", d.q_heads, d.kv_heads)));
+        return Err(CudaError::Unsupported(format!(
+            "{op}: {} query heads are not a multiple of {} kv heads",
+            d.q_heads, d.kv_heads
+        )));
     }
     Ok(())
 }
@@ -397,7 +587,17 @@ fn attn_dims_args(op: &str, d: &crate::cpu::attention::AttnDims) -> Result<[Arg;
 /// Causal GQA attention forward (attention.cu): writes `out` (`[B, T, Hq, D]`) and `lse`
 /// (`[B, Hq, T]`). `key_valid` is `[B, T]` bytes (0/1).
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(gpu: &Gpu, d: &crate::cpu::attention::AttnDims, q: &GpuBuf<f32>, k: &GpuBuf<f32>, v: &GpuBuf<f32>, key_valid: &GpuBuf<u8>, scale: f32, out: &mut GpuBuf<f32>, lse: &mut GpuBuf<f32>) -> Result<()> {
+pub fn attention_forward(
+    gpu: &Gpu,
+    d: &crate::cpu::attention::AttnDims,
+    q: &GpuBuf<f32>,
+    k: &GpuBuf<f32>,
+    v: &GpuBuf<f32>,
+    key_valid: &GpuBuf<u8>,
+    scale: f32,
+    out: &mut GpuBuf<f32>,
+    lse: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "attention_fwd";
     check_attn(op, d)?;
     let (qn, kn) = (d.batch * d.seq * d.q_heads * d.head_dim, d.batch * d.seq * d.kv_heads * d.head_dim);
@@ -434,7 +634,16 @@ pub fn attention_backward(
     let op = "attention_bwd";
     check_attn(op, d)?;
     let (qn, kn) = (d.batch * d.seq * d.q_heads * d.head_dim, d.batch * d.seq * d.kv_heads * d.head_dim);
-    for (what, len, want) in [("q", q.len(), qn), ("k", k.len(), kn), ("v", v.len(), kn), ("out", out.len(), qn), ("dout", dout.len(), qn), ("dq", dq.len(), qn), ("dk", dk.len(), kn), ("dv", dv.len(), kn)] {
+    for (what, len, want) in [
+        ("q", q.len(), qn),
+        ("k", k.len(), kn),
+        ("v", v.len(), kn),
+        ("out", out.len(), qn),
+        ("dout", dout.len(), qn),
+        ("dq", dq.len(), qn),
+        ("dk", dk.len(), kn),
+        ("dv", dv.len(), kn),
+    ] {
         need(op, what, len, want)?;
     }
     need(op, "key_valid", key_valid.len(), d.batch * d.seq)?;
@@ -447,57 +656,131 @@ pub fn attention_backward(
     let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(lse), ptr(&delta), ptr(dout), ptr(dq)];
     args.extend(dims);
     args.push(Arg::F32(scale));
-    gpu.launch("attention_bwd_dq", (blocks(op, d.seq, ATT_DQ_BQ)?, d.q_heads as u32, d.batch as u32), (ATT_THREADS, 1, 1), &args)?;
+    gpu.launch(
+        "attention_bwd_dq",
+        (blocks(op, d.seq, ATT_DQ_BQ)?, d.q_heads as u32, d.batch as u32),
+        (ATT_THREADS, 1, 1),
+        &args,
+    )?;
     let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(lse), ptr(&delta), ptr(dout), ptr(dk), ptr(dv)];
     args.extend(dims);
     args.push(Arg::F32(scale));
     // `delta` goes back to the pool here; whatever reuses it is queued after these kernels
     // on the same stream.
-    gpu.launch("attention_bwd_dkv", (blocks(op, d.seq, ATT_DKV_BK)?, d.kv_heads as u32, d.batch as u32), (ATT_THREADS, 1, 1), &args)
+    gpu.launch(
+        "attention_bwd_dkv",
+        (blocks(op, d.seq, ATT_DKV_BK)?, d.kv_heads as u32, d.batch as u32),
+        (ATT_THREADS, 1, 1),
+        &args,
+    )
 }
 
 // ---------------------------------------------------------------- losses (loss.cu)
 
 /// `loss[r] = lse(logits[r]) - logits[r, target[r]]`, 0 for target -100; also writes `lse`.
-pub fn cross_entropy_forward(gpu: &Gpu, logits: &GpuBuf<f32>, targets: &GpuBuf<i64>, rows: usize, vocab: usize, loss: &mut GpuBuf<f32>, lse: &mut GpuBuf<f32>) -> Result<()> {
+pub fn cross_entropy_forward(
+    gpu: &Gpu,
+    logits: &GpuBuf<f32>,
+    targets: &GpuBuf<i64>,
+    rows: usize,
+    vocab: usize,
+    loss: &mut GpuBuf<f32>,
+    lse: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "cross_entropy_fwd";
     need(op, "logits", logits.len(), rows * vocab)?;
     need(op, "targets", targets.len(), rows)?;
     need(op, "loss", loss.len(), rows)?;
     need(op, "lse", lse.len(), rows)?;
-    let args = [ptr(logits), ptr(targets), ptr(loss), ptr(lse), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "vocab", vocab)?)];
+    let args = [
+        ptr(logits),
+        ptr(targets),
+        ptr(loss),
+        ptr(lse),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "vocab", vocab)?),
+    ];
     gpu.launch(op, (int(op, "rows", rows)? as u32, 1, 1), (LOSS_THREADS, 1, 1), &args)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn cross_entropy_backward(gpu: &Gpu, logits: &GpuBuf<f32>, targets: &GpuBuf<i64>, lse: &GpuBuf<f32>, row_scale: &GpuBuf<f32>, rows: usize, vocab: usize, dlogits: &mut GpuBuf<f32>) -> Result<()> {
+pub fn cross_entropy_backward(
+    gpu: &Gpu,
+    logits: &GpuBuf<f32>,
+    targets: &GpuBuf<i64>,
+    lse: &GpuBuf<f32>,
+    row_scale: &GpuBuf<f32>,
+    rows: usize,
+    vocab: usize,
+    dlogits: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "cross_entropy_bwd";
     need(op, "logits", logits.len(), rows * vocab)?;
     need(op, "targets", targets.len(), rows)?;
     need(op, "lse", lse.len(), rows)?;
     need(op, "row_scale", row_scale.len(), rows)?;
     need(op, "dlogits", dlogits.len(), rows * vocab)?;
-    let args = [ptr(logits), ptr(targets), ptr(lse), ptr(row_scale), ptr(dlogits), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "vocab", vocab)?)];
+    let args = [
+        ptr(logits),
+        ptr(targets),
+        ptr(lse),
+        ptr(row_scale),
+        ptr(dlogits),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "vocab", vocab)?),
+    ];
     ew(gpu, op, rows * vocab, &args)
 }
 
-pub fn kl_forward(gpu: &Gpu, teacher: &GpuBuf<f32>, student: &GpuBuf<f32>, rows: usize, vocab: usize, tau: f32, kl: &mut GpuBuf<f32>) -> Result<()> {
+pub fn kl_forward(
+    gpu: &Gpu,
+    teacher: &GpuBuf<f32>,
+    student: &GpuBuf<f32>,
+    rows: usize,
+    vocab: usize,
+    tau: f32,
+    kl: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "kl_fwd";
     need(op, "teacher", teacher.len(), rows * vocab)?;
     need(op, "student", student.len(), rows * vocab)?;
     need(op, "kl", kl.len(), rows)?;
-    let args = [ptr(teacher), ptr(student), ptr(kl), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "vocab", vocab)?), Arg::F32(tau)];
+    let args = [
+        ptr(teacher),
+        ptr(student),
+        ptr(kl),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "vocab", vocab)?),
+        Arg::F32(tau),
+    ];
     gpu.launch(op, (int(op, "rows", rows)? as u32, 1, 1), (LOSS_THREADS, 1, 1), &args)
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn kl_backward_student(gpu: &Gpu, teacher: &GpuBuf<f32>, student: &GpuBuf<f32>, row_scale: &GpuBuf<f32>, rows: usize, vocab: usize, tau: f32, dstudent: &mut GpuBuf<f32>) -> Result<()> {
+pub fn kl_backward_student(
+    gpu: &Gpu,
+    teacher: &GpuBuf<f32>,
+    student: &GpuBuf<f32>,
+    row_scale: &GpuBuf<f32>,
+    rows: usize,
+    vocab: usize,
+    tau: f32,
+    dstudent: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "kl_bwd_student";
     need(op, "teacher", teacher.len(), rows * vocab)?;
     need(op, "student", student.len(), rows * vocab)?;
     need(op, "row_scale", row_scale.len(), rows)?;
     need(op, "dstudent", dstudent.len(), rows * vocab)?;
-    let args = [ptr(teacher), ptr(student), ptr(row_scale), ptr(dstudent), Arg::I32(int(op, "rows", rows)?), Arg::I32(int(op, "vocab", vocab)?), Arg::F32(tau)];
+    let args = [
+        ptr(teacher),
+        ptr(student),
+        ptr(row_scale),
+        ptr(dstudent),
+        Arg::I32(int(op, "rows", rows)?),
+        Arg::I32(int(op, "vocab", vocab)?),
+        Arg::F32(tau),
+    ];
     gpu.launch(op, (int(op, "rows", rows)? as u32, 1, 1), (LOSS_THREADS, 1, 1), &args)
 }
 
@@ -512,28 +795,67 @@ fn pool_counts(gpu: &Gpu, mask: &GpuBuf<f32>, batch: usize, seq: usize) -> Resul
 }
 
 /// `out[b] = sum_t m[b,t] x[b,t] / sum_t m[b,t]` (`x` is `[B, T, D]`, `mask` `[B, T]`).
-pub fn masked_mean_forward(gpu: &Gpu, x: &GpuBuf<f32>, mask: &GpuBuf<f32>, batch: usize, seq: usize, dim: usize, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn masked_mean_forward(
+    gpu: &Gpu,
+    x: &GpuBuf<f32>,
+    mask: &GpuBuf<f32>,
+    batch: usize,
+    seq: usize,
+    dim: usize,
+    out: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "masked_mean_fwd";
     need(op, "x", x.len(), batch * seq * dim)?;
     need(op, "out", out.len(), batch * dim)?;
     let counts = pool_counts(gpu, mask, batch, seq)?;
-    let args = [ptr(x), ptr(mask), ptr(&counts), ptr(out), Arg::I32(int(op, "batch", batch)?), Arg::I32(int(op, "seq", seq)?), Arg::I32(int(op, "dim", dim)?)];
+    let args = [
+        ptr(x),
+        ptr(mask),
+        ptr(&counts),
+        ptr(out),
+        Arg::I32(int(op, "batch", batch)?),
+        Arg::I32(int(op, "seq", seq)?),
+        Arg::I32(int(op, "dim", dim)?),
+    ];
     ew(gpu, op, batch * dim, &args)
 }
 
-pub fn masked_mean_backward(gpu: &Gpu, dout: &GpuBuf<f32>, mask: &GpuBuf<f32>, batch: usize, seq: usize, dim: usize, dx: &mut GpuBuf<f32>) -> Result<()> {
+pub fn masked_mean_backward(
+    gpu: &Gpu,
+    dout: &GpuBuf<f32>,
+    mask: &GpuBuf<f32>,
+    batch: usize,
+    seq: usize,
+    dim: usize,
+    dx: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "masked_mean_bwd";
     need(op, "dout", dout.len(), batch * dim)?;
     need(op, "dx", dx.len(), batch * seq * dim)?;
     let counts = pool_counts(gpu, mask, batch, seq)?;
-    let args = [ptr(dout), ptr(mask), ptr(&counts), ptr(dx), Arg::I32(int(op, "batch", batch)?), Arg::I32(int(op, "seq", seq)?), Arg::I32(int(op, "dim", dim)?)];
+    let args = [
+        ptr(dout),
+        ptr(mask),
+        ptr(&counts),
+        ptr(dx),
+        Arg::I32(int(op, "batch", batch)?),
+        Arg::I32(int(op, "seq", seq)?),
+        Arg::I32(int(op, "dim", dim)?),
+    ];
     ew(gpu, op, batch * seq * dim, &args)
 }
 
 // ---------------------------------------------------------------- embedding (embed.cu)
 
 /// `out[i, :] = table[idx[i], :]` from an fp32 table; indices must be `< table rows`.
-pub fn embed_gather_f32(gpu: &Gpu, table: &GpuBuf<f32>, idx: &GpuBuf<i32>, n: usize, dim: usize, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn embed_gather_f32(
+    gpu: &Gpu,
+    table: &GpuBuf<f32>,
+    idx: &GpuBuf<i32>,
+    n: usize,
+    dim: usize,
+    out: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "embed_gather_f32";
     need(op, "idx", idx.len(), n)?;
     need(op, "out", out.len(), n * dim)?;
@@ -541,7 +863,14 @@ pub fn embed_gather_f32(gpu: &Gpu, table: &GpuBuf<f32>, idx: &GpuBuf<i32>, n: us
 }
 
 /// The same from a bf16 table (the frozen base embedding), widened to fp32.
-pub fn embed_gather_bf16(gpu: &Gpu, table: &GpuBuf<u16>, idx: &GpuBuf<i32>, n: usize, dim: usize, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn embed_gather_bf16(
+    gpu: &Gpu,
+    table: &GpuBuf<u16>,
+    idx: &GpuBuf<i32>,
+    n: usize,
+    dim: usize,
+    out: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "embed_gather_bf16";
     need(op, "idx", idx.len(), n)?;
     need(op, "out", out.len(), n * dim)?;
@@ -549,7 +878,14 @@ pub fn embed_gather_bf16(gpu: &Gpu, table: &GpuBuf<u16>, idx: &GpuBuf<i32>, n: u
 }
 
 /// `out[idx[k], :] += src[k, :]` in order of `k` (bit-identical to the twin).
-pub fn embed_scatter_add(gpu: &Gpu, src: &GpuBuf<f32>, idx: &GpuBuf<i32>, n: usize, dim: usize, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn embed_scatter_add(
+    gpu: &Gpu,
+    src: &GpuBuf<f32>,
+    idx: &GpuBuf<i32>,
+    n: usize,
+    dim: usize,
+    out: &mut GpuBuf<f32>,
+) -> Result<()> {
     let op = "embed_scatter_add";
     need(op, "src", src.len(), n * dim)?;
     need(op, "idx", idx.len(), n)?;
@@ -559,7 +895,14 @@ pub fn embed_scatter_add(gpu: &Gpu, src: &GpuBuf<f32>, idx: &GpuBuf<i32>, n: usi
 // ---------------------------------------------------------------- optimizer, casts
 
 /// One fused AdamW step over a parameter tensor (adamw.cu), as `cpu::optim::adamw_step`.
-pub fn adamw_step(gpu: &Gpu, w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, m: &mut GpuBuf<f32>, v: &mut GpuBuf<f32>, s: &crate::cpu::optim::AdamWStep) -> Result<()> {
+pub fn adamw_step(
+    gpu: &Gpu,
+    w: &mut GpuBuf<f32>,
+    grad: &GpuBuf<f32>,
+    m: &mut GpuBuf<f32>,
+    v: &mut GpuBuf<f32>,
+    s: &crate::cpu::optim::AdamWStep,
+) -> Result<()> {
     let op = "adamw_step";
     let n = w.len();
     need(op, "grad", grad.len(), n)?;

@@ -167,7 +167,10 @@ impl Gpu {
         let (_, k) = source::find_kernel(name).ok_or_else(|| CudaError::UnknownKernel(name.into()))?;
         let got: Vec<Param> = args.iter().map(Arg::param).collect();
         if got != k.params {
-            return Err(CudaError::Unsupported(format!("launch of {name}: arguments {got:?}, kernel takes {:?}", k.params)));
+            return Err(CudaError::Unsupported(format!(
+                "launch of {name}: arguments {got:?}, kernel takes {:?}",
+                k.params
+            )));
         }
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(()); // nothing to do (an empty tensor)

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 /// Options given to NVRTC at run time, and to nvcc by `cargo xtask check-kernels` (both
 /// accept these spellings). No fast math: the kernels are compared with their CPU twins.
-pub const NVRTC_OPTIONS: &[&str] = &["--std=c++17", "--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"];
+pub const NVRTC_OPTIONS: &[&str] =
+    &["--std=c++17", "--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"];
 
 /// The architecture option for `arch` (`sm_90`), the same for NVRTC and nvcc.
 pub fn arch_option(arch: &str) -> String {
@@ -220,7 +221,10 @@ pub fn nvrtc_compile(src: &KernelSource, arch: &str, output: Output) -> Result<V
                         Err(e) => Err(e.into()),
                         Ok(()) => {
                             let mut buf = vec![0u8; size];
-                            sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _).result().map(|_| buf).map_err(CudaError::from)
+                            sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _)
+                                .result()
+                                .map(|_| buf)
+                                .map_err(CudaError::from)
                         }
                     }
                 }
@@ -291,7 +295,8 @@ pub fn cubin_cached(src: &KernelSource, arch: &str) -> Result<Compiled> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
+    let tmp =
+        dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
@@ -327,7 +332,10 @@ pub fn verify_ptx(src: &KernelSource, ptx: &str) -> Vec<String> {
             Some(got) => {
                 let want: Vec<&str> = k.params.iter().map(|p| p.ptx_type()).collect();
                 if got != want {
-                    problems.push(format!("{}: {} takes {:?} in PTX, the wrapper table says {:?}", src.file, k.name, got, want));
+                    problems.push(format!(
+                        "{}: {} takes {:?} in PTX, the wrapper table says {:?}",
+                        src.file, k.name, got, want
+                    ));
                 }
             }
         }
@@ -368,7 +376,12 @@ mod tests {
         for s in SOURCES {
             assert!(!s.kernels.is_empty(), "{}", s.file);
             for k in s.kernels {
-                assert!(s.src.contains(&format!("extern \"C\" __global__ void {}(", k.name)), "{} lacks {}", s.file, k.name);
+                assert!(
+                    s.src.contains(&format!("extern \"C\" __global__ void {}(", k.name)),
+                    "{} lacks {}",
+                    s.file,
+                    k.name
+                );
             }
         }
         assert!(find_kernel("attention_fwd").is_some());
@@ -377,7 +390,8 @@ mod tests {
 
     #[test]
     fn reads_ptx_entry_parameters() {
-        let ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t.param .f32 k_param_2\n)\n{\n}";
+        let ptx =
+            ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n\t.param .f32 k_param_2\n)\n{\n}";
         assert_eq!(ptx_params(ptx, "k").unwrap(), vec![".u64", ".u32", ".f32"]);
         assert!(ptx_params(ptx, "other").is_none());
     }

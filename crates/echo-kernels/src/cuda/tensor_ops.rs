@@ -40,7 +40,10 @@ fn exact(op: &str, what: &str, have: usize, want: usize) -> Result<()> {
 }
 
 fn numel(op: &str, what: &str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| bad(op, format!("{what} shape {shape:?} overflows")))
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(op, format!("{what} shape {shape:?} overflows")))
 }
 
 fn i64_arg(v: usize) -> Arg {
@@ -61,13 +64,19 @@ fn vec6(v: &[usize], pad: usize) -> [Arg; MAX_DIMS] {
 /// One thread per element (element-wise kernels), `n > 0`.
 fn launch_flat(gpu: &Gpu, name: &str, n: usize, args: &[Arg]) -> Result<()> {
     let blocks = n.div_ceil(TS_THREADS as usize);
-    let blocks = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| bad(name, format!("{n} elements need too many blocks")))?;
+    let blocks = u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| bad(name, format!("{n} elements need too many blocks")))?;
     gpu.launch(name, (blocks, 1, 1), (TS_THREADS, 1, 1), args)
 }
 
 /// One block per unit of work (a row), `n > 0`.
 fn launch_blocks(gpu: &Gpu, name: &str, n: usize, args: &[Arg]) -> Result<()> {
-    let blocks = u32::try_from(n).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| bad(name, format!("{n} blocks exceed the grid")))?;
+    let blocks = u32::try_from(n)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| bad(name, format!("{n} blocks exceed the grid")))?;
     gpu.launch(name, (blocks, 1, 1), (TS_THREADS, 1, 1), args)
 }
 
@@ -84,7 +93,8 @@ fn merge_dims(dims: &[usize], strides: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<us
         if size == 1 {
             continue;
         }
-        let joins = !md.is_empty() && ms.iter().zip(strides).all(|(m, s)| *m.last().expect("same length as md") == s[d] * size);
+        let joins =
+            !md.is_empty() && ms.iter().zip(strides).all(|(m, s)| *m.last().expect("same length as md") == s[d] * size);
         if joins {
             *md.last_mut().expect("non-empty") *= size;
             for (m, s) in ms.iter_mut().zip(strides) {
@@ -123,7 +133,10 @@ fn broadcast_strides(op: &str, what: &str, shape: &[usize], out: &[usize]) -> Re
 
 fn check_rank(op: &str, what: &str, dims: &[usize]) -> Result<()> {
     if dims.len() > MAX_DIMS {
-        return Err(bad(op, format!("{what} has {} dimensions after merging, at most {MAX_DIMS} are supported", dims.len())));
+        return Err(bad(
+            op,
+            format!("{what} has {} dimensions after merging, at most {MAX_DIMS} are supported", dims.len()),
+        ));
     }
     Ok(())
 }
@@ -191,7 +204,9 @@ fn reduce_plan(op: &str, x_dims: &[(usize, bool)]) -> Result<ReducePlan> {
     if n > SHORT_AXIS {
         return Ok(if inner == 1 { ReducePlan::Rows { rows: outer, n } } else { ReducePlan::Cols { outer, n, inner } });
     }
-    let pick = |reduced: bool| -> (Vec<usize>, Vec<usize>) { runs.iter().filter(|r| r.2 == reduced).map(|r| (r.0, r.1)).unzip() };
+    let pick = |reduced: bool| -> (Vec<usize>, Vec<usize>) {
+        runs.iter().filter(|r| r.2 == reduced).map(|r| (r.0, r.1)).unzip()
+    };
     let ((kept, kept_strides), (red, red_strides)) = (pick(false), pick(true));
     check_rank(op, "the kept dimensions", &kept)?;
     check_rank(op, "the reduced dimensions", &red)?;
@@ -209,7 +224,8 @@ fn sum_to_dims(op: &str, x_shape: &[usize], y_shape: &[usize]) -> Result<Vec<(us
 /// `y` dimensions and x strides of a permutation: output dimension `d` is x's `perm[d]`.
 fn permute_plan(op: &str, x_shape: &[usize], perm: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
     let mut seen = vec![false; x_shape.len()];
-    if perm.len() != x_shape.len() || perm.iter().any(|&p| p >= x_shape.len() || std::mem::replace(&mut seen[p], true)) {
+    if perm.len() != x_shape.len() || perm.iter().any(|&p| p >= x_shape.len() || std::mem::replace(&mut seen[p], true))
+    {
         return Err(bad(op, format!("{perm:?} is not a permutation of the dimensions of {x_shape:?}")));
     }
     let xs = crate::cpu::tensor_ref::strides(x_shape);
@@ -250,14 +266,28 @@ pub fn unary(gpu: &Gpu, op: UnaryOp, x: &GpuBuf<f32>, y: &mut GpuBuf<f32>) -> Re
         return Ok(());
     }
     let (code, s) = unary_code(op);
-    launch_flat(gpu, "tensor_unary", n, &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), i64_arg(n), Arg::I32(code), Arg::F32(s)])
+    launch_flat(
+        gpu,
+        "tensor_unary",
+        n,
+        &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), i64_arg(n), Arg::I32(code), Arg::F32(s)],
+    )
 }
 
 /// `out = a op b` with numpy broadcasting: `a_shape` and `b_shape` are right-aligned with
 /// `out_shape` (they may have fewer dimensions), each dimension 1 or out's. Any rank works
 /// as long as the merged index space has at most [`MAX_DIMS`] dimensions (always true up to 6).
 #[allow(clippy::too_many_arguments)]
-pub fn binary(gpu: &Gpu, op: BinaryOp, a: &GpuBuf<f32>, a_shape: &[usize], b: &GpuBuf<f32>, b_shape: &[usize], out: &mut GpuBuf<f32>, out_shape: &[usize]) -> Result<()> {
+pub fn binary(
+    gpu: &Gpu,
+    op: BinaryOp,
+    a: &GpuBuf<f32>,
+    a_shape: &[usize],
+    b: &GpuBuf<f32>,
+    b_shape: &[usize],
+    out: &mut GpuBuf<f32>,
+    out_shape: &[usize],
+) -> Result<()> {
     let name = "binary";
     exact(name, "a", a.len(), numel(name, "a", a_shape)?)?;
     exact(name, "b", b.len(), numel(name, "b", b_shape)?)?;
@@ -293,10 +323,13 @@ pub fn add_assign(gpu: &Gpu, y: &mut GpuBuf<f32>, x: &GpuBuf<f32>) -> Result<()>
 fn run_reduce(gpu: &Gpu, op: ReduceOp, plan: &ReducePlan, x: &GpuBuf<f32>, y: &mut GpuBuf<f32>) -> Result<()> {
     let (xp, yp, code) = (Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), Arg::I32(reduce_code(op)));
     match plan {
-        ReducePlan::Rows { rows, n } => launch_blocks(gpu, "tensor_reduce_rows", *rows, &[xp, yp, i64_arg(*rows), i64_arg(*n), code]),
+        ReducePlan::Rows { rows, n } => {
+            launch_blocks(gpu, "tensor_reduce_rows", *rows, &[xp, yp, i64_arg(*rows), i64_arg(*n), code])
+        }
         ReducePlan::Cols { outer, n, inner } => {
             let name = "tensor_reduce_cols";
-            let blocks = outer.checked_mul(inner.div_ceil(TS_COL_TILE)).ok_or_else(|| bad(name, "too many blocks".into()))?;
+            let blocks =
+                outer.checked_mul(inner.div_ceil(TS_COL_TILE)).ok_or_else(|| bad(name, "too many blocks".into()))?;
             launch_blocks(gpu, name, blocks, &[xp, yp, i64_arg(*outer), i64_arg(*n), i64_arg(*inner), code])
         }
         ReducePlan::Strided { kept, kept_strides, red, red_strides } => {
@@ -313,7 +346,15 @@ fn run_reduce(gpu: &Gpu, op: ReduceOp, plan: &ReducePlan, x: &GpuBuf<f32>, y: &m
 
 /// `y[o, i] = reduce_k x[o, k, i]`: x viewed as `[outer, n, inner]`, y holds `outer * inner`.
 /// `n == 0` gives 0 (sum) or -inf (max).
-pub fn reduce_axis(gpu: &Gpu, op: ReduceOp, x: &GpuBuf<f32>, outer: usize, n: usize, inner: usize, y: &mut GpuBuf<f32>) -> Result<()> {
+pub fn reduce_axis(
+    gpu: &Gpu,
+    op: ReduceOp,
+    x: &GpuBuf<f32>,
+    outer: usize,
+    n: usize,
+    inner: usize,
+    y: &mut GpuBuf<f32>,
+) -> Result<()> {
     let name = "reduce_axis";
     exact(name, "x", x.len(), numel(name, "x", &[outer, n, inner])?)?;
     exact(name, "y", y.len(), numel(name, "y", &[outer, inner])?)?;
@@ -347,19 +388,38 @@ pub fn softmax_rows(gpu: &Gpu, x: &GpuBuf<f32>, y: &mut GpuBuf<f32>, rows: usize
     if n == 0 {
         return Ok(());
     }
-    launch_blocks(gpu, "tensor_softmax_rows", rows, &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), i64_arg(rows), i64_arg(cols)])
+    launch_blocks(
+        gpu,
+        "tensor_softmax_rows",
+        rows,
+        &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), i64_arg(rows), i64_arg(cols)],
+    )
 }
 
 /// The last element a block of `rows` x `cols` at `off` with `pitch` touches, plus one.
 fn span_end(op: &str, what: &str, off: usize, pitch: usize, rows: usize, cols: usize) -> Result<usize> {
-    (rows - 1).checked_mul(pitch).and_then(|v| v.checked_add(off)).and_then(|v| v.checked_add(cols)).ok_or_else(|| bad(op, format!("{what} block overflows")))
+    (rows - 1)
+        .checked_mul(pitch)
+        .and_then(|v| v.checked_add(off))
+        .and_then(|v| v.checked_add(cols))
+        .ok_or_else(|| bad(op, format!("{what} block overflows")))
 }
 
 /// `dst[dst_off + r dst_pitch + c] = src[src_off + r src_pitch + c]` for `r < rows`,
 /// `c < cols` (narrow and concat along any dimension: one call per part). `src_pitch` may be
 /// anything (0 repeats a row); `dst_pitch` must be at least `cols` so rows do not overlap.
 #[allow(clippy::too_many_arguments)]
-pub fn copy_2d(gpu: &Gpu, src: &GpuBuf<f32>, src_off: usize, src_pitch: usize, dst: &mut GpuBuf<f32>, dst_off: usize, dst_pitch: usize, rows: usize, cols: usize) -> Result<()> {
+pub fn copy_2d(
+    gpu: &Gpu,
+    src: &GpuBuf<f32>,
+    src_off: usize,
+    src_pitch: usize,
+    dst: &mut GpuBuf<f32>,
+    dst_off: usize,
+    dst_pitch: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     let name = "copy_2d";
     if rows == 0 || cols == 0 {
         return Ok(());
@@ -370,11 +430,25 @@ pub fn copy_2d(gpu: &Gpu, src: &GpuBuf<f32>, src_off: usize, src_pitch: usize, d
     for (what, len, off, pitch) in [("src", src.len(), src_off, src_pitch), ("dst", dst.len(), dst_off, dst_pitch)] {
         let end = span_end(name, what, off, pitch, rows, cols)?;
         if end > len {
-            return Err(bad(name, format!("{what} block of {rows} x {cols} at {off} (pitch {pitch}) ends at {end}, past its {len} elements")));
+            return Err(bad(
+                name,
+                format!(
+                    "{what} block of {rows} x {cols} at {off} (pitch {pitch}) ends at {end}, past its {len} elements"
+                ),
+            ));
         }
     }
     let n = numel(name, "block", &[rows, cols])?;
-    let args = [Arg::Ptr(src.ptr()), i64_arg(src_off), i64_arg(src_pitch), Arg::Ptr(dst.ptr()), i64_arg(dst_off), i64_arg(dst_pitch), i64_arg(rows), i64_arg(cols)];
+    let args = [
+        Arg::Ptr(src.ptr()),
+        i64_arg(src_off),
+        i64_arg(src_pitch),
+        Arg::Ptr(dst.ptr()),
+        i64_arg(dst_off),
+        i64_arg(dst_pitch),
+        i64_arg(rows),
+        i64_arg(cols),
+    ];
     launch_flat(gpu, "tensor_copy_2d", n, &args)
 }
 
@@ -446,11 +520,17 @@ mod tests {
             }
             ReducePlan::Cols { outer, n, inner } => {
                 assert_eq!(outer * inner, n_out);
-                (0..outer * inner).map(|j| fold(&mut (0..*n).map(|k| x[((j / inner) * n + k) * inner + j % inner]))).collect()
+                (0..outer * inner)
+                    .map(|j| fold(&mut (0..*n).map(|k| x[((j / inner) * n + k) * inner + j % inner])))
+                    .collect()
             }
             ReducePlan::Strided { kept, kept_strides, red, red_strides } => {
                 let n_red: usize = red.iter().product();
-                (0..n_out).map(|j| fold(&mut (0..n_red).map(|r| x[offset(j, kept, kept_strides) + offset(r, red, red_strides)]))).collect()
+                (0..n_out)
+                    .map(|j| {
+                        fold(&mut (0..n_red).map(|r| x[offset(j, kept, kept_strides) + offset(r, red, red_strides)]))
+                    })
+                    .collect()
             }
         }
     }
@@ -465,7 +545,10 @@ mod tests {
         // Contiguous: everything merges into one dimension.
         assert_eq!(merge_dims(&[2, 3, 4], &[vec![12, 4, 1]]), (vec![24], vec![vec![1]]));
         // A broadcast inner dimension stops the merge; size-1 dimensions vanish.
-        assert_eq!(merge_dims(&[2, 1, 3, 4], &[vec![12, 12, 4, 1], vec![1, 0, 0, 0]]), (vec![2, 12], vec![vec![12, 1], vec![1, 0]]));
+        assert_eq!(
+            merge_dims(&[2, 1, 3, 4], &[vec![12, 12, 4, 1], vec![1, 0, 0, 0]]),
+            (vec![2, 12], vec![vec![12, 1], vec![1, 0]])
+        );
         assert_eq!(merge_dims(&[1, 1], &[vec![0, 0]]), (vec![], vec![vec![]]));
     }
 
@@ -485,7 +568,8 @@ mod tests {
             let plan = binary_plan("t", &sa, &sb, &out).unwrap();
             assert!(plan.dims.len() <= MAX_DIMS && plan.dims.iter().all(|&d| d > 1), "{plan:?}");
             let n = twin::numel(&out);
-            let got: Vec<f32> = (0..n).map(|i| a[offset(i, &plan.dims, &plan.a)] - b[offset(i, &plan.dims, &plan.b)]).collect();
+            let got: Vec<f32> =
+                (0..n).map(|i| a[offset(i, &plan.dims, &plan.a)] - b[offset(i, &plan.dims, &plan.b)]).collect();
             let mut want = vec![0.0; n];
             twin::binary(BinaryOp::Sub, &a, &sa, &b, &sb, &mut want, &out);
             assert_eq!(got, want, "case {case}: {sa:?} - {sb:?} -> {out:?}, {plan:?}");
@@ -509,7 +593,9 @@ mod tests {
     fn reduce_plans_match_the_twin() {
         let mut rng = TestRng::new(6);
         // reduce_axis: every route, short and long axes, size-1 and empty axes.
-        for &(outer, n, inner) in &[(1, 1, 1), (3, 5, 7), (2, 40, 1), (1, 100, 3), (4, 33, 9), (5, 0, 2), (1, 7, 1), (6, 1, 5)] {
+        for &(outer, n, inner) in
+            &[(1, 1, 1), (3, 5, 7), (2, 40, 1), (1, 100, 3), (4, 33, 9), (5, 0, 2), (1, 7, 1), (6, 1, 5)]
+        {
             let x = rng.vec(outer * n * inner, 1.0);
             let plan = reduce_plan("t", &[(outer, false), (n, true), (inner, false)]).unwrap();
             for op in [ReduceOp::Sum, ReduceOp::Max] {
@@ -541,12 +627,18 @@ mod tests {
         let p = |dims: &[(usize, bool)]| reduce_plan("t", dims).unwrap();
         assert_eq!(p(&[(64, false), (577, true)]), ReducePlan::Rows { rows: 64, n: 577 });
         assert_eq!(p(&[(64, true), (577, false)]), ReducePlan::Cols { outer: 1, n: 64, inner: 577 });
-        assert_eq!(p(&[(2, false), (3, true), (20, true), (1, false), (5, false)]), ReducePlan::Cols { outer: 2, n: 60, inner: 5 });
+        assert_eq!(
+            p(&[(2, false), (3, true), (20, true), (1, false), (5, false)]),
+            ReducePlan::Cols { outer: 2, n: 60, inner: 5 }
+        );
         // A short axis, and a kept-reduced-kept-reduced pattern, go one thread per output.
         assert!(matches!(p(&[(1000, false), (3, true)]), ReducePlan::Strided { .. }));
         assert!(matches!(p(&[(50, true), (7, false), (50, true)]), ReducePlan::Strided { .. }));
         // Nothing reduced: a copy through the strided kernel (one term per output).
-        assert_eq!(p(&[(4, false), (6, false)]), ReducePlan::Strided { kept: vec![24], kept_strides: vec![1], red: vec![], red_strides: vec![] });
+        assert_eq!(
+            p(&[(4, false), (6, false)]),
+            ReducePlan::Strided { kept: vec![24], kept_strides: vec![1], red: vec![], red_strides: vec![] }
+        );
     }
 
     #[test]

@@ -236,7 +236,11 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> std::result::Result<Ve
         }),
         other => {
             let names: Vec<&str> = SUPPORTED.iter().map(|t| t.name()).collect();
-            return Err(format!("GGML tensor type {} is not supported (supported: {})", other.name(), names.join(", ")));
+            return Err(format!(
+                "GGML tensor type {} is not supported (supported: {})",
+                other.name(),
+                names.join(", ")
+            ));
         }
     }
     Ok(out)

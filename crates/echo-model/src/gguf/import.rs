@@ -76,7 +76,10 @@ pub fn unpermute_qk(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f3
 
 fn reorder_rows(w: &[f32], rows: usize, cols: usize, heads: usize, inverse: bool) -> Vec<f32> {
     assert_eq!(w.len(), rows * cols, "reorder_rows: {} values for [{rows}, {cols}]", w.len());
-    assert!(heads > 0 && rows % (2 * heads) == 0, "reorder_rows: {rows} rows do not split into {heads} heads of even size");
+    assert!(
+        heads > 0 && rows % (2 * heads) == 0,
+        "reorder_rows: {rows} rows do not split into {heads} heads of even size"
+    );
     let d = rows / heads;
     let half = d / 2;
     let mut out = vec![0.0f32; w.len()];
@@ -106,7 +109,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     let unsupported = |what: String| Error::Unsupported { path: gguf.to_path_buf(), what };
     let arch = g.opt_str("general.architecture")?.ok_or_else(|| g.key_err("general.architecture", "missing"))?;
     if arch != "llama" {
-        return Err(unsupported(format!("general.architecture `{arch}` (only `llama` — LLaMA, SmolLM2, TinyLlama, Mistral-style — is supported)")));
+        return Err(unsupported(format!(
+            "general.architecture `{arch}` (only `llama` — LLaMA, SmolLM2, TinyLlama, Mistral-style — is supported)"
+        )));
     }
     let key = |k: &str| format!("{arch}.{k}");
     if g.opt_u64(&key("expert_count"))?.unwrap_or(0) > 0 {
@@ -118,15 +123,25 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     let kv_heads = g.opt_u64(&key("attention.head_count_kv"))?.map_or(heads, |v| v as usize);
     let ffn = g.u64_key(&key("feed_forward_length"))? as usize;
     let ctx = g.u64_key(&key("context_length"))? as usize;
-    let eps = g.opt_f64(&key("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| g.key_err(&key("attention.layer_norm_rms_epsilon"), "missing"))?;
+    let eps = g
+        .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
+        .ok_or_else(|| g.key_err(&key("attention.layer_norm_rms_epsilon"), "missing"))?;
     let theta = g.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
     if heads == 0 || kv_heads == 0 || hidden == 0 {
-        return Err(g.key_err(&key("attention.head_count"), format!("heads {heads}, kv heads {kv_heads}, hidden {hidden}: must all be > 0")));
+        return Err(g.key_err(
+            &key("attention.head_count"),
+            format!("heads {heads}, kv heads {kv_heads}, hidden {hidden}: must all be > 0"),
+        ));
     }
     let head_dim = match g.opt_u64(&key("attention.key_length"))? {
         Some(k) => k as usize,
         None if hidden % heads == 0 => hidden / heads,
-        None => return Err(g.key_err(&key("attention.head_count"), format!("{heads} heads do not divide embedding_length {hidden}"))),
+        None => {
+            return Err(g.key_err(
+                &key("attention.head_count"),
+                format!("{heads} heads do not divide embedding_length {hidden}"),
+            ))
+        }
     };
     if let Some(v) = g.opt_u64(&key("attention.value_length"))? {
         if v as usize != head_dim {
@@ -135,7 +150,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     }
     if let Some(r) = g.opt_u64(&key("rope.dimension_count"))? {
         if r as usize != head_dim {
-            return Err(unsupported(format!("partial rotary embedding (rope.dimension_count {r} of head dim {head_dim})")));
+            return Err(unsupported(format!(
+                "partial rotary embedding (rope.dimension_count {r} of head dim {head_dim})"
+            )));
         }
     }
     match g.opt_str(&key("rope.scaling.type"))? {
@@ -144,7 +161,10 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
         Some(t) => return Err(unsupported(format!("{arch}.rope.scaling.type `{t}` (only unscaled RoPE is imported)"))),
     }
     if g.tensor("rope_freqs.weight").is_some() {
-        return Err(unsupported("tensor `rope_freqs.weight` (LLaMA-3.1 style RoPE frequency factors; import the HF checkpoint instead)".into()));
+        return Err(unsupported(
+            "tensor `rope_freqs.weight` (LLaMA-3.1 style RoPE frequency factors; import the HF checkpoint instead)"
+                .into(),
+        ));
     }
 
     let tok = tokenizer::build(&g)?;
@@ -201,11 +221,19 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     let mut out: Vec<(String, SaveTensor)> = Vec::with_capacity(g.tensors.len());
     let mut types = BTreeMap::new();
     for t in &g.tensors {
-        let name = hf_name(&t.name).ok_or_else(|| unsupported(format!("tensor `{}` has no HF LLaMA counterpart", t.name)))?;
-        let want = expected.remove(&name).ok_or_else(|| unsupported(format!("tensor `{}` (→ `{name}`) is not part of a {layers}-layer LLaMA", t.name)))?;
+        let name =
+            hf_name(&t.name).ok_or_else(|| unsupported(format!("tensor `{}` has no HF LLaMA counterpart", t.name)))?;
+        let want = expected.remove(&name).ok_or_else(|| {
+            unsupported(format!("tensor `{}` (→ `{name}`) is not part of a {layers}-layer LLaMA", t.name))
+        })?;
         let shape = t.torch_shape();
         if shape != want {
-            return Err(Error::TensorShape { path: gguf.to_path_buf(), name: t.name.clone(), expected: want, got: shape });
+            return Err(Error::TensorShape {
+                path: gguf.to_path_buf(),
+                name: t.name.clone(),
+                expected: want,
+                got: shape,
+            });
         }
         let mut data = g.tensor_f32(t)?;
         if name.ends_with("q_proj.weight") {
@@ -227,13 +255,21 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let n_tensors = out.len();
     let source = gguf.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let meta = HashMap::from([("format".to_string(), "pt".to_string()), ("source".to_string(), format!("gguf:{source}"))]);
+    let meta =
+        HashMap::from([("format".to_string(), "pt".to_string()), ("source".to_string(), format!("gguf:{source}"))]);
     save_safetensors(&out_dir.join("model.safetensors"), out, Some(meta))?;
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("json");
     write_atomic(&out_dir.join("tokenizer.json"), &pretty(&tok.tokenizer_json))?;
     write_atomic(&out_dir.join("tokenizer_config.json"), &pretty(&tok.tokenizer_config))?;
-    let gen = json!({"bos_token_id": tok.special.bos, "eos_token_id": tok.special.eos, "pad_token_id": tok.special.pad});
+    let gen =
+        json!({"bos_token_id": tok.special.bos, "eos_token_id": tok.special.eos, "pad_token_id": tok.special.pad});
     write_atomic(&out_dir.join("generation_config.json"), &pretty(&gen))?;
     write_atomic(&cfg_path, cfg_text.as_bytes())?;
-    Ok(ImportSummary { out_dir: out_dir.to_path_buf(), config, tensors: n_tensors, types, model_name: g.opt_str("general.name")?.map(str::to_string) })
+    Ok(ImportSummary {
+        out_dir: out_dir.to_path_buf(),
+        config,
+        tensors: n_tensors,
+        types,
+        model_name: g.opt_str("general.name")?.map(str::to_string),
+    })
 }

@@ -109,7 +109,9 @@ impl Value {
     /// A short description for error messages (`u32 7`, `array of 3 string`, ...).
     pub fn describe(&self) -> String {
         match self {
-            Value::String(s) if s.len() > 40 => format!("string {:?}...", &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)]),
+            Value::String(s) if s.len() > 40 => {
+                format!("string {:?}...", &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)])
+            }
             Value::String(s) => format!("string {s:?}"),
             Value::Array(t, v) => format!("array of {} {}", v.len(), type_name(*t)),
             other => format!("{} {other:?}", type_name(other.type_code())),
@@ -178,7 +180,10 @@ pub struct GgufFile {
 
 /// A GGUF format error naming the file.
 pub(crate) fn bad(path: &Path, msg: impl Into<String>) -> Error {
-    Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a valid GGUF file: {}", msg.into())))
+    Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a valid GGUF file: {}", msg.into())),
+    )
 }
 
 struct Cursor<'a> {
@@ -196,7 +201,14 @@ impl<'a> Cursor<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(bad(self.path, format!("truncated: {what} needs {n} bytes at offset {}, but the file has {} bytes", self.pos, self.data.len()))),
+            None => Err(bad(
+                self.path,
+                format!(
+                    "truncated: {what} needs {n} bytes at offset {}, but the file has {} bytes",
+                    self.pos,
+                    self.data.len()
+                ),
+            )),
         }
     }
     fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
@@ -216,7 +228,13 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let n = self.u64(what)?;
         if n.saturating_mul(min_size as u64) > self.remaining() as u64 {
-            return Err(bad(self.path, format!("truncated or corrupt: {what} = {n} at offset {at}, but only {} bytes follow", self.remaining())));
+            return Err(bad(
+                self.path,
+                format!(
+                    "truncated or corrupt: {what} = {n} at offset {at}, but only {} bytes follow",
+                    self.remaining()
+                ),
+            ));
         }
         Ok(n as usize)
     }
@@ -224,7 +242,8 @@ impl<'a> Cursor<'a> {
         let n = self.count(&format!("length of {what}"), 1)?;
         let at = self.pos;
         let bytes = self.take(n, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| bad(self.path, format!("{what} at offset {at} is not valid UTF-8")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| bad(self.path, format!("{what} at offset {at} is not valid UTF-8")))
     }
     fn value(&mut self, code: u32, key: &str, depth: usize) -> Result<Value> {
         Ok(match code {
@@ -240,7 +259,12 @@ impl<'a> Cursor<'a> {
                 match self.arr::<1>(key)?[0] {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    b => return Err(bad(self.path, format!("metadata `{key}`: bool byte {b} at offset {at} is neither 0 nor 1"))),
+                    b => {
+                        return Err(bad(
+                            self.path,
+                            format!("metadata `{key}`: bool byte {b} at offset {at} is neither 0 nor 1"),
+                        ))
+                    }
                 }
             }
             8 => Value::String(self.string(&format!("metadata `{key}`"))?),
@@ -251,7 +275,8 @@ impl<'a> Cursor<'a> {
                     return Err(bad(self.path, format!("metadata `{key}`: nested arrays are not supported")));
                 }
                 let elem = self.u32(key)?;
-                let min = elem_min_size(elem).ok_or_else(|| bad(self.path, format!("metadata `{key}`: unknown array element type {elem}")))?;
+                let min = elem_min_size(elem)
+                    .ok_or_else(|| bad(self.path, format!("metadata `{key}`: unknown array element type {elem}")))?;
                 let n = self.count(&format!("element count of `{key}`"), min)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -332,7 +357,8 @@ impl GgufFile {
                 ne.push(c.u64(&format!("dimensions of `{name}`"))?);
             }
             let code = c.u32(&format!("type of `{name}`"))?;
-            let ggml_type = GgmlType::from_code(code).ok_or_else(|| bad(path, format!("tensor `{name}` has unknown GGML tensor type {code}")))?;
+            let ggml_type = GgmlType::from_code(code)
+                .ok_or_else(|| bad(path, format!("tensor `{name}` has unknown GGML tensor type {code}")))?;
             let offset = c.u64(&format!("data offset of `{name}`"))?;
             let info = TensorInfo { name, ne, ggml_type, offset };
             let numel = info.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -352,7 +378,13 @@ impl GgufFile {
                 }
             }
             if offset % alignment != 0 {
-                return Err(bad(path, format!("tensor `{}` data offset {offset} is not a multiple of the alignment {alignment}", info.name)));
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor `{}` data offset {offset} is not a multiple of the alignment {alignment}",
+                        info.name
+                    ),
+                ));
             }
             tensors.push(info);
         }
@@ -396,8 +428,9 @@ impl GgufFile {
     /// A tensor dequantised to f32, in ggml order (row-major with `ne[0]` contiguous, i.e. the
     /// PyTorch shape [`TensorInfo::torch_shape`]).
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        super::dequant::dequantize(t.ggml_type, self.tensor_bytes(t), t.numel() as usize)
-            .map_err(|what| Error::Unsupported { path: self.path.clone(), what: format!("tensor `{}`: {what}", t.name) })
+        super::dequant::dequantize(t.ggml_type, self.tensor_bytes(t), t.numel() as usize).map_err(|what| {
+            Error::Unsupported { path: self.path.clone(), what: format!("tensor `{}`: {what}", t.name) }
+        })
     }
 
     // Typed metadata accessors: each error names the file and the key.
@@ -418,31 +451,49 @@ impl GgufFile {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.key_err(key, format!("expected a number, got {}", v.describe()))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.key_err(key, format!("expected a number, got {}", v.describe()))),
         }
     }
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.key_err(key, format!("expected a string, got {}", v.describe()))),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.key_err(key, format!("expected a string, got {}", v.describe()))),
         }
     }
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.key_err(key, format!("expected a bool, got {}", v.describe()))),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| self.key_err(key, format!("expected a bool, got {}", v.describe())))
+            }
         }
     }
     /// An array of strings.
     pub fn str_array(&self, key: &str) -> Result<Vec<&str>> {
         let v = self.req(key)?;
-        let items = v.as_array().ok_or_else(|| self.key_err(key, format!("expected an array of strings, got {}", v.describe())))?;
-        items.iter().map(|x| x.as_str().ok_or_else(|| self.key_err(key, format!("expected strings, found {}", x.describe())))).collect()
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.key_err(key, format!("expected an array of strings, got {}", v.describe())))?;
+        items
+            .iter()
+            .map(|x| x.as_str().ok_or_else(|| self.key_err(key, format!("expected strings, found {}", x.describe()))))
+            .collect()
     }
     /// An array of integers.
     pub fn int_array(&self, key: &str) -> Result<Vec<i128>> {
         let v = self.req(key)?;
-        let items = v.as_array().ok_or_else(|| self.key_err(key, format!("expected an array of integers, got {}", v.describe())))?;
-        items.iter().map(|x| x.as_int().ok_or_else(|| self.key_err(key, format!("expected integers, found {}", x.describe())))).collect()
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.key_err(key, format!("expected an array of integers, got {}", v.describe())))?;
+        items
+            .iter()
+            .map(|x| x.as_int().ok_or_else(|| self.key_err(key, format!("expected integers, found {}", x.describe()))))
+            .collect()
     }
 }

@@ -74,7 +74,8 @@ pub fn build(g: &GgufFile) -> Result<TokenizerFiles> {
         None => return Err(g.key_err("tokenizer.ggml.model", "missing: the GGUF carries no tokenizer")),
     }
     let pre_name = g.opt_str("tokenizer.ggml.pre")?.unwrap_or("default");
-    let pre = pre_tokenizer(pre_name).ok_or_else(|| unsupported(format!("tokenizer.ggml.pre `{pre_name}` (known: {})", KNOWN_PRE.join(", "))))?;
+    let pre = pre_tokenizer(pre_name)
+        .ok_or_else(|| unsupported(format!("tokenizer.ggml.pre `{pre_name}` (known: {})", KNOWN_PRE.join(", "))))?;
     let tokens = g.str_array("tokenizer.ggml.tokens")?;
     if tokens.is_empty() {
         return Err(g.key_err("tokenizer.ggml.tokens", "empty vocabulary"));
@@ -84,7 +85,9 @@ pub fn build(g: &GgufFile) -> Result<TokenizerFiles> {
         None => vec![1; tokens.len()],
     };
     if types.len() != tokens.len() {
-        return Err(g.key_err("tokenizer.ggml.token_type", format!("{} entries for {} tokens", types.len(), tokens.len())));
+        return Err(
+            g.key_err("tokenizer.ggml.token_type", format!("{} entries for {} tokens", types.len(), tokens.len()))
+        );
     }
     let merges = match g.get("tokenizer.ggml.merges") {
         Some(_) => g.str_array("tokenizer.ggml.merges")?,
@@ -138,7 +141,9 @@ pub fn build(g: &GgufFile) -> Result<TokenizerFiles> {
     let add_bos = g.opt_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
     let add_eos = g.opt_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
     let post_processor = match (add_bos.then_some(special.bos).flatten(), add_eos.then_some(special.eos).flatten()) {
-        (None, None) => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+        (None, None) => {
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+        }
         (bos, eos) => {
             let tok = |id: u32| tokens[id as usize].to_string();
             let part = |seq: &str, type_id: u32| -> Vec<Json> {

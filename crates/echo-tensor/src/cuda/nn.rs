@@ -34,7 +34,13 @@ pub(crate) fn rmsnorm_forward(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Resul
 }
 
 /// `(dx, dw)`; the kernel adds into `dw` (as the twin), so it starts from zeros.
-pub(crate) fn rmsnorm_backward(dy: &Tensor, x: &Tensor, w: Option<&Tensor>, rstd: &Tensor, want_dw: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub(crate) fn rmsnorm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: Option<&Tensor>,
+    rstd: &Tensor,
+    want_dw: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let cx = Cx::of("rmsnorm_backward", [dy, x, rstd].into_iter().chain(w))?;
     let wb = w.map(|w| cx.f32(w)).transpose()?;
     let (dyb, xb, rb) = (cx.f32(dy)?, cx.f32(x)?, cx.f32(rstd)?);
@@ -74,7 +80,13 @@ fn key_mask(cx: &Cx, key_valid: &[bool]) -> Result<GpuBuf<u8>> {
 }
 
 /// Causal GQA attention: `(out [B, T, Hq, D], lse [B, Hq, T])`. `head_dim` up to 128.
-pub(crate) fn attention_forward(d: &AttnDims, q: &Tensor, k_: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<(Tensor, Tensor)> {
+pub(crate) fn attention_forward(
+    d: &AttnDims,
+    q: &Tensor,
+    k_: &Tensor,
+    v: &Tensor,
+    key_valid: &[bool],
+) -> Result<(Tensor, Tensor)> {
     let cx = Cx::of("attention", [q, k_, v])?;
     let (qb, kb, vb) = (cx.f32(q)?, cx.f32(k_)?, cx.f32(v)?);
     let valid = key_mask(&cx, key_valid)?;
@@ -86,7 +98,16 @@ pub(crate) fn attention_forward(d: &AttnDims, q: &Tensor, k_: &Tensor, v: &Tenso
 
 /// `(dq, dk, dv)` from the forward's `out` and `lse`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_backward(d: &AttnDims, q: &Tensor, k_: &Tensor, v: &Tensor, key_valid: &[bool], out: &Tensor, lse: &Tensor, dout: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub(crate) fn attention_backward(
+    d: &AttnDims,
+    q: &Tensor,
+    k_: &Tensor,
+    v: &Tensor,
+    key_valid: &[bool],
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let cx = Cx::of("attention_backward", [q, k_, v, out, lse, dout])?;
     let (qb, kb, vb) = (cx.f32(q)?, cx.f32(k_)?, cx.f32(v)?);
     let (ob, lb, db) = (cx.f32(out)?, cx.f32(lse)?, cx.f32(dout)?);
@@ -139,7 +160,13 @@ fn inject_gpu<'t>(cx: &Cx, inj: &Injection<'t>, d: &LoraDims) -> Result<Option<I
 /// LoRA forward `(y, z)`: the base product (cuBLAS; bf16 base weights with `x` cast to
 /// bf16), the shrink with the injection fused, the expand added into `y` — the composition
 /// of `echo_kernels::cuda::ops::lora_forward`, which takes bf16 weights only.
-pub(crate) fn lora_forward(d: &LoraDims, x: &Tensor, xd: Option<&Tensor>, p: &LoraParams<'_>, inj: Option<&Injection<'_>>) -> Result<(Tensor, Tensor)> {
+pub(crate) fn lora_forward(
+    d: &LoraDims,
+    x: &Tensor,
+    xd: Option<&Tensor>,
+    p: &LoraParams<'_>,
+    inj: Option<&Injection<'_>>,
+) -> Result<(Tensor, Tensor)> {
     let cx = Cx::of("lora_linear", lora_operands(x, xd, None, p, inj))?;
     let inject = inj.map(|i| inject_gpu(&cx, i, d)).transpose()?.flatten();
     let xdb = xd.map(|t| cx.f32(t)).transpose()?;
@@ -158,7 +185,16 @@ pub(crate) fn lora_forward(d: &LoraDims, x: &Tensor, xd: Option<&Tensor>, p: &Lo
 /// LoRA backward: `dB`, `dz`, `dA` from the low-rank kernels, `dx = dy W + (dz A) ⊙ keep`
 /// (base part in cuBLAS). Gradients are overwritten, as the twin's.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn lora_backward(d: &LoraDims, dy: &Tensor, x: &Tensor, xd: Option<&Tensor>, keep: Option<&Tensor>, p: &LoraParams<'_>, z: &Tensor, want: Want) -> Result<LoraGradsOut> {
+pub(crate) fn lora_backward(
+    d: &LoraDims,
+    dy: &Tensor,
+    x: &Tensor,
+    xd: Option<&Tensor>,
+    keep: Option<&Tensor>,
+    p: &LoraParams<'_>,
+    z: &Tensor,
+    want: Want,
+) -> Result<LoraGradsOut> {
     let cx = Cx::of("lora_linear_backward", lora_operands(x, xd, keep, p, None).chain([dy, z]))?;
     let (dyb, xb) = (cx.f32(dy)?, cx.f32(x)?);
     let xdb = xd.map(|t| cx.f32(t)).transpose()?;
@@ -168,7 +204,18 @@ pub(crate) fn lora_backward(d: &LoraDims, dy: &Tensor, x: &Tensor, xd: Option<&T
     let mut da = want.da.then(|| cx.alloc(p.a.numel())).transpose()?;
     let mut db = want.db.then(|| cx.alloc(p.b.numel())).transpose()?;
     let mut dz = cx.alloc(d.rows * d.rank)?;
-    cx.k(k::lora_lowrank_backward(&cx.gpu, d, dyb, xdb.unwrap_or(xb), bb, zb, p.scale, da.as_mut(), db.as_mut(), &mut dz))?;
+    cx.k(k::lora_lowrank_backward(
+        &cx.gpu,
+        d,
+        dyb,
+        xdb.unwrap_or(xb),
+        bb,
+        zb,
+        p.scale,
+        da.as_mut(),
+        db.as_mut(),
+        &mut dz,
+    ))?;
     let dx = match want.dx {
         false => None,
         true => {
@@ -258,7 +305,8 @@ pub(crate) fn dora_weight_norm(d: &LoraDims, p: &LoraParams<'_>) -> Result<Tenso
     gemm_into(&cx, false, false, o, r, r, bb, &gram, &mut bg)?;
     row_dots(&cx, bb, &wat, o, r, &mut cross)?;
     row_dots(&cx, &bg, bb, o, r, &mut quad)?;
-    let (ww, cross, quad) = (cx.k(cx.gpu.download(&ww))?, cx.k(cx.gpu.download(&cross))?, cx.k(cx.gpu.download(&quad))?);
+    let (ww, cross, quad) =
+        (cx.k(cx.gpu.download(&ww))?, cx.k(cx.gpu.download(&cross))?, cx.k(cx.gpu.download(&quad))?);
     let s = p.scale as f64;
     let n: Vec<f32> = (0..o)
         .map(|j| (ww[j] as f64 + 2.0 * s * cross[j] as f64 + s * s * quad[j] as f64).max(0.0).sqrt() as f32)
@@ -267,7 +315,12 @@ pub(crate) fn dora_weight_norm(d: &LoraDims, p: &LoraParams<'_>) -> Result<Tenso
 }
 
 /// DoRA's column scaling `y = pre * (m / n)` after the LoRA forward and the norm.
-pub(crate) fn dora_scale_forward(pre: Tensor, z: Tensor, norm: Tensor, magnitude: &Tensor) -> Result<(Tensor, DoraSaved)> {
+pub(crate) fn dora_scale_forward(
+    pre: Tensor,
+    z: Tensor,
+    norm: Tensor,
+    magnitude: &Tensor,
+) -> Result<(Tensor, DoraSaved)> {
     let cx = Cx::of("dora_linear", [&pre, &norm, magnitude])?;
     let mb = cx.f32(magnitude)?;
     let (pb, nb) = (cx.f32(&pre)?, cx.f32(&norm)?);
@@ -281,7 +334,12 @@ pub(crate) fn dora_scale_forward(pre: Tensor, z: Tensor, norm: Tensor, magnitude
 
 /// The scaling's backward (norm detached): `(dpre, dm)`; the caller runs the LoRA backward
 /// on `dpre`.
-pub(crate) fn dora_scale_backward(dy: &Tensor, magnitude: &Tensor, saved: &DoraSaved, want_dm: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub(crate) fn dora_scale_backward(
+    dy: &Tensor,
+    magnitude: &Tensor,
+    saved: &DoraSaved,
+    want_dm: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let cx = Cx::of("dora_linear_backward", [dy, magnitude, &saved.pre, &saved.norm])?;
     let (mb, nb) = (cx.f32(magnitude)?, cx.f32(&saved.norm)?);
     let (dyb, pb) = (cx.f32(dy)?, cx.f32(&saved.pre)?);
@@ -306,7 +364,12 @@ pub(crate) fn cross_entropy_forward(logits: &Tensor, targets: &[i64]) -> Result<
     Ok((cx.tensor(l, [n]), cx.tensor(z, [n])))
 }
 
-pub(crate) fn cross_entropy_backward(logits: &Tensor, targets: &[i64], lse: &Tensor, row_scale: &[f32]) -> Result<Tensor> {
+pub(crate) fn cross_entropy_backward(
+    logits: &Tensor,
+    targets: &[i64],
+    lse: &Tensor,
+    row_scale: &[f32],
+) -> Result<Tensor> {
     let cx = Cx::of("cross_entropy_backward", [logits, lse])?;
     let (lb, zb) = (cx.f32(logits)?, cx.f32(lse)?);
     let (n, v) = (logits.dims()[0], logits.dims()[1]);
@@ -373,7 +436,13 @@ fn buf_mut(t: &mut Tensor) -> &mut GpuBuf<f32> {
 }
 
 /// One fused AdamW step (`adamw.cu`) of `w`, `m`, `v` in place from `grad`.
-pub(crate) fn adamw_step(w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &echo_kernels::cpu::optim::AdamWStep) -> Result<()> {
+pub(crate) fn adamw_step(
+    w: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    s: &echo_kernels::cpu::optim::AdamWStep,
+) -> Result<()> {
     let cx = Cx::of("adamw_step", [&*w, grad, &*m, &*v])?;
     for t in [&*w, &*m, &*v] {
         cx.f32(t)?;

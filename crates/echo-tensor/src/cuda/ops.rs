@@ -13,18 +13,26 @@ pub(crate) use tk::{BinaryOp, ReduceOp, UnaryOp};
 
 /// Indices as the kernels take them (int32), after the caller checked them against the size.
 pub(crate) fn upload_indices(cx: &Cx, idx: &[usize]) -> Result<GpuBuf<i32>> {
-    let v = idx
-        .iter()
-        .map(|&i| i32::try_from(i))
-        .collect::<std::result::Result<Vec<i32>, _>>()
-        .map_err(|_| Error::Cuda { op: cx.op, device: cx.device, source: CudaError::Unsupported("an index exceeds i32".into()) })?;
+    let v = idx.iter().map(|&i| i32::try_from(i)).collect::<std::result::Result<Vec<i32>, _>>().map_err(|_| {
+        Error::Cuda { op: cx.op, device: cx.device, source: CudaError::Unsupported("an index exceeds i32".into()) }
+    })?;
     cx.k(cx.gpu.upload(&v))
 }
 
 /// `C[m, n] = op(A) op(B)` in fp32; an empty inner dimension gives zeros (cuBLAS is not asked
 /// to define that case).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(cx: &Cx, ta: bool, tb: bool, m: usize, n: usize, kk: usize, a: &GpuBuf<f32>, b: &GpuBuf<f32>, c: &mut GpuBuf<f32>) -> Result<()> {
+pub(crate) fn gemm_into(
+    cx: &Cx,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    kk: usize,
+    a: &GpuBuf<f32>,
+    b: &GpuBuf<f32>,
+    c: &mut GpuBuf<f32>,
+) -> Result<()> {
     if kk == 0 {
         return cx.k(cx.gpu.memset_zero(c));
     }
@@ -34,7 +42,15 @@ pub(crate) fn gemm_into(cx: &Cx, ta: bool, tb: bool, m: usize, n: usize, kk: usi
 /// `y[m, n] = x[m, k] W[n, k]^T`: fp32, or a bf16 base weight through cuBLAS with `x` cast to
 /// bf16 (fp32 accumulation and output), the mixed precision of the CUDA backend.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_into(cx: &Cx, x: &GpuBuf<f32>, w: &Weight<'_>, y: &mut GpuBuf<f32>, m: usize, kk: usize, n: usize) -> Result<()> {
+pub(crate) fn linear_into(
+    cx: &Cx,
+    x: &GpuBuf<f32>,
+    w: &Weight<'_>,
+    y: &mut GpuBuf<f32>,
+    m: usize,
+    kk: usize,
+    n: usize,
+) -> Result<()> {
     match w {
         Weight::F32(w) => gemm_into(cx, false, true, m, n, kk, x, w, y),
         Weight::Bf16(_) if kk == 0 => cx.k(cx.gpu.memset_zero(y)),
@@ -47,7 +63,15 @@ pub(crate) fn linear_into(cx: &Cx, x: &GpuBuf<f32>, w: &Weight<'_>, y: &mut GpuB
 
 /// Its input gradient `dx[m, k] = dy[m, n] W[n, k]` (bf16 weight: `dy` cast to bf16).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_dx_into(cx: &Cx, dy: &GpuBuf<f32>, w: &Weight<'_>, dx: &mut GpuBuf<f32>, m: usize, kk: usize, n: usize) -> Result<()> {
+pub(crate) fn linear_dx_into(
+    cx: &Cx,
+    dy: &GpuBuf<f32>,
+    w: &Weight<'_>,
+    dx: &mut GpuBuf<f32>,
+    m: usize,
+    kk: usize,
+    n: usize,
+) -> Result<()> {
     match w {
         Weight::F32(w) => gemm_into(cx, false, false, m, kk, n, dy, w, dx),
         Weight::Bf16(_) if n == 0 => cx.k(cx.gpu.memset_zero(dx)),
@@ -233,7 +257,23 @@ pub(crate) fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool, m: usize, kk:
         Weight::F32(bb) => {
             let b_step = if b.rank() == 2 { 0 } else { kk * n };
             let (pa, pb, pc) = (ab.ptr(), bb.ptr(), c.ptr());
-            cx.k(blas::gemm_strided_batched_f32_raw(&cx.gpu, ta, tb, m, n, kk, 1.0, pa, m * kk, pb, b_step, 0.0, pc, m * n, batch))?;
+            cx.k(blas::gemm_strided_batched_f32_raw(
+                &cx.gpu,
+                ta,
+                tb,
+                m,
+                n,
+                kk,
+                1.0,
+                pa,
+                m * kk,
+                pb,
+                b_step,
+                0.0,
+                pc,
+                m * n,
+                batch,
+            ))?;
         }
     }
     let mut dims = batch_dims.to_vec();

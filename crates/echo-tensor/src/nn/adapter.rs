@@ -62,7 +62,10 @@ pub(crate) fn inject_rows(op: &'static str, inj: &Injection<'_>, d: &LoraDims) -
     }
     let samples = inj.gate.dims()[0];
     if samples == 0 || d.rows % samples != 0 {
-        return Err(Error::BadShape { op, msg: format!("{} rows cannot be split evenly over {samples} samples", d.rows) });
+        return Err(Error::BadShape {
+            op,
+            msg: format!("{} rows cannot be split evenly over {samples} samples", d.rows),
+        });
     }
     Ok(d.rows / samples)
 }
@@ -74,7 +77,9 @@ fn inject_view<'a>(op: &'static str, inj: &Injection<'a>, d: &LoraDims) -> Resul
 
 fn check_xd(op: &'static str, x: &Tensor, xd: Option<&Tensor>) -> Result<()> {
     match xd {
-        Some(xd) if xd.shape() != x.shape() => Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: xd.shape().clone() }),
+        Some(xd) if xd.shape() != x.shape() => {
+            Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: xd.shape().clone() })
+        }
         _ => Ok(()),
     }
 }
@@ -87,7 +92,12 @@ fn out_shape(x: &Tensor, d_out: usize) -> Shape {
 
 /// `y = x W^T + s (xd A^T + g ⊙ p) B^T`; `xd` is the dropped-out input (`None`: `x`).
 /// Returns `(y, z)` with `z` the bottleneck activations `[N, r]`.
-pub fn lora_forward(x: &Tensor, xd: Option<&Tensor>, p: &LoraParams<'_>, inj: Option<&Injection<'_>>) -> Result<(Tensor, Tensor)> {
+pub fn lora_forward(
+    x: &Tensor,
+    xd: Option<&Tensor>,
+    p: &LoraParams<'_>,
+    inj: Option<&Injection<'_>>,
+) -> Result<(Tensor, Tensor)> {
     let op = "lora_linear";
     let d = lora_dims(op, x, p)?;
     check_xd(op, x, xd)?;
@@ -103,7 +113,18 @@ pub fn lora_forward(x: &Tensor, xd: Option<&Tensor>, p: &LoraParams<'_>, inj: Op
     if mixed::is_bf16_host(p.w) {
         // The base product sees `x` rounded to bf16 (as cuBLAS on a GPU); the low-rank path
         // keeps the f32 input.
-        lowrank::lora_forward(&d, &mixed::round_bf16(x32), Some(xdd.unwrap_or(x32)), &w, a, b, p.scale, inject, &mut y, &mut z);
+        lowrank::lora_forward(
+            &d,
+            &mixed::round_bf16(x32),
+            Some(xdd.unwrap_or(x32)),
+            &w,
+            a,
+            b,
+            p.scale,
+            inject,
+            &mut y,
+            &mut z,
+        );
     } else {
         lowrank::lora_forward(&d, x32, xdd, &w, a, b, p.scale, inject, &mut y, &mut z);
     }
@@ -163,7 +184,16 @@ pub fn lora_backward(
 /// and `dz` from the f32 `dy` (the low-rank routine without its `dx`), then
 /// `dx = bf16(dy) W + (dz A) ⊙ keep` (the base part as cuBLAS gets it, `crate::mixed`).
 #[allow(clippy::too_many_arguments)]
-fn lora_backward_bf16(d: &LoraDims, dy: &Tensor, x: &Tensor, xd: Option<&Tensor>, keep: Option<&Tensor>, p: &LoraParams<'_>, z: &Tensor, want: Want) -> Result<LoraGradsOut> {
+fn lora_backward_bf16(
+    d: &LoraDims,
+    dy: &Tensor,
+    x: &Tensor,
+    xd: Option<&Tensor>,
+    keep: Option<&Tensor>,
+    p: &LoraParams<'_>,
+    z: &Tensor,
+    want: Want,
+) -> Result<LoraGradsOut> {
     let op = "lora_linear_backward";
     let (dyd, a) = (dy.f32s(op)?, p.a.f32s(op)?);
     let mut da = want.da.then(|| vec![0.0f32; p.a.numel()]);

@@ -54,10 +54,16 @@ pub fn rope(x: &Tensor, positions: &[usize], table: &RopeTable, inverse: bool) -
     expect_rank(op, "x", x, 4)?;
     let (tokens, heads, d) = (x.dims()[0] * x.dims()[1], x.dims()[2], x.dims()[3]);
     if d != 2 * table.half {
-        return Err(Error::BadShape { op, msg: format!("head dim {d} of x {} does not match the table's {}", x.shape(), 2 * table.half) });
+        return Err(Error::BadShape {
+            op,
+            msg: format!("head dim {d} of x {} does not match the table's {}", x.shape(), 2 * table.half),
+        });
     }
     if positions.len() != tokens {
-        return Err(Error::BadShape { op, msg: format!("{} positions for {tokens} tokens of x {}", positions.len(), x.shape()) });
+        return Err(Error::BadShape {
+            op,
+            msg: format!("{} positions for {tokens} tokens of x {}", positions.len(), x.shape()),
+        });
     }
     if let Some(&p) = positions.iter().find(|&&p| p >= table.max_pos) {
         return Err(Error::IndexOutOfRange { op, index: p as i64, size: table.max_pos });
@@ -83,7 +89,10 @@ fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<a
         return Err(Error::ShapeMismatch { op, lhs: k.shape().clone(), rhs: v.shape().clone() });
     }
     if key_valid.len() != b * t {
-        return Err(Error::BadShape { op, msg: format!("mask has {} entries, q {} needs {}", key_valid.len(), q.shape(), b * t) });
+        return Err(Error::BadShape {
+            op,
+            msg: format!("mask has {} entries, q {} needs {}", key_valid.len(), q.shape(), b * t),
+        });
     }
     Ok(attention::AttnDims { batch: b, seq: t, q_heads: hq, kv_heads: hkv, head_dim: d })
 }

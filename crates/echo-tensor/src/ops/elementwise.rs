@@ -26,9 +26,7 @@ pub fn broadcast_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> 
 fn broadcast_strides(s: &Shape, out: &Shape) -> Vec<usize> {
     let st = s.strides();
     let off = out.rank() - s.rank();
-    (0..out.rank())
-        .map(|i| if i < off || s.dim(i - off) == 1 { 0 } else { st[i - off] })
-        .collect()
+    (0..out.rank()).map(|i| if i < off || s.dim(i - off) == 1 { 0 } else { st[i - off] }).collect()
 }
 
 /// Calls `f(out_index, offset_a, offset_b)` for every element of `out` in row-major order.
@@ -54,7 +52,13 @@ fn for_each_broadcast(out: &Shape, sa: &[usize], sb: &[usize], mut f: impl FnMut
 }
 
 impl Tensor {
-    fn binary(&self, rhs: &Tensor, op: &'static str, kind: BinaryOp, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    fn binary(
+        &self,
+        rhs: &Tensor,
+        op: &'static str,
+        kind: BinaryOp,
+        f: impl Fn(f32, f32) -> f32 + Sync,
+    ) -> Result<Tensor> {
         if cuda::on_gpu([self, rhs]) {
             return cuda::ops::binary(self, rhs, op, kind);
         }

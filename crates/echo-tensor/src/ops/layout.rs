@@ -7,7 +7,10 @@ impl Tensor {
         let r = self.rank();
         let mut seen = vec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::BadShape { op: "permute", msg: format!("{perm:?} is not a permutation of the dims of {}", self.shape()) });
+            return Err(Error::BadShape {
+                op: "permute",
+                msg: format!("{perm:?} is not a permutation of the dims of {}", self.shape()),
+            });
         }
         if cuda::on_gpu([self]) {
             return cuda::ops::permute(self, perm);
@@ -38,7 +41,10 @@ impl Tensor {
     /// Swaps two dimensions.
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
         if d0 >= self.rank() || d1 >= self.rank() {
-            return Err(Error::BadShape { op: "transpose", msg: format!("dims ({d0}, {d1}) out of range for {}", self.shape()) });
+            return Err(Error::BadShape {
+                op: "transpose",
+                msg: format!("dims ({d0}, {d1}) out of range for {}", self.shape()),
+            });
         }
         let mut perm: Vec<usize> = (0..self.rank()).collect();
         perm.swap(d0, d1);
@@ -119,7 +125,9 @@ impl Tensor {
         let mut out = Vec::with_capacity(idx.len() * inner);
         match (table32, self.buffer()) {
             (Some(a), _) => idx.iter().for_each(|&i| out.extend_from_slice(&a[i * inner..(i + 1) * inner])),
-            (None, Buffer::BF16(a)) => idx.iter().for_each(|&i| out.extend(a[i * inner..(i + 1) * inner].iter().map(|h| h.to_f32()))),
+            (None, Buffer::BF16(a)) => {
+                idx.iter().for_each(|&i| out.extend(a[i * inner..(i + 1) * inner].iter().map(|h| h.to_f32())))
+            }
             (None, _) => unreachable!("only a bf16 table has no f32 view"),
         }
         let mut dims = self.dims().to_vec();

@@ -83,4 +83,3 @@ impl Tensor {
         y.reshape(dims)
     }
 }
-

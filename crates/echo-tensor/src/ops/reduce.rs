@@ -4,7 +4,10 @@ use crate::{Error, Result, Shape, Tensor};
 impl Tensor {
     fn check_dim(&self, op: &'static str, dim: usize) -> Result<()> {
         if dim >= self.rank() {
-            return Err(Error::BadShape { op, msg: format!("dimension {dim} out of range for shape {}", self.shape()) });
+            return Err(Error::BadShape {
+                op,
+                msg: format!("dimension {dim} out of range for shape {}", self.shape()),
+            });
         }
         Ok(())
     }
@@ -15,7 +18,15 @@ impl Tensor {
         (d[..dim].iter().product(), d[dim], d[dim + 1..].iter().product())
     }
 
-    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp, init: f32, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
+    fn reduce_dim(
+        &self,
+        op: &'static str,
+        dim: usize,
+        keepdim: bool,
+        kind: ReduceOp,
+        init: f32,
+        f: impl Fn(f32, f32) -> f32,
+    ) -> Result<Tensor> {
         self.check_dim(op, dim)?;
         if cuda::on_gpu([self]) {
             return cuda::ops::reduce_dim(self, op, dim, keepdim, kind);
