@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 # Usage (from the repo root, with torch + transformers + safetensors installed, e.g. in .venv-ref):
-#   cargo xtask export --model ../shared/fixtures/tiny-llama-a --adapter ../shared/fixtures/tiny-llama-a/peft-dora --out /tmp/merged --merge
+#   cargo xtask export --model fixtures/tiny-llama-a --adapter fixtures/tiny-llama-a/peft-dora --out /tmp/merged --merge
 #   python scripts/check_merged_with_transformers.py
 # Loads our merged DoRA model folder with transformers and compares its logits with the
 # fixture's PEFT DoRA logits (model + adapter as PEFT computes them).
 import torch, transformers
 from safetensors.torch import load_file
-ref = load_file("../shared/fixtures/tiny-llama-a/reference-dora.safetensors")
+ref = load_file("fixtures/tiny-llama-a/reference-dora.safetensors")
 m = transformers.LlamaForCausalLM.from_pretrained("/tmp/merged", torch_dtype=torch.float32, attn_implementation="eager").eval()
 with torch.no_grad():
     out = m(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"], labels=ref["labels"])

@@ -7,7 +7,7 @@ Usage (from the repo root, with torch + transformers + peft + safetensors, e.g. 
 RUN_DIR is a `cargo xtask train` output folder: its `adapter/` (the PEFT LoRA adapter) and its
 `checkpoint/state.safetensors` (which still holds the echo parameters: `echo.layer_logits`,
 `echo.trunk.weight`, `echo.proj.<m>.weight`, `echo.gate.<m>.weight|bias`). Written in plain
-PyTorch from ../shared/ECHO-LORA.md, not from our Rust code, so it doubles as a cross-check.
+PyTorch from docs/method.md, not from our Rust code, so it doubles as a cross-check.
 
 For the first N/4 training records of each of boolq, ARC-Easy, ARC-Challenge, openbookqa (dropout
 off), it runs the plain forward of base + adapter, builds each sample's echo (masked mean of the
@@ -53,7 +53,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("--model", default=os.path.expanduser("~/.cache/echo-lora/models/smollm2-135m-instruct"))
-    ap.add_argument("--data", default="../shared/data/commonsense")
+    ap.add_argument("--data", default="data/commonsense")
     ap.add_argument("--records", type=int, default=32)
     args = ap.parse_args()
     torch.manual_seed(0)
