@@ -18,12 +18,14 @@
 //! | [`ops`] | one launch wrapper per kernel, mirroring the CPU twin's signature |
 //! | [`tensor_ops`] | the generic tensor ops (maps, broadcasting arithmetic, reductions, softmax, layout) for echo-tensor |
 //! | [`check`] | every kernel against its twin, random and edge-case shapes |
+//! | [`checker`] | how a check is judged: NaN-prefilled outputs, two bit-identical runs, per-element error at the output's scale, the stop at the first driver error |
 //! | [`bench`] | timing of the headline kernels against an unfused cuBLAS baseline |
 
 pub mod alloc;
 pub mod bench;
 pub mod blas;
 pub mod check;
+pub mod checker;
 pub mod libs;
 pub mod ops;
 pub mod runtime;
