@@ -47,7 +47,8 @@ pub struct DataArgs {
     /// Print one JSON object of counts.
     #[arg(long)]
     json: bool,
-    /// Do not read or write the tokenisation cache (target/echo-cache).
+    /// Do not read or write the tokenisation cache (`data/` in the user cache folder:
+    /// $ECHO_LORA_CACHE, else $XDG_CACHE_HOME/echo-lora, else ~/.cache/echo-lora).
     #[arg(long)]
     no_cache: bool,
 }
@@ -62,7 +63,7 @@ pub fn run(args: DataArgs) -> Result<()> {
     };
     let (data_name, ds, cache) = match (&args.data, args.synthetic) {
         (Some(path), _) => {
-            let cache = (!args.no_cache).then(|| Cache::in_target(workspace_root()));
+            let cache = if args.no_cache { None } else { Some(Cache::user_default().map_err(anyhow::Error::msg)?) };
             let (ds, status) = load_dataset(path, &tok, &template, &cfg, cache.as_ref(), Progress::Auto)?;
             (path.display().to_string(), ds, status)
         }
@@ -87,10 +88,6 @@ pub fn run(args: DataArgs) -> Result<()> {
     } else {
         print_human(&args, &data_name, &tok, &template, &cfg, &ds, &cache)
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cache_line(c: &CacheStatus) -> String {

@@ -99,19 +99,10 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 fn cache_root(arg: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p);
+    match arg {
+        Some(p) => Ok(p),
+        None => echo_data::user_cache_root().map_err(|e| anyhow!("{e}, or pass --cache DIR")),
     }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(p) = env("ECHO_LORA_CACHE") {
-        return Ok(p);
-    }
-    if let Some(p) = env("XDG_CACHE_HOME") {
-        return Ok(p.join("echo-lora"));
-    }
-    env("HOME")
-        .map(|h| h.join(".cache").join("echo-lora"))
-        .ok_or_else(|| anyhow!("no cache folder: set ECHO_LORA_CACHE or HOME, or pass --cache DIR"))
 }
 
 fn is_imported(dir: &Path) -> bool {

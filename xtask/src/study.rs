@@ -168,14 +168,21 @@ type Plan = (String, u64, PathBuf, RunConfig);
 /// runs: a typo in any arm fails the whole study at once.
 fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
     let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-    let study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
+    let mut study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
     if study.arm.is_empty() || study.seeds.is_empty() {
         bail!("{}: a study needs at least one [[arm]] and one seed", config.display());
     }
-    let base_path = config.parent().unwrap_or(Path::new(".")).join(&study.base);
-    let base_text = std::fs::read_to_string(&base_path)
-        .with_context(|| format!("{}: base = {}", config.display(), base_path.display()))?;
-    let base: toml::Table = toml::from_str(&base_text).with_context(|| format!("{}", base_path.display()))?;
+    // Paths are relative to the file they are written in: `out`, `[eval] data` and the arms'
+    // overrides to the study file, the base config's own paths to the base file.
+    let study_dir = std::path::absolute(config.parent().unwrap_or(Path::new("")))
+        .with_context(|| format!("{}: its folder", config.display()))?;
+    for p in [&mut study.out, &mut study.eval.data] {
+        *p = study_dir.join(p.as_str()).display().to_string();
+    }
+    let base_path = study_dir.join(&study.base);
+    let base_cfg = RunConfig::from_file(&base_path)
+        .map_err(|e| anyhow::anyhow!("{}: base = {}: {e}", config.display(), study.base))?;
+    let base = toml::Table::try_from(&base_cfg).with_context(|| format!("{}", base_path.display()))?;
     let out = PathBuf::from(&study.out);
     Mode::parse(&study.eval.mode).with_context(|| format!("{}: [eval] mode", config.display()))?;
 
@@ -192,7 +199,8 @@ fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
             seed_dir.insert("train.seed".into(), toml::Value::Integer(*seed as i64));
             seed_dir.insert("output.dir".into(), toml::Value::String(dir.display().to_string()));
             apply(&mut t, &seed_dir, &ctx)?;
-            let cfg = RunConfig::parse(&toml::to_string(&t)?).map_err(|e| anyhow::anyhow!("{ctx}: {e}"))?;
+            let mut cfg = RunConfig::parse(&toml::to_string(&t)?).map_err(|e| anyhow::anyhow!("{ctx}: {e}"))?;
+            cfg.resolve_paths(&study_dir);
             plans.push((arm.name.clone(), *seed, dir, cfg));
         }
     }
@@ -473,6 +481,13 @@ mod tests {
                     assert_eq!(w[0].3.data, w[1].3.data);
                     assert_eq!(w[0].3.train.max_steps, w[1].3.train.max_steps);
                 }
+                // Every path resolves, from the file it is written in, to something the
+                // repository ships (a clone with nothing beside it can run the study).
+                assert!(Path::new(&study.eval.data).join("boolq/test.json").is_file(), "{}", study.eval.data);
+                for f in plans.iter().flat_map(|p| &p.3.data.train) {
+                    assert!(Path::new(f).is_file(), "{}: data.train {f} is not a file", p.display());
+                }
+                assert!(plans.iter().all(|p| p.3.output.dir.starts_with(&study.out)));
                 n += 1;
             }
         }

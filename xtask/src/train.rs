@@ -3,10 +3,11 @@
 
 use anyhow::{Context, Result};
 use echo_trainer::{train, RunConfig, RunOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The default run, embedded so `cargo xtask train` works from any directory.
 const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+const DEFAULT_CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs");
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -30,7 +31,13 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let mut cfg = match &args.config {
         Some(p) => RunConfig::from_file(p).map_err(anyhow::Error::msg)?,
-        None => RunConfig::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded configs/default.toml: {e}"))?,
+        None => {
+            let mut c = RunConfig::parse(DEFAULT_CONFIG)
+                .map_err(|e| anyhow::anyhow!("embedded configs/default.toml: {e}"))?;
+            // Its paths mean what they mean in configs/default.toml, the file it was read from.
+            c.resolve_paths(Path::new(DEFAULT_CONFIG_DIR));
+            c
+        }
     };
     if let Some(n) = args.max_steps {
         cfg.train.max_steps = n;

@@ -22,6 +22,21 @@ use crate::mix::MixSpec;
 use crate::template::Template;
 use crate::tokenizer::Tokenizer;
 
+/// The one folder echo-lora keeps things in between runs (imported models, tokenised data):
+/// `$ECHO_LORA_CACHE` when set, else `$XDG_CACHE_HOME/echo-lora`, else `~/.cache/echo-lora`.
+pub fn user_cache_root() -> std::result::Result<PathBuf, String> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = env("ECHO_LORA_CACHE") {
+        return Ok(p);
+    }
+    if let Some(p) = env("XDG_CACHE_HOME") {
+        return Ok(p.join("echo-lora"));
+    }
+    env("HOME")
+        .map(|h| h.join(".cache").join("echo-lora"))
+        .ok_or_else(|| "no cache folder: set ECHO_LORA_CACHE (or XDG_CACHE_HOME or HOME)".to_string())
+}
+
 const MAGIC: &[u8; 8] = b"ECHODATA";
 const VERSION: u32 = 1;
 
@@ -48,9 +63,10 @@ impl Cache {
         Cache { dir: dir.into() }
     }
 
-    /// `target/echo-cache` under the given workspace root.
-    pub fn in_target(root: impl AsRef<Path>) -> Self {
-        Cache::new(root.as_ref().join("target").join("echo-cache"))
+    /// `<user cache root>/data` (see [`user_cache_root`]): where training and `xtask data`
+    /// keep tokenised datasets, shared by every checkout and run of the user.
+    pub fn user_default() -> std::result::Result<Self, String> {
+        Ok(Cache::new(user_cache_root()?.join("data")))
     }
 
     pub fn dir(&self) -> &Path {

@@ -67,7 +67,7 @@ pub mod template;
 pub mod tokenizer;
 
 pub use batch::{Batch, BatchConfig, BatchPosition, Batcher};
-pub use cache::{load_dataset, load_mix, write_atomic, Cache, CacheStatus, MixedDataset};
+pub use cache::{load_dataset, load_mix, user_cache_root, write_atomic, Cache, CacheStatus, MixedDataset};
 pub use encode::{
     encode_example, encode_file, encode_records, DropReason, Dropped, EncodeConfig, Encoded, EncodedDataset, Example,
     Overlong, Progress, Report, IGNORE_INDEX,

@@ -1,5 +1,5 @@
 //! The run configuration (TOML). Unknown keys are errors that list the allowed keys; values
-//! are range-checked with the key's full name in the message. `ECHO-LORA.md`'s ablation
+//! are range-checked with the key's full name in the message. `docs/method.md`'s ablation
 //! switches are all keys of `[echo]`.
 
 use crate::echo::{Aggregation, EchoConfig};
@@ -8,6 +8,13 @@ use echo_adapters::{AdapterConfig, Method};
 use echo_model::Proj;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Model names `cargo xtask` fetches and imports by itself (xtask/src/model.rs); a config's
+/// `model.path` equal to one of them is a name, not a path.
+pub const MODEL_ALIASES: &[&str] = &["smollm2"];
+
+/// The `data.train` entry that selects the built-in synthetic task instead of a file.
+pub const SYNTHETIC: &str = "synthetic";
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -232,10 +239,33 @@ fn projections(key: &str, names: &[String]) -> Result<Vec<Proj>, String> {
 }
 
 impl RunConfig {
-    /// Parses and validates a TOML file; errors name the file.
+    /// Parses and validates a TOML file; errors name the file. Relative paths inside it are
+    /// taken relative to the file's folder ([`RunConfig::resolve_paths`]).
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut c = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(c)
+    }
+
+    /// Makes every relative path of the config (`model.path` unless it is one of
+    /// [`MODEL_ALIASES`], `data.train` files, `adapter.from`, `output.dir`) absolute, taking it
+    /// relative to `base`, the folder of the file it was written in: a config means the same
+    /// files whatever the working directory. Absolute paths are kept, so resolving twice, or
+    /// against a second folder for keys another file added, changes only what is still relative.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let resolve = |p: &mut String| {
+            if !Path::new(p.as_str()).is_absolute() {
+                *p = base.join(p.as_str()).display().to_string();
+            }
+        };
+        if !MODEL_ALIASES.contains(&self.model.path.as_str()) {
+            resolve(&mut self.model.path);
+        }
+        self.data.train.iter_mut().filter(|t| t.as_str() != SYNTHETIC).for_each(resolve);
+        self.adapter.from.iter_mut().for_each(resolve);
+        resolve(&mut self.output.dir);
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -369,5 +399,33 @@ impl RunConfig {
             init_std: e.init_std,
             rms_norm_eps: e.rms_norm_eps,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_the_config_folder_once() {
+        let dir = std::env::temp_dir().join(format!("echo-config-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "[model]\npath = \"../models/m\"\n[data]\ntrain = [\"synthetic\", \"d/a.json\", \"/abs/b.json\"]\n\
+                    [adapter]\nfrom = \"prev\"\n[output]\ndir = \"../runs/x\"\n";
+        std::fs::write(dir.join("run.toml"), text).unwrap();
+        let c = RunConfig::from_file(&dir.join("run.toml")).unwrap();
+        let at = |p: &str| dir.join(p).display().to_string();
+        assert_eq!(c.model.path, at("../models/m"));
+        assert_eq!(c.data.train, vec!["synthetic".to_string(), at("d/a.json"), "/abs/b.json".into()]);
+        assert_eq!(c.adapter.from.as_deref(), Some(at("prev").as_str()));
+        assert_eq!(c.output.dir, at("../runs/x"));
+        // Resolving again (elsewhere) changes nothing; an alias is never a path.
+        let mut again = c.clone();
+        again.resolve_paths(Path::new("/elsewhere"));
+        assert_eq!(again, c);
+        let mut alias = RunConfig::parse("[model]\npath = \"smollm2\"\n").unwrap();
+        alias.resolve_paths(&dir);
+        assert_eq!(alias.model.path, "smollm2");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -82,7 +82,7 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
             .map(|(p, w)| echo_data::MixSource { path: PathBuf::from(p), weight: w })
             .collect();
         let spec = echo_data::MixSpec { sources, total: None, seed: cfg.train.seed };
-        let cache = echo_data::Cache::in_target(".");
+        let cache = echo_data::Cache::user_default()?;
         echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog).map_err(|e| e.to_string())?.examples
     };
     if examples.len() <= d.val_count {
