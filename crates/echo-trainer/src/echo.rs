@@ -1,4 +1,4 @@
-//! The echo path (ECHO-LORA.md sections 2 and 2b): deep boundary hidden states, pooled over
+//! The echo path (docs/method.md sections 2 and 2b): deep boundary hidden states, pooled over
 //! prompt tokens only, mixed by learnable layer weights, RMS-normalised, sent through a shared
 //! SiLU trunk into a per-module projection `p` and gate `g`, which the adapters of the target
 //! modules add into their low-rank bottleneck. Training only: nothing here is exported.

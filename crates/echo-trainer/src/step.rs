@@ -1,4 +1,4 @@
-//! One Echo-LoRA training step (ECHO-LORA.md section 3): plain forward, echo from its
+//! One Echo-LoRA training step (docs/method.md section 3): plain forward, echo from its
 //! boundary states, echo forward over the routed samples, CE on each sample's route, masked
 //! distillation from the (detached) echo route to the plain route, one backward.
 //! With the echo path absent or no sample routed, this is exactly a plain LoRA/DoRA step.

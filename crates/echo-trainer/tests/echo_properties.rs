@@ -1,4 +1,4 @@
-//! The "properties a test can check" of ECHO-LORA.md, on tiny-llama-a.
+//! The "properties a test can check" of docs/method.md, on tiny-llama-a.
 
 use echo_adapters::{load_peft, Adapters};
 use echo_autograd::ParamStore;
