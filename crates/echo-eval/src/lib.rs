@@ -1,4 +1,4 @@
-//! The commonsense evaluation of echo-lora (the LLM-Adapters protocol of `ECHO-LORA.md`).
+//! The commonsense evaluation of echo-lora (the LLM-Adapters protocol of `docs/method.md`).
 //!
 //! ```text
 //! data/<name>/test.json ─► datasets::load ─► score::score_dataset ─► Prediction per record
