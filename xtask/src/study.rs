@@ -167,7 +167,7 @@ type Plan = (String, u64, PathBuf, RunConfig);
 /// Reads a study config and builds (and validates) every arm's run config, before anything
 /// runs: a typo in any arm fails the whole study at once.
 fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
-    let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+    let text = std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let mut study: StudyConfig = toml::from_str(&text).with_context(|| format!("{}", config.display()))?;
     if study.arm.is_empty() || study.seeds.is_empty() {
         bail!("{}: a study needs at least one [[arm]] and one seed", config.display());
@@ -328,10 +328,13 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// One arm's row of the results table: its name, its finished seeds, and per column (mean,
+/// std) over those seeds, with the average as the last column.
+type ArmRow = (String, usize, Vec<(f64, f64)>);
+
 impl Table {
-    /// Arms in config order with their finished seeds: (name, per-column (mean, std) over
-    /// seeds, with the average as the last column).
-    fn arm_rows(&self) -> Vec<(String, usize, Vec<(f64, f64)>)> {
+    /// Arms in config order with their finished seeds.
+    fn arm_rows(&self) -> Vec<ArmRow> {
         let mut rows = Vec::new();
         for arm in &self.study.arm {
             let runs: Vec<&ArmRun> = self.runs.iter().filter(|r| r.arm == arm.name).collect();

@@ -29,7 +29,7 @@ fn broadcasting_arithmetic() {
         assert_gradients("add", &[a.clone(), b.clone()], |v| ops::add(&v[0], &v[1]), opts());
         assert_gradients("sub", &[a.clone(), b.clone()], |v| ops::sub(&v[0], &v[1]), opts());
         assert_gradients("mul", &[a.clone(), b.clone()], |v| ops::mul(&v[0], &v[1]), opts());
-        assert_gradients("scale", &[a.clone()], |v| ops::scale(&v[0], -1.7), opts());
+        assert_gradients("scale", std::slice::from_ref(&a), |v| ops::scale(&v[0], -1.7), opts());
     }
 }
 
@@ -68,9 +68,9 @@ fn layout_ops() {
     let mut rng = Rng::new(4);
     let a = randn(&[3, 4, 5], &mut rng);
     let b = randn(&[3, 2, 5], &mut rng);
-    assert_gradients("reshape", &[a.clone()], |v| ops::reshape(&v[0], [12, 5]), opts());
-    assert_gradients("permute", &[a.clone()], |v| ops::permute(&v[0], &[2, 0, 1]), opts());
-    assert_gradients("narrow", &[a.clone()], |v| ops::narrow(&v[0], 1, 1, 2), opts());
+    assert_gradients("reshape", std::slice::from_ref(&a), |v| ops::reshape(&v[0], [12, 5]), opts());
+    assert_gradients("permute", std::slice::from_ref(&a), |v| ops::permute(&v[0], &[2, 0, 1]), opts());
+    assert_gradients("narrow", std::slice::from_ref(&a), |v| ops::narrow(&v[0], 1, 1, 2), opts());
     assert_gradients("concat", &[a.clone(), b], |v| ops::concat(&[&v[0], &v[1]], 1), opts());
     // Repeated indices must accumulate in the embedding gradient.
     assert_gradients(
@@ -85,13 +85,13 @@ fn layout_ops() {
 fn reductions_and_softmax() {
     let mut rng = Rng::new(5);
     let a = randn(&[3, 5, 7], &mut rng);
-    assert_gradients("sum_all", &[a.clone()], |v| ops::sum_all(&v[0]), opts());
-    assert_gradients("mean_all", &[a.clone()], |v| ops::mean_all(&v[0]), opts());
+    assert_gradients("sum_all", std::slice::from_ref(&a), |v| ops::sum_all(&v[0]), opts());
+    assert_gradients("mean_all", std::slice::from_ref(&a), |v| ops::mean_all(&v[0]), opts());
     for dim in 0..3 {
         for keep in [false, true] {
             assert_gradients(
                 &format!("sum_dim {dim} {keep}"),
-                &[a.clone()],
+                std::slice::from_ref(&a),
                 |v| ops::sum_dim(&v[0], dim, keep),
                 opts(),
             );
@@ -104,8 +104,8 @@ fn reductions_and_softmax() {
 fn activations() {
     let mut rng = Rng::new(6);
     let a = randn(&[5, 9], &mut rng);
-    assert_gradients("sigmoid", &[a.clone()], |v| ops::sigmoid(&v[0]), opts());
-    assert_gradients("silu", &[a.clone()], |v| ops::silu(&v[0]), opts());
+    assert_gradients("sigmoid", std::slice::from_ref(&a), |v| ops::sigmoid(&v[0]), opts());
+    assert_gradients("silu", std::slice::from_ref(&a), |v| ops::silu(&v[0]), opts());
     let b = randn(&[5, 9], &mut rng);
     assert_gradients("swiglu", &[a, b], |v| ops::swiglu(&v[0], &v[1]), opts());
 }
@@ -280,7 +280,7 @@ fn kl_divergence_student_with_temperature() {
         let t = teacher.clone();
         assert_gradients(
             &format!("kl tau={tau}"),
-            &[student.clone()],
+            std::slice::from_ref(&student),
             move |v| ops::kl_div(&t, &v[0], tau, &weights, 3.0),
             opts(),
         );

@@ -7,7 +7,6 @@ use echo_autograd::Tape;
 use echo_model::generate::{argmax, generate, Decoder, GenerateOptions, PlainInfer, Sampling};
 use echo_model::{Batch, Llama, Plain, Proj, Result};
 use echo_tensor::Tensor;
-use std::path::PathBuf;
 
 fn model() -> Llama {
     Llama::load(&echo_testdata::tiny_llama_a()).unwrap()

@@ -131,7 +131,7 @@ fn swiglu_and_pooling_match_formulas() {
     let u = Tensor::new(vec![3.0, 5.0, -1.0], [3]).unwrap();
     let y = nn::swiglu_forward(&g, &u).unwrap();
     let silu = |x: f32| x / (1.0 + (-x).exp());
-    close(y.as_f32(), &[silu(-1.0) * 3.0, 0.0, silu(2.0) * -1.0], 1e-6, "swiglu");
+    close(y.as_f32(), &[silu(-1.0) * 3.0, 0.0, -silu(2.0)], 1e-6, "swiglu");
     let x = Tensor::new((0..12).map(|v| v as f32).collect(), [2, 3, 2]).unwrap();
     let mask = Tensor::new(vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0], [2, 3]).unwrap();
     let p = nn::masked_mean_forward(&x, &mask).unwrap();

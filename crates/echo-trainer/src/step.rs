@@ -181,7 +181,7 @@ pub fn forward_backward(
             )
             .map_err(|e| fail(&e))?;
             let hidden_echo = {
-                let mut proj = ctx.adapters.projector(store, dropout_rng.as_deref_mut(), Some(&inject));
+                let mut proj = ctx.adapters.projector(store, dropout_rng, Some(&inject));
                 model.forward(&tape, &sub, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
             };
             if !rows_r.is_empty() {

@@ -63,7 +63,7 @@ pub struct InjectGpu<'a> {
 }
 
 fn check_inject(op: &str, inj: &InjectGpu<'_>, rows: usize, rank: usize) -> Result<()> {
-    if inj.rows_per_sample == 0 || rows % inj.rows_per_sample != 0 {
+    if inj.rows_per_sample == 0 || !rows.is_multiple_of(inj.rows_per_sample) {
         return Err(CudaError::Unsupported(format!(
             "{op}: {rows} rows are not whole samples of {}",
             inj.rows_per_sample
@@ -565,7 +565,7 @@ fn check_attn(op: &str, d: &crate::cpu::attention::AttnDims) -> Result<()> {
     if d.head_dim == 0 || d.head_dim > ATT_DMAX {
         return Err(CudaError::Unsupported(format!("{op}: head_dim {} outside 1..={ATT_DMAX}", d.head_dim)));
     }
-    if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 {
+    if d.kv_heads == 0 || !d.q_heads.is_multiple_of(d.kv_heads) {
         return Err(CudaError::Unsupported(format!(
             "{op}: {} query heads are not a multiple of {} kv heads",
             d.q_heads, d.kv_heads

@@ -130,7 +130,7 @@ fn h(b: &[u8], at: usize) -> f32 {
 /// Returns a message naming the type when it is not supported.
 pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
     let (block, bb) = t.block();
-    if n % block != 0 || bytes.len() != n / block * bb {
+    if !n.is_multiple_of(block) || bytes.len() != n / block * bb {
         return Err(format!("{} data of {} bytes does not hold {n} values", t.name(), bytes.len()));
     }
     let mut out = vec![0.0f32; n];
@@ -286,7 +286,7 @@ fn inv(d: f32) -> f32 {
 /// Q5_0, Q5_1 and Q8_0. Panics on other types (a test helper, not a user path).
 pub fn quantize(t: GgmlType, x: &[f32]) -> Vec<u8> {
     let (block, _) = t.block();
-    assert!(x.len() % block == 0, "quantize: {} values are not whole {} blocks", x.len(), t.name());
+    assert!(x.len().is_multiple_of(block), "quantize: {} values are not whole {} blocks", x.len(), t.name());
     let mut out = Vec::new();
     for x in x.chunks_exact(block) {
         match t {

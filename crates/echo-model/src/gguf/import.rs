@@ -77,7 +77,7 @@ pub fn unpermute_qk(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f3
 fn reorder_rows(w: &[f32], rows: usize, cols: usize, heads: usize, inverse: bool) -> Vec<f32> {
     assert_eq!(w.len(), rows * cols, "reorder_rows: {} values for [{rows}, {cols}]", w.len());
     assert!(
-        heads > 0 && rows % (2 * heads) == 0,
+        heads > 0 && rows.is_multiple_of(2 * heads),
         "reorder_rows: {rows} rows do not split into {heads} heads of even size"
     );
     let d = rows / heads;
@@ -135,7 +135,7 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     }
     let head_dim = match g.opt_u64(&key("attention.key_length"))? {
         Some(k) => k as usize,
-        None if hidden % heads == 0 => hidden / heads,
+        None if hidden.is_multiple_of(heads) => hidden / heads,
         None => {
             return Err(g.key_err(
                 &key("attention.head_count"),

@@ -297,7 +297,7 @@ fn elem_min_size(code: u32) -> Option<usize> {
     Some(match code {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
-        4 | 5 | 6 => 4,
+        4..=6 => 4,
         8 | 10 | 11 | 12 => 8,
         9 => 12,
         _ => return None,
@@ -364,7 +364,7 @@ impl GgufFile {
             let numel = info.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             let block = ggml_type.block().0 as u64;
             match numel {
-                Some(n) if n > 0 && info.ne[0] % block == 0 => {}
+                Some(n) if n > 0 && info.ne[0].is_multiple_of(block) => {}
                 _ => {
                     return Err(bad(
                         path,

@@ -61,7 +61,7 @@ pub(crate) fn inject_rows(op: &'static str, inj: &Injection<'_>, d: &LoraDims) -
         return Err(Error::ShapeMismatch { op, lhs: inj.gate.shape().clone(), rhs: inj.proj.shape().clone() });
     }
     let samples = inj.gate.dims()[0];
-    if samples == 0 || d.rows % samples != 0 {
+    if samples == 0 || !d.rows.is_multiple_of(samples) {
         return Err(Error::BadShape {
             op,
             msg: format!("{} rows cannot be split evenly over {samples} samples", d.rows),
