@@ -5,6 +5,14 @@
 //! step on a LLaMA-7B-shaped model against transformers + PEFT on the same GPU (a ratio of
 //! tokens/s), and one summary. Without a CUDA driver it says so and succeeds.
 //!
+//! Made for a first run that may be short: every kernel check runs its GPU side twice on
+//! NaN-prefilled outputs (bit-identical runs required), the first driver error stops
+//! everything after it and heads the summary (after an illegal address the context is dead,
+//! and every later stage would only repeat that error), the LLaMA-7B step fails unless its
+//! first loss is near `ln V`, and our GPU memory is freed and the device synchronised before
+//! the PEFT process starts (both peaks are printed). `--load-only` just compiles and loads the
+//! kernels (filling the cubin cache, e.g. before a run under compute-sanitizer).
+//!
 //! Everything runs from library code (`echo_kernels::cuda::{check, bench}`,
 //! `echo_trainer::{device_check, step_bench}`), so the prebuilt `target/release/xtask
 //! gpu-check` works on a GPU machine that has no Rust toolchain: the kernels are embedded and
@@ -35,6 +43,10 @@ pub struct GpuCheckArgs {
     /// Checks only, no benches.
     #[arg(long)]
     no_bench: bool,
+    /// Only open the device and compile / load every kernel file (fills the on-disk cubin
+    /// cache), then stop.
+    #[arg(long)]
+    load_only: bool,
     /// The tiny-llama-a fixture folder for the whole-step check (default: looked for next to
     /// the repository, `fixtures/tiny-llama-a`, or under $ECHO_FIXTURES).
     #[arg(long)]
@@ -134,18 +146,32 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, St
         .unwrap_or_else(|_| Err(format!("{what} panicked (message above)")))
 }
 
-fn print_bench(r: &StepBenchResult) {
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn print_bench(r: &StepBenchResult, vocab: usize) {
     let mean = r.step_seconds.iter().sum::<f64>() / r.step_seconds.len().max(1) as f64;
     println!(
-        "ours: {:.0} tokens/s ({} tokens/step, mean {:.3} s over {} steps; setup {:.1} s; loss {:.4} -> {:.4})",
+        "ours: {:.0} tokens/s ({} tokens/step, mean {:.3} s over {} steps; setup {:.1} s; loss {:.4} (ln V = {:.4}, must be within {}) -> {:.4}; allocator peak {})",
         r.tokens_per_s,
         r.tokens_per_step,
         mean,
         r.step_seconds.len(),
         r.setup_seconds,
         r.first_loss,
-        r.last_loss
+        (vocab as f32).ln(),
+        step_bench::FIRST_LOSS_TOL,
+        r.last_loss,
+        r.device_peak_bytes.map_or("-".to_string(), |b| format!("{:.2} GiB", gib(b)))
     );
+}
+
+/// What the summary says about a stop after a driver error.
+struct Stop {
+    at: String,
+    error: String,
+    skipped: String,
 }
 
 pub fn run(args: GpuCheckArgs) -> Result<()> {
@@ -178,46 +204,78 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     if let Some(d) = cuda::source::cache_dir() {
         println!("kernel cache: {}", d.display());
     }
+    if args.load_only {
+        return Ok(());
+    }
 
-    println!("\n== kernels vs CPU twins");
+    println!("\n== kernels vs CPU twins (each GPU side twice on NaN-prefilled outputs, bit-identical required)");
     let t = Instant::now();
     let results = check::run_all(&gpu);
     for r in &results {
         println!("{r}");
     }
-    let failed = results.iter().filter(|r| !r.ok).count();
-    println!("{} comparisons in {:.1} s", results.len(), t.elapsed().as_secs_f64());
-
-    println!("\n== whole training step on tiny-llama-a: cuda:{} vs cpu", gpu.ordinal);
-    let t = Instant::now();
-    let steps: Result<Vec<StepCheck>, String> = find_fixture(args.fixture.as_deref()).and_then(|dir| {
-        println!("fixture: {}", dir.display());
-        guarded("the whole-step check", || device_check::step_checks(&dir, Device::Cuda(gpu.ordinal)))
+    let failed = results.iter().filter(|r| !r.ok && r.not_run == 0).count();
+    let compared = results.iter().filter(|r| r.not_run == 0).count();
+    println!("{compared} comparisons in {:.1} s", t.elapsed().as_secs_f64());
+    let mut stop = check::stopped_at(&results).map(|r| Stop {
+        at: format!("kernel check `{}` ({})", r.name, r.shape),
+        error: r.error.clone().unwrap_or_default(),
+        skipped: format!(
+            "{} later kernel check(s), the whole-step check and the benches were not run",
+            results.iter().map(|r| r.not_run).sum::<usize>()
+        ),
     });
-    match &steps {
-        Ok(s) => {
-            for c in s {
-                println!("{c}");
-            }
-            println!(
-                "{} cases in {:.1} s (tolerances: loss and gradient norm rel {:.0e}; each gradient cosine >= {}, norm within {:.0}%; AdamW update {:.0e} lr)",
-                s.len(),
-                t.elapsed().as_secs_f64(),
-                device_check::LOSS_TOL,
-                1.0 - device_check::COS_TOL,
-                device_check::NORM_TOL * 100.0,
-                device_check::UPDATE_TOL
-            );
-        }
-        Err(e) => println!("step check error: {e}"),
+    if let Some(s) = &stop {
+        println!("STOPPED at a driver error in {}: {}", s.at, s.error);
     }
-    let step_failed = steps.as_ref().map_or(0, |s| s.iter().filter(|c| !c.ok()).count());
+
+    let mut steps: Option<Result<Vec<StepCheck>, String>> = None;
+    if stop.is_none() {
+        println!("\n== whole training step on tiny-llama-a: cuda:{} vs cpu (device side twice)", gpu.ordinal);
+        let t = Instant::now();
+        let s = find_fixture(args.fixture.as_deref()).and_then(|dir| {
+            println!("fixture: {}", dir.display());
+            guarded("the whole-step check", || device_check::step_checks(&dir, Device::Cuda(gpu.ordinal)))
+        });
+        match &s {
+            Ok(s) => {
+                for c in s {
+                    println!("{c}");
+                }
+                println!(
+                    "{} cases in {:.1} s (tolerances: loss and gradient norm rel {:.0e}; each gradient cosine >= {}, norm within {:.0}%; AdamW update {:.0e} lr; two device runs bit-identical)",
+                    s.len(),
+                    t.elapsed().as_secs_f64(),
+                    device_check::LOSS_TOL,
+                    1.0 - device_check::COS_TOL,
+                    device_check::NORM_TOL * 100.0,
+                    device_check::UPDATE_TOL
+                );
+            }
+            Err(e) => println!("step check error: {e}"),
+        }
+        steps = Some(s);
+        // A fault in the step leaves the context dead: every later stage would repeat it.
+        if let Err(e) = gpu.synchronize() {
+            println!("STOPPED: the CUDA context is unusable after the whole-step check: {e}");
+            stop = Some(Stop {
+                at: "the whole-step check".into(),
+                error: e.to_string(),
+                skipped: "the benches were not run".into(),
+            });
+        }
+    }
+    let step_failed = match &steps {
+        Some(Ok(s)) => s.iter().filter(|c| !c.ok()).count(),
+        _ => 0,
+    };
 
     let mut benches = Vec::new();
     let mut bench_error = None;
     let mut step_bench: Option<Result<StepBenchResult, String>> = None;
     let mut peft = None;
-    if !args.no_bench {
+    let vocab = StepBench::llama_7b().config.vocab_size;
+    if !args.no_bench && stop.is_none() {
         println!("\n== benches (ours vs unfused cuBLAS baseline)");
         match bench::run_all(&gpu) {
             Ok(b) => {
@@ -242,10 +300,26 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         );
         let ours = guarded("the step bench", || step_bench::run(&b, Device::Cuda(gpu.ordinal)));
         match &ours {
-            Ok(r) => print_bench(r),
+            Ok(r) => print_bench(r, vocab),
             Err(e) => println!("ours: error: {e}"),
         }
         step_bench = Some(ours);
+        // step_bench::run frees and synchronises already; again here in case it panicked.
+        match step_bench::release_device_memory(gpu.ordinal) {
+            Ok(()) => {
+                let s = gpu.pool_stats();
+                let info = gpu.context().mem_get_info().map_or_else(
+                    |e| format!("unknown ({e})"),
+                    |(free, total)| format!("{:.1} GiB free of {:.1} GiB", gib(free), gib(total)),
+                );
+                println!(
+                    "device memory before transformers+PEFT: {info} (ours: {:.1} MiB in use, {:.1} MiB cached)",
+                    s.in_use as f64 / (1 << 20) as f64,
+                    s.cached as f64 / (1 << 20) as f64
+                );
+            }
+            Err(e) => println!("freeing our device memory before transformers+PEFT: {e}"),
+        }
         println!("transformers + PEFT ({}):", args.python);
         let p = run_peft(&args.python, gpu.ordinal, args.layers, args.steps.max(1), args.warmup);
         match &p {
@@ -257,24 +331,33 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     }
     let stats = gpu.pool_stats();
     println!("\n== summary");
+    if let Some(s) = &stop {
+        println!("STOPPED at the first driver error, in {}: {}", s.at, s.error);
+        println!(
+            "  {} (the CUDA context is unusable after a fault). device-bundle/run.sh runs the kernel test under compute-sanitizer first: its log names the faulting kernel and access.",
+            s.skipped
+        );
+    }
     println!("device: {} ({})", gpu.name, gpu.arch);
-    println!("checks: {} ok, {} failed", results.len() - failed, failed);
+    println!("checks: {} ok, {} failed (each GPU side run twice on NaN-prefilled outputs)", compared - failed, failed);
     for r in results.iter().filter(|r| !r.ok) {
         println!("  {r}");
     }
     match &steps {
-        Ok(s) => {
+        Some(Ok(s)) => {
             println!("whole step vs cpu: {} ok, {step_failed} failed", s.len() - step_failed);
             for c in s.iter().filter(|c| !c.ok()) {
                 println!("  {c}");
             }
         }
-        Err(e) => println!("whole step vs cpu: error: {e}"),
+        Some(Err(e)) => println!("whole step vs cpu: error: {e}"),
+        None => println!("whole step vs cpu: not run"),
     }
     if !args.no_bench {
-        match &bench_error {
-            Some(e) => println!("benches: error: {e}"),
-            None => {
+        match (&bench_error, stop.is_some()) {
+            (_, true) => println!("benches: not run"),
+            (Some(e), _) => println!("benches: error: {e}"),
+            (None, _) => {
                 for r in &benches {
                     println!("bench {:<24} {:<40} x{:.2} vs cuBLAS", r.name, r.shape, r.baseline_us / r.ours_us);
                 }
@@ -301,6 +384,30 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
             _ => "not run".into(),
         };
         println!("bench LoRA step LLaMA-7B shape ({} layers, 16 x 256, r 32): {line}", args.layers);
+        if let Some(r) = step_bench.as_ref().and_then(|r| r.as_ref().ok()) {
+            println!(
+                "  first loss {:.4} vs ln V {:.4} (must be within {}), last {:.4}",
+                r.first_loss,
+                (vocab as f32).ln(),
+                step_bench::FIRST_LOSS_TOL,
+                r.last_loss
+            );
+        }
+        if step_bench.is_some() {
+            let ours_peak = step_bench
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|r| r.device_peak_bytes)
+                .unwrap_or(stats.peak_in_use);
+            let theirs_peak = match &peft {
+                Some(Peft::Ran(j)) => j["peak_memory_gib"].as_f64().map_or("-".to_string(), |g| format!("{g:.2} GiB")),
+                _ => "-".to_string(),
+            };
+            println!(
+                "  peak device memory: ours {:.2} GiB (our allocator's peak in use), transformers+PEFT {theirs_peak} (torch max_memory_allocated)",
+                gib(ours_peak)
+            );
+        }
     }
     println!(
         "allocator: peak {:.1} MiB in use, {} driver allocations, {:.1} MiB cached",
@@ -308,11 +415,12 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         stats.driver_allocs,
         stats.cached as f64 / (1 << 20) as f64
     );
-    let step_error = steps.is_err();
+    let step_error = matches!(steps, Some(Err(_)));
     let step_bench_error = matches!(step_bench, Some(Err(_)));
-    if failed > 0 || step_failed > 0 || step_error || bench_error.is_some() || step_bench_error {
+    if stop.is_some() || failed > 0 || step_failed > 0 || step_error || bench_error.is_some() || step_bench_error {
         bail!(
-            "gpu-check failed: {failed} kernel comparison(s) and {step_failed} whole-step case(s) out of tolerance{}{}{}",
+            "gpu-check failed: {}{failed} kernel comparison(s) and {step_failed} whole-step case(s) out of tolerance{}{}{}",
+            stop.as_ref().map_or(String::new(), |s| format!("stopped at a driver error in {}; ", s.at)),
             if step_error { ", the whole-step check errored" } else { "" },
             if bench_error.is_some() { ", kernel benches errored" } else { "" },
             if step_bench_error { ", the step bench errored" } else { "" }

@@ -3,7 +3,9 @@
 //! path, on the fixture's batch and on a longer padded one; one `forward_backward` on each
 //! side from the same parameters, then clipping and one AdamW step, then a second forward.
 //! Compared: the loss, every parameter gradient, the gradient norm, the AdamW update and the
-//! loss after the update. Run by `cargo xtask gpu-check` and `tests/device_step.rs`.
+//! loss after the update. The device side runs twice and must give the same bits (every op
+//! is deterministic by design), so a race that lands near the right numbers still fails.
+//! Run by `cargo xtask gpu-check` and `tests/device_step.rs`.
 //!
 //! The CPU reference holds the base weights in bf16 too, so it computes what the GPU does
 //! (activations rounded to bf16 where they meet a base weight, f32 everywhere else;
@@ -71,6 +73,8 @@ pub struct StepCheck {
     /// parameter it was in.
     pub update: (f32, String),
     pub loss_after: (f32, f32),
+    /// The first difference between the device side's two runs (None: bit-identical).
+    pub repeat: Option<String>,
 }
 
 fn rel(cpu: f32, dev: f32) -> f32 {
@@ -106,6 +110,7 @@ impl StepCheck {
             && rel(self.loss_after.0, self.loss_after.1) <= LOSS_TOL
             && self.grads.iter().all(TensorDiff::ok)
             && self.update.0 <= UPDATE_TOL
+            && self.repeat.is_none()
     }
 }
 
@@ -120,7 +125,7 @@ impl fmt::Display for StepCheck {
         };
         write!(
             f,
-            "{} {}: loss {:.5} vs {:.5} (rel {:.1e}); {} grads, worst {worst}; grad norm rel {:.1e}; AdamW update worst {:.1e} lr ({}); loss after the step rel {:.1e}",
+            "{} {}: loss {:.5} vs {:.5} (rel {:.1e}); {} grads, worst {worst}; grad norm rel {:.1e}; AdamW update worst {:.1e} lr ({}); loss after the step rel {:.1e}; {}",
             if self.ok() { "ok  " } else { "FAIL" },
             self.case,
             self.loss.0,
@@ -131,6 +136,10 @@ impl fmt::Display for StepCheck {
             self.update.0,
             self.update.1,
             rel(self.loss_after.0, self.loss_after.1),
+            match &self.repeat {
+                None => "two device runs bit-identical".to_string(),
+                Some(d) => format!("the two device runs DIFFER: {d}"),
+            }
         )
     }
 }
@@ -314,6 +323,34 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     Ok(Side { loss: first.loss, grads, grad_norm, update, loss_after: after.loss })
 }
 
+fn host_f32(t: &Tensor) -> Result<&[f32], String> {
+    t.f32s("device_check").map_err(|e| e.to_string())
+}
+
+/// The first difference in any bit between two runs of one side, in words.
+fn side_difference(names: &[String], a: &Side, b: &Side) -> Result<Option<String>, String> {
+    let scalars = [("loss", a.loss, b.loss), ("gradient norm", a.grad_norm, b.grad_norm)];
+    let more = [("loss after the step", a.loss_after, b.loss_after)];
+    for (what, x, y) in scalars.into_iter().chain(more) {
+        if x.to_bits() != y.to_bits() {
+            return Ok(Some(format!("{what}: {x:e} vs {y:e}")));
+        }
+    }
+    let tensors = [("gradient", &a.grads, &b.grads), ("AdamW update", &a.update, &b.update)];
+    for (what, xs, ys) in tensors {
+        for ((name, x), y) in names.iter().zip(xs).zip(ys) {
+            let (x, y) = (host_f32(x)?, host_f32(y)?);
+            if let Some(i) = x.iter().zip(y).position(|(p, q)| p.to_bits() != q.to_bits()) {
+                return Ok(Some(format!("{what} of `{name}` at [{i}]: {:e} vs {:e}", x[i], y[i])));
+            }
+            if x.len() != y.len() {
+                return Ok(Some(format!("{what} of `{name}`: {} vs {} elements", x.len(), y.len())));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// `max |dev - cpu|` and that over `max |cpu|`; a non-finite value on either side that the
 /// other does not share counts as infinitely far.
 fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff, String> {
@@ -404,8 +441,13 @@ fn check_case(
     ids.extend(echo.as_ref().map(|e| e.param_ids()).unwrap_or_default());
     let setup = Setup { adapters: &adapters, echo: echo.as_ref(), ids: &ids, batch };
     let cpu = run_side(cpu_model, &store, &setup).map_err(|e| format!("{} on the cpu: {e}", case.name))?;
-    let dev =
-        run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}: {e}", case.name, dev_model.device()))?;
+    let on_dev = |run: &str| {
+        run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}{run}: {e}", case.name, dev_model.device()))
+    };
+    let dev = on_dev("")?;
+    let again = on_dev(", second run")?;
+    let names: Vec<String> = ids.iter().map(|&id| store.get(id).name.clone()).collect();
+    let repeat = side_difference(&names, &dev, &again)?;
     let mut grads = Vec::with_capacity(ids.len());
     let mut update = (0f32, String::new());
     for (i, &id) in ids.iter().enumerate() {
@@ -423,6 +465,7 @@ fn check_case(
         grad_norm: (cpu.grad_norm, dev.grad_norm),
         update,
         loss_after: (cpu.loss_after, dev.loss_after),
+        repeat,
     })
 }
 

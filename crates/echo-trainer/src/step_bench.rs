@@ -6,6 +6,12 @@
 //!
 //! The batch is the Python script's: token ids from splitmix64 (seed 0) in `[16, V)`, mask
 //! all ones, labels = the ids (every shifted position counts).
+//!
+//! The run is also a check at the real size, which the kernel checks (small shapes) and the
+//! whole-step check (tiny-llama-a) do not reach: it fails unless the first loss is within
+//! [`FIRST_LOSS_TOL`] of `ln V` (random weights of std 0.02 predict near-uniformly) and every
+//! loss and gradient norm is finite, so a NaN or a wrong result that appears only at large
+//! sizes gives an error, not a tokens/s figure.
 
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
@@ -88,6 +94,26 @@ pub struct StepBenchResult {
     pub setup_seconds: f64,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// On a GPU: the caching allocator's peak of bytes in use (size classes) in this process,
+    /// read before the cache was freed; the step is by far the largest user.
+    pub device_peak_bytes: Option<usize>,
+}
+
+/// The first loss must be within this of `ln(vocab)`: with random weights of std 0.02 the
+/// logits are near zero and the loss starts at `ln V` to within a few hundredths (the tiny
+/// CPU run of `tests/device_step.rs`: 0.1); a wrong forward (a dropped norm, a wrong scale, a
+/// garbled row) moves it by far more.
+pub const FIRST_LOSS_TOL: f32 = 1.0;
+
+/// `Err` unless `loss` (the first step's) is finite and within [`FIRST_LOSS_TOL`] of `ln vocab`.
+pub fn check_first_loss(loss: f32, vocab: usize) -> Result<(), String> {
+    let want = (vocab as f32).ln();
+    match loss.is_finite() && (loss - want).abs() <= FIRST_LOSS_TOL {
+        true => Ok(()),
+        false => Err(format!(
+            "first loss {loss} is not within {FIRST_LOSS_TOL} of ln({vocab}) = {want:.4} (random weights predict near-uniformly): the forward is wrong at this size"
+        )),
+    }
 }
 
 /// splitmix64 from `state`: `(next state, output)`, as `peft_step_7b.py`.
@@ -121,17 +147,32 @@ fn synchronize(device: Device) -> Result<(), String> {
     }
 }
 
-/// Runs the benchmark on `device`. On a GPU everything it allocated is returned to the
-/// driver afterwards (the caching allocator's free blocks too), so another process, such as
-/// the PyTorch side, has the memory.
+/// Runs the benchmark on `device`; an error when a step fails or its losses say the step is
+/// wrong ([`check_first_loss`], every loss and gradient norm finite). On a GPU everything it
+/// allocated is returned to the driver afterwards: the caching allocator's free blocks are
+/// freed (stream-ordered frees) and the device is synchronised, which is when the driver takes
+/// them back, so another process, such as the PyTorch side, has the memory.
 pub fn run(bench: &StepBench, device: Device) -> Result<StepBenchResult, String> {
     let result = run_inner(bench, device);
-    if let Device::Cuda(n) = device {
-        if let Ok(gpu) = echo_kernels::cuda::runtime::Gpu::get(n) {
-            gpu.pool().empty_cache();
+    match device {
+        Device::Cpu => result,
+        Device::Cuda(n) => {
+            let freed = release_device_memory(n);
+            match (result, freed) {
+                (Ok(_), Err(e)) => Err(format!("freeing the device memory after the run: {e}")),
+                (result, _) => result,
+            }
         }
     }
-    result
+}
+
+/// Frees the caching allocator's unused blocks on `cuda:n` and synchronises (the frees are
+/// stream-ordered: the driver has the memory back only after the synchronisation).
+pub fn release_device_memory(n: usize) -> Result<(), String> {
+    let gpu = echo_kernels::cuda::runtime::Gpu::get(n).map_err(|e| e.to_string())?;
+    gpu.pool().empty_cache();
+    gpu.synchronize().map_err(|e| e.to_string())?;
+    gpu.context().synchronize().map_err(|e| e.to_string())
 }
 
 fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, String> {
@@ -173,7 +214,15 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
     for i in 0..bench.warmup + bench.steps {
         let t0 = Instant::now();
         let (stats, _) = forward_backward(&ctx, &input, &mut store, None, 1.0, false)?;
+        if i == 0 {
+            check_first_loss(stats.loss, bench.config.vocab_size)?;
+        } else if !stats.loss.is_finite() {
+            return Err(format!("step {}: loss {} is not finite", i + 1, stats.loss));
+        }
         let norm = global_grad_norm(&store, &ids)?;
+        if !norm.is_finite() {
+            return Err(format!("step {}: gradient norm {norm} is not finite (loss {})", i + 1, stats.loss));
+        }
         adam.step(&mut store, &ids, bench.lr, clip_factor(norm, bench.max_grad_norm))?;
         store.zero_grad();
         synchronize(device)?;
@@ -184,6 +233,10 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
         last_loss = stats.loss;
     }
     let total: f64 = step_seconds.iter().sum();
+    let device_peak_bytes = match device {
+        Device::Cpu => None,
+        Device::Cuda(n) => echo_kernels::cuda::runtime::Gpu::get(n).ok().map(|g| g.pool_stats().peak_in_use),
+    };
     Ok(StepBenchResult {
         device: device.to_string(),
         layers: bench.config.num_hidden_layers,
@@ -193,5 +246,22 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
         setup_seconds,
         first_loss: first_loss.unwrap_or(f32::NAN),
         last_loss,
+        device_peak_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_loss_must_be_near_ln_vocab() {
+        let ln = (32000f32).ln();
+        assert!(check_first_loss(ln + 0.05, 32000).is_ok());
+        assert!(check_first_loss(ln - 0.99, 32000).is_ok());
+        for bad in [ln + 1.5, ln - 2.0, 0.0, f32::NAN, f32::INFINITY] {
+            let e = check_first_loss(bad, 32000).unwrap_err();
+            assert!(e.contains("ln(32000) = 10.3735"), "{e}");
+        }
+    }
 }
