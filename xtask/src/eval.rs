@@ -74,7 +74,7 @@ pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
     );
     let mut before = 0;
     let mut current = String::new();
-    let (scores, predictions) = echo_eval::evaluate(&model, &tok, &data, &job.opts, &mut |name, done| {
+    let result = echo_eval::evaluate(&model, &tok, &data, &job.opts, &mut |name, done| {
         if name != current {
             before = bar.position() as usize;
             current = name.to_string();
@@ -90,10 +90,11 @@ pub fn evaluate(job: &EvalJob) -> Result<EvalReport> {
         decoding: "greedy".into(),
         max_new_tokens: job.opts.max_new_tokens,
         limit: job.limit,
-        average: EvalReport::average_of(&scores),
-        datasets: scores,
+        average: EvalReport::average_of(&result.scores),
+        datasets: result.scores,
         seconds: t0.elapsed().as_secs_f64(),
-        predictions,
+        predictions: result.predictions,
+        skipped: result.skipped,
     })
 }
 
@@ -138,5 +139,21 @@ pub fn run(a: EvalArgs) -> Result<()> {
         report.seconds,
         out.display()
     );
+    if let Some(s) = report.skipped.first() {
+        println!(
+            "{} records skipped: they do not fit the model's context of {} positions ({}; e.g. {} record {} needs {}); listed under `skipped` in {}",
+            report.skipped.len(),
+            s.limit,
+            if mode == Mode::Generate {
+                format!("prompt + {} new tokens", a.max_new_tokens)
+            } else {
+                "prompt + longest candidate answer - 1".into()
+            },
+            s.dataset,
+            s.index,
+            s.positions,
+            out.display()
+        );
+    }
     Ok(())
 }

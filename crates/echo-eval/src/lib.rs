@@ -14,7 +14,7 @@ pub mod datasets;
 pub mod score;
 
 pub use datasets::{answer_pattern, discover, extract_answer, known_datasets, load, Dataset};
-pub use score::{score_dataset, EvalOptions, Mode, Prediction};
+pub use score::{positions_needed, score_dataset, EvalOptions, Mode, Prediction, Scored, Skipped};
 
 use echo_autograd::ParamStore;
 use echo_data::{Template, Tokenizer};
@@ -59,11 +59,16 @@ pub struct DatasetScore {
     pub correct: usize,
     /// Records whose generated text held no match of the answer pattern (counted wrong).
     pub no_answer: usize,
+    /// Records left out because they do not fit the model's context (not in `total`; see
+    /// [`positions_needed`]). Absent in reports written before it existed, hence the default.
+    #[serde(default)]
+    pub skipped: usize,
+    /// `correct / total`: the accuracy over the records scored.
     pub accuracy: f64,
 }
 
 impl DatasetScore {
-    pub fn from_predictions(name: &str, preds: &[Prediction]) -> Self {
+    pub fn from_predictions(name: &str, preds: &[Prediction], skipped: usize) -> Self {
         let correct = preds.iter().filter(|p| p.correct).count();
         let no_answer = preds.iter().filter(|p| p.prediction.is_none()).count();
         DatasetScore {
@@ -71,6 +76,7 @@ impl DatasetScore {
             total: preds.len(),
             correct,
             no_answer,
+            skipped,
             accuracy: if preds.is_empty() { 0.0 } else { correct as f64 / preds.len() as f64 },
         }
     }
@@ -87,33 +93,59 @@ pub struct EvalReport {
     pub max_new_tokens: usize,
     pub limit: Option<usize>,
     pub datasets: Vec<DatasetScore>,
-    /// Unweighted mean of the dataset accuracies (how the papers average).
+    /// Unweighted mean of the dataset accuracies (how the papers average), over the datasets
+    /// with at least one record scored.
     pub average: f64,
     pub seconds: f64,
     pub predictions: Vec<Prediction>,
+    /// Every record left out because it does not fit the model's context.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
 }
 
 impl EvalReport {
+    /// The mean accuracy over the datasets with a record scored (a dataset whose every record
+    /// was skipped has no accuracy to average).
     pub fn average_of(scores: &[DatasetScore]) -> f64 {
-        if scores.is_empty() {
+        let scored: Vec<f64> = scores.iter().filter(|s| s.total > 0).map(|s| s.accuracy).collect();
+        if scored.is_empty() {
             0.0
         } else {
-            scores.iter().map(|s| s.accuracy).sum::<f64>() / scores.len() as f64
+            scored.iter().sum::<f64>() / scored.len() as f64
         }
     }
 
-    /// A Markdown table: one row per dataset, then the average.
+    /// A Markdown table: one row per dataset, then the average. `records` counts the records
+    /// scored; `skipped` those that do not fit the model's context.
     pub fn markdown(&self) -> String {
-        let mut s = String::from("| dataset | records | accuracy | no answer |\n| --- | ---: | ---: | ---: |\n");
+        let mut s = String::from(
+            "| dataset | records | accuracy | no answer | skipped (too long) |\n| --- | ---: | ---: | ---: | ---: |\n",
+        );
         for d in &self.datasets {
-            s += &format!("| {} | {} | {:.1}% | {} |\n", d.name, d.total, 100.0 * d.accuracy, d.no_answer);
+            s += &format!(
+                "| {} | {} | {:.1}% | {} | {} |\n",
+                d.name,
+                d.total,
+                100.0 * d.accuracy,
+                d.no_answer,
+                d.skipped
+            );
         }
-        s += &format!("| **average** | | **{:.1}%** | |\n", 100.0 * self.average);
+        s += &format!("| **average** | | **{:.1}%** | | |\n", 100.0 * self.average);
         s
     }
 }
 
-/// Evaluates `model` (adapter already applied) on every dataset in turn.
+/// What [`evaluate`] produced over all datasets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub scores: Vec<DatasetScore>,
+    pub predictions: Vec<Prediction>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Evaluates `model` (adapter already applied) on every dataset in turn; a record that does
+/// not fit the model's context is skipped and counted, and the run goes on.
 /// `progress(dataset, done_in_dataset)` follows the work.
 pub fn evaluate(
     model: &Llama,
@@ -121,14 +153,14 @@ pub fn evaluate(
     data: &[Dataset],
     opts: &EvalOptions,
     progress: &mut dyn FnMut(&str, usize),
-) -> Result<(Vec<DatasetScore>, Vec<Prediction>)> {
+) -> Result<Evaluation> {
     let template = Template::alpaca();
-    let mut scores = Vec::new();
-    let mut all = Vec::new();
+    let mut out = Evaluation { scores: Vec::new(), predictions: Vec::new(), skipped: Vec::new() };
     for ds in data {
-        let preds = score_dataset(model, tok, &template, ds, opts, &mut |n| progress(&ds.name, n))?;
-        scores.push(DatasetScore::from_predictions(&ds.name, &preds));
-        all.extend(preds);
+        let scored = score_dataset(model, tok, &template, ds, opts, &mut |n| progress(&ds.name, n))?;
+        out.scores.push(DatasetScore::from_predictions(&ds.name, &scored.predictions, scored.skipped.len()));
+        out.predictions.extend(scored.predictions);
+        out.skipped.extend(scored.skipped);
     }
-    Ok((scores, all))
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! Scoring one test set: greedy generation read by the answer pattern, or log-likelihood of
 //! each candidate answer. Both batch records (sorted by prompt length, so little padding)
-//! through the KV-cache decoder of `echo_model::generate`.
+//! through the KV-cache decoder of `echo_model::generate`. A record that does not fit the
+//! model's context is skipped and listed, not scored ([`positions_needed`] says when).
 
 use crate::datasets::{answer_prefix, candidates, extract_answer, Dataset};
 use crate::{Error, Result};
@@ -67,8 +68,51 @@ pub struct Prediction {
     pub scores: Option<Vec<(String, f64)>>,
 }
 
-/// Scores every record of `ds`; `progress(n)` is called after each batch with the records
-/// done so far in this dataset. Predictions come back in record order.
+/// A record left out because it does not fit the model's context (see [`positions_needed`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Skipped {
+    pub dataset: String,
+    /// Index of the record in the dataset's test.json.
+    pub index: usize,
+    /// Positions the record needs.
+    pub positions: usize,
+    /// The model's `max_position_embeddings`.
+    pub limit: usize,
+}
+
+/// What [`score_dataset`] produced: a prediction per record that fits, in record order, and
+/// the records that do not fit, in record order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub predictions: Vec<Prediction>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The positions a record occupies in the model's context, decided before anything is
+/// scored. A record fits when this is at most `max_position_embeddings`.
+///
+/// - **generate**: `prompt + max_new_tokens`. Generation refuses a batch whose prompt plus
+///   budget exceeds the context (`echo_model::generate`), and the budget counts in full even
+///   though most answers stop early on EOS: whether a record is scored must not depend on what
+///   the model writes, or two adapters would be compared on different records.
+/// - **loglik**: `prompt + longest continuation - 1`, a continuation being the answer prefix
+///   plus one candidate (`the correct answer is answer3`). Every continuation token is scored
+///   from the logits of the position before it, so the last token of the longest one is scored
+///   but never fed: that is the decoder's capacity for this record alone.
+///
+/// Either way the rule depends only on the tokenizer, the template, the record and the
+/// options, never on the weights: every model evaluated with the same tokenizer and context
+/// skips the same records.
+pub fn positions_needed(prompt: usize, mode: Mode, max_new_tokens: usize, longest_continuation: usize) -> usize {
+    match mode {
+        Mode::Generate => prompt + max_new_tokens,
+        Mode::Loglik => prompt + longest_continuation.max(1) - 1,
+    }
+}
+
+/// Scores every record of `ds` that fits the model's context and lists the others (see
+/// [`positions_needed`]); `progress(n)` is called after each batch with the records done so
+/// far in this dataset, skipped ones included.
 pub fn score_dataset(
     model: &Llama,
     tok: &Tokenizer,
@@ -76,24 +120,51 @@ pub fn score_dataset(
     ds: &Dataset,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize),
-) -> Result<Vec<Prediction>> {
+) -> Result<Scored> {
     if opts.batch == 0 {
         return Err(Error::Input("batch must be > 0".into()));
     }
+    let limit = model.config.max_position_embeddings;
     let prompts: Vec<Vec<u32>> = ds
         .records
         .iter()
         .map(|r| tok.encode(&template.prompt(r)))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| Error::Input(e.to_string()))?;
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    // Loglik: each record's candidates, tokenised once, up front (the fit needs their length).
+    let sets: Vec<Option<Candidates>> = match opts.mode {
+        Mode::Generate => prompts.iter().map(|_| None).collect(),
+        Mode::Loglik => {
+            (0..prompts.len()).map(|i| split_candidates(tok, ds, i, &prompts[i]).map(Some)).collect::<Result<_>>()?
+        }
+    };
+    let mut skipped = Vec::new();
+    let mut order = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let longest = sets[i].as_ref().map_or(0, |s| s.context.len() - p.len() + s.longest_suffix());
+        let positions = positions_needed(p.len(), opts.mode, opts.max_new_tokens, longest);
+        if positions > limit {
+            skipped.push(Skipped { dataset: ds.name.clone(), index: i, positions, limit });
+        } else {
+            order.push(i);
+        }
+    }
     order.sort_by_key(|&i| (prompts[i].len(), i));
     let mut out: Vec<Option<Prediction>> = vec![None; prompts.len()];
-    let mut done = 0;
-    for chunk in order.chunks(opts.batch) {
+    let mut done = skipped.len();
+    if done > 0 {
+        progress(done);
+    }
+    for chunk in chunks(&order, opts.batch, &sets, limit) {
         let preds = match opts.mode {
             Mode::Generate => generate_batch(model, tok, ds, chunk, &prompts, opts.max_new_tokens)?,
-            Mode::Loglik => loglik_batch(model, tok, ds, chunk, &prompts)?,
+            Mode::Loglik => loglik_batch(
+                model,
+                tok,
+                ds,
+                chunk,
+                chunk.iter().map(|&i| sets[i].as_ref().expect("loglik sets every record's candidates")).collect(),
+            )?,
         };
         for (i, p) in chunk.iter().zip(preds) {
             out[*i] = Some(p);
@@ -101,7 +172,33 @@ pub fn score_dataset(
         done += chunk.len();
         progress(done);
     }
-    Ok(out.into_iter().map(|p| p.expect("every record scored")).collect())
+    Ok(Scored { predictions: out.into_iter().flatten().collect(), skipped })
+}
+
+/// Consecutive runs of `order` of at most `batch` records. In loglik mode a run also keeps
+/// its decoder within the context: rows are left-padded to the longest context, and a row
+/// whose candidates ended is fed padding while the others go on, so the batch needs
+/// `longest context + longest suffix - 1` positions, which two records that fit alone can
+/// exceed together. A run is cut before a record that would push it past `limit`.
+fn chunks<'a>(order: &'a [usize], batch: usize, sets: &[Option<Candidates>], limit: usize) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let (mut ctx, mut suffix) = (0, 0);
+    for (k, &i) in order.iter().enumerate() {
+        let (c, s) = sets[i].as_ref().map_or((0, 1), |s| (s.context.len(), s.longest_suffix()));
+        let full = k - start == batch;
+        let overflows = sets[i].is_some() && ctx.max(c) + suffix.max(s) - 1 > limit;
+        if k > start && (full || overflows) {
+            out.push(&order[start..k]);
+            start = k;
+            (ctx, suffix) = (0, 0);
+        }
+        (ctx, suffix) = (ctx.max(c), suffix.max(s));
+    }
+    if start < order.len() {
+        out.push(&order[start..]);
+    }
+    out
 }
 
 fn answer_of(ds: &Dataset, i: usize) -> String {
@@ -156,6 +253,12 @@ struct Candidates {
     suffixes: Vec<Vec<u32>>,
 }
 
+impl Candidates {
+    fn longest_suffix(&self) -> usize {
+        self.suffixes.iter().map(Vec::len).max().unwrap_or(1)
+    }
+}
+
 fn split_candidates(tok: &Tokenizer, ds: &Dataset, i: usize, prompt: &[u32]) -> Result<Candidates> {
     let r = &ds.records[i];
     let names = candidates(r, ds.pattern);
@@ -188,10 +291,8 @@ fn loglik_batch(
     tok: &Tokenizer,
     ds: &Dataset,
     idx: &[usize],
-    prompts: &[Vec<u32>],
+    sets: Vec<&Candidates>,
 ) -> Result<Vec<Prediction>> {
-    let sets: Vec<Candidates> =
-        idx.iter().map(|&i| split_candidates(tok, ds, i, &prompts[i])).collect::<Result<_>>()?;
     let b = sets.len();
     let v = model.config.vocab_size;
     let longest_ctx = sets.iter().map(|s| s.context.len()).max().unwrap_or(1);
@@ -242,7 +343,7 @@ fn loglik_batch(
                 answer,
                 prediction: Some(prediction),
                 output: None,
-                scores: Some(s.names.into_iter().zip(sc).collect()),
+                scores: Some(s.names.iter().cloned().zip(sc).collect()),
             }
         })
         .collect())

@@ -132,6 +132,8 @@ fn loglik_scores_match_a_full_forward() {
             &mut |_| {},
         )
         .unwrap();
+        assert!(preds.skipped.is_empty(), "every record fits: {:?}", preds.skipped);
+        let preds = preds.predictions;
         assert_eq!(preds.len(), ds.records.len());
         for (p, r) in preds.iter().zip(&ds.records) {
             let scores = p.scores.as_ref().unwrap();
@@ -193,7 +195,9 @@ fn generation_does_not_depend_on_batching() {
         };
         let (one, three) = (run(1), run(3));
         assert_eq!(one, three, "{}: batch 1 vs batch 3", ds.name);
-        for p in &one {
+        assert!(one.skipped.is_empty());
+        assert_eq!(one.predictions.len(), ds.records.len());
+        for p in &one.predictions {
             let text = p.output.as_deref().unwrap();
             assert_eq!(p.prediction, echo_eval::extract_answer(text, ds.pattern));
         }
@@ -254,4 +258,96 @@ fn an_adapter_for_another_model_is_refused() {
     let n = apply_adapter(&mut m, &src, &fixture()).unwrap();
     assert!(n > 0);
     assert_ne!(before, m.blocks[0].proj[0].to_vec_f32(), "q_proj of layer 0 merged");
+}
+
+/// Grows `base` with " a" until `needed(instruction)` reaches `target` exactly.
+fn grow_to(base: &str, target: usize, needed: &dyn Fn(&str) -> usize) -> String {
+    let mut s = base.to_string();
+    while needed(&s) < target {
+        s.push_str(" a");
+    }
+    assert_eq!(needed(&s), target, "filler steps by one token");
+    s
+}
+
+#[test]
+fn records_beyond_the_context_are_skipped_and_the_rest_scored() {
+    let m = Llama::load(&fixture()).unwrap();
+    let tok = Tokenizer::from_dir(fixture()).unwrap();
+    let limit = m.config.max_position_embeddings;
+    let template = Template::alpaca();
+    let dir = temp_dir("skip");
+    let prompt_len = |instruction: &str| {
+        let r = Record { instruction: instruction.into(), input: String::new(), output: String::new(), answer: None };
+        tok.encode(&template.prompt(&r)).unwrap().len()
+    };
+    let cont_len = |c: &str| tok.encode_plain(&format!("the correct answer is {c}")).unwrap().len();
+    let rec = |instruction: String, a: &str| Record {
+        instruction,
+        input: String::new(),
+        output: format!("the correct answer is {a}"),
+        answer: Some(a.into()),
+    };
+
+    // Generate mode: prompt + max_new_tokens == limit fits, one token more is skipped.
+    let max_new = 8;
+    let fits = grow_to("Is it?\n\nAnswer format: true/false\n\n", limit - max_new, &|s| prompt_len(s));
+    let over = format!("{fits} a");
+    assert_eq!(prompt_len(&over) + max_new, limit + 1);
+    let records = vec![rec("is it?".into(), "true"), rec(over.clone(), "false"), rec(fits.clone(), "true")];
+    let ds = echo_eval::Dataset {
+        name: "boolq".into(),
+        path: dir.join("boolq"),
+        records,
+        pattern: echo_eval::answer_pattern("boolq").unwrap(),
+    };
+    let mut seen = Vec::new();
+    let opts = EvalOptions { mode: Mode::Generate, batch: 4, max_new_tokens: max_new };
+    let out = score_dataset(&m, &tok, &template, &ds, &opts, &mut |n| seen.push(n)).unwrap();
+    assert_eq!(out.predictions.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 2], "record order, the fit kept");
+    assert_eq!(out.skipped, [echo_eval::Skipped { dataset: "boolq".into(), index: 1, positions: limit + 1, limit }]);
+    assert_eq!(seen.last(), Some(&3), "progress counts the skipped record as done");
+    // The record at the limit is generated in full (the budget, not an early EOS, decides).
+    let alone = score_dataset(
+        &m,
+        &tok,
+        &template,
+        &echo_eval::Dataset { records: vec![ds.records[2].clone()], ..ds.clone() },
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(alone.predictions[0].output, out.predictions[1].output, "batched with a short prompt or alone");
+
+    // Loglik mode: prompt + longest continuation - 1 == limit fits. Record `long` has a long
+    // candidate and a short prompt, record `edge` short candidates and a prompt at the limit:
+    // each fits alone, together they would need more than the context, so they must go to the
+    // decoder in separate batches (batch 2 would otherwise pair them).
+    let pattern: &'static [&'static str] = &["yes", "no", "a very long green answer indeed, with more words"];
+    let short = "Answer format: yes/no";
+    let longest_short = cont_len("yes").max(cont_len("no"));
+    let edge = grow_to(&format!("Q?\n\n{short}\n\n"), limit + 1 - longest_short, &|s| prompt_len(s));
+    let edge_over = format!("{edge} a");
+    let long = "Which one?".to_string();
+    let long_positions = prompt_len(&long) + cont_len(pattern[2]) - 1;
+    assert!(long_positions <= limit);
+    assert!(prompt_len(&edge) + cont_len(pattern[2]) - 1 > limit, "together they overflow");
+    let ds = echo_eval::Dataset {
+        name: "multi".into(),
+        path: dir.join("multi"),
+        records: vec![rec(edge.clone(), "yes"), rec(long, pattern[2]), rec(edge_over, "no")],
+        pattern,
+    };
+    let opts = EvalOptions { mode: Mode::Loglik, batch: 2, max_new_tokens: 0 };
+    let out = score_dataset(&m, &tok, &template, &ds, &opts, &mut |_| {}).unwrap();
+    assert_eq!(out.predictions.iter().map(|p| p.index).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(out.skipped, [echo_eval::Skipped { dataset: "multi".into(), index: 2, positions: limit + 1, limit }]);
+    assert_eq!(out.predictions[0].scores.as_ref().unwrap().len(), 2, "the format line's candidates");
+    let one = score_dataset(&m, &tok, &template, &ds, &EvalOptions { batch: 1, ..opts }, &mut |_| {}).unwrap();
+    assert_eq!(one, out, "batch 2 scores as batch 1");
+
+    // Through `evaluate`: the counts land in the dataset's score.
+    let done = echo_eval::evaluate(&m, &tok, std::slice::from_ref(&ds), &opts, &mut |_, _| {}).unwrap();
+    assert_eq!((done.scores[0].total, done.scores[0].skipped), (2, 1));
+    assert_eq!(done.skipped.len(), 1);
 }
