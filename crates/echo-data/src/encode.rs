@@ -177,6 +177,15 @@ impl Report {
         }
     }
 
+    /// Records the cutoff took learned (answer) tokens from: the truncated examples (a cut
+    /// always takes the EOS, and with it the answer's tail) and the records dropped because
+    /// their prompt alone reaches the cutoff (they lost every answer token). Records dropped
+    /// under [`Overlong::Drop`] for being longer than the cutoff are not counted: dropping
+    /// was asked for.
+    pub fn answers_cut(&self) -> usize {
+        self.truncated + self.dropped_prompt_over_cutoff
+    }
+
     /// Adds another report's counts (e.g. over the datasets of a mix).
     pub fn merge(&mut self, o: &Report) {
         self.records += o.records;

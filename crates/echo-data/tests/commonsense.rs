@@ -138,6 +138,7 @@ fn cutoff_truncates_and_counts_like_llm_adapters() {
     assert!(longer > 0);
     assert_eq!(cut.report.truncated + cut.report.dropped, longer);
     assert_eq!(cut.report.dropped, no_room);
+    assert_eq!(cut.report.answers_cut(), longer, "every longer sample lost answer tokens");
     assert_eq!(cut.report.records, full.report.records);
     assert_eq!(cut.report.examples + cut.report.dropped, cut.report.records);
     assert!(cut.report.longest <= cutoff);
@@ -153,6 +154,7 @@ fn cutoff_truncates_and_counts_like_llm_adapters() {
     let dropped = encode_file(train("ARC-Challenge"), &tok, &tpl, &drop, Progress::Hidden).unwrap();
     assert_eq!(dropped.report.dropped, longer);
     assert_eq!(dropped.report.truncated, 0);
+    assert_eq!(dropped.report.answers_cut(), no_room, "under drop, only prompts over the cutoff count");
     assert_eq!(dropped.dropped.len(), longer);
     for d in &dropped.dropped {
         assert_eq!(d.tokens, full.examples[d.record].len());
