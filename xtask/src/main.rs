@@ -50,8 +50,19 @@ enum Command {
     GpuCheck(gpu_check::GpuCheckArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// A user error (a missing file, a bad key, a refused resume) prints its message, with the
+/// chain of causes, and exits with 1: no backtrace, even under `RUST_BACKTRACE=1` (anyhow
+/// would print the one it captured if `main` returned the error). A panic is a bug: the
+/// default hook still prints its message and, when asked, its backtrace (exit code 101).
+fn main() {
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Train(args) => train::run(args),
         Command::Logits(args) => parity::run(args),
         Command::Export(args) => export::run(args),

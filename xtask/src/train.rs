@@ -32,8 +32,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut cfg = match &args.config {
         Some(p) => RunConfig::from_file(p).map_err(anyhow::Error::msg)?,
         None => {
-            let mut c = RunConfig::parse(DEFAULT_CONFIG)
-                .map_err(|e| anyhow::anyhow!("embedded configs/default.toml: {e}"))?;
+            let mut c =
+                RunConfig::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded configs/default.toml: {e}"))?;
             // Its paths mean what they mean in configs/default.toml, the file it was read from.
             c.resolve_paths(Path::new(DEFAULT_CONFIG_DIR));
             c
@@ -63,10 +63,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let s = train(&cfg, &model_dir, &out, &RunOptions { resume: args.resume, progress: true, stop_after: None })
         .map_err(anyhow::Error::msg)
-        .context("training failed")?;
+        .with_context(|| match &args.config {
+            Some(p) => format!("training with {} failed", p.display()),
+            None => "training failed".into(),
+        })?;
     let f = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let resumed = s.resumed_from.map(|r| format!(", resumed at step {r}")).unwrap_or_default();
     println!(
-        "done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}",
+        "done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}{resumed}",
         s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second, s.device
     );
     println!("  train loss: first step {} -> last step {}", f(s.first_loss), f(s.last_loss));

@@ -3,6 +3,7 @@
 //! A checkpoint folder is written complete under a temporary name and then renamed into
 //! place, so a crash never leaves a half-written checkpoint where a good one was.
 
+use crate::config::RunConfig;
 use crate::optim::AdamWState;
 use echo_adapters::{save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore};
@@ -26,6 +27,89 @@ pub struct TrainState {
     pub best_step: Option<usize>,
     /// The run config as TOML, to refuse resuming under a different one.
     pub config_toml: String,
+    /// The run so far, so a resumed run's summary covers all of it: the first step's loss,
+    /// the validation loss before training, the last step's loss, tokens trained on, seconds
+    /// spent in steps and wall-clock seconds of the processes up to this checkpoint.
+    /// Checkpoints written before these existed read as `None` / 0.
+    #[serde(default)]
+    pub first_loss: Option<f32>,
+    #[serde(default)]
+    pub first_val_loss: Option<f32>,
+    #[serde(default)]
+    pub last_loss: Option<f32>,
+    #[serde(default)]
+    pub tokens: u64,
+    #[serde(default)]
+    pub train_seconds: f64,
+    #[serde(default)]
+    pub wall_seconds: f64,
+}
+
+/// One key whose value differs between two run configs, by its dotted name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigChange {
+    pub key: String,
+    /// The value in the first config, as TOML (`(unset)` when absent).
+    pub old: String,
+    pub new: String,
+}
+
+impl std::fmt::Display for ConfigChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.old, self.new)
+    }
+}
+
+/// Every key whose value differs between `old` and `new` (`adapter.r: 16 -> 8`), sorted by
+/// key; empty when they are the same config.
+pub fn config_changes(old: &RunConfig, new: &RunConfig) -> Vec<ConfigChange> {
+    let (a, b) = (flat(old), flat(new));
+    let unset = || "(unset)".to_string();
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| ConfigChange {
+            key: k.clone(),
+            old: a.get(k).cloned().unwrap_or_else(unset),
+            new: b.get(k).cloned().unwrap_or_else(unset),
+        })
+        .collect()
+}
+
+/// A config as dotted keys and TOML values.
+fn flat(cfg: &RunConfig) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string(), show(v));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", &toml::Value::try_from(cfg).expect("a run config serialises"), &mut out);
+    out
+}
+
+/// A TOML value as written in a config; f32 keys (widened to f64 by serialisation) print
+/// as the f32 they are (`0.01`, not `0.009999999776482582`).
+fn show(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Float(x) if (*x as f32) as f64 == *x => format!("{}", *x as f32),
+        toml::Value::Array(a) => format!("[{}]", a.iter().map(show).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+/// The run config a checkpoint was written under (its `config_toml`), read without the
+/// range checks (they belong to the config being resumed with).
+pub fn stored_config(state: &TrainState) -> Result<RunConfig, String> {
+    toml::from_str(&state.config_toml).map_err(|e| format!("the config stored in the checkpoint cannot be read: {e}"))
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> String {

@@ -57,6 +57,11 @@ pub struct DataSection {
     /// `true`: loss on prompt tokens too (LLM-Adapters' default, for baselines).
     pub train_on_inputs: bool,
     pub bucket_by_length: bool,
+    /// The largest share of records (0 to 1) from which the cutoff may take learned (answer)
+    /// tokens under `overlong = "truncate"`: truncated ones and those dropped because the
+    /// prompt alone reaches the cutoff. Training refuses to start above it. Not checked under
+    /// `overlong = "drop"`, where dropping is what was asked for (both are reported).
+    pub max_truncated_fraction: f64,
 }
 
 impl Default for DataSection {
@@ -71,6 +76,7 @@ impl Default for DataSection {
             template: "alpaca".into(),
             train_on_inputs: false,
             bucket_by_length: false,
+            max_truncated_fraction: 0.05,
         }
     }
 }
@@ -172,6 +178,9 @@ pub struct TrainSection {
     pub eval_every: usize,
     /// Write a checkpoint every N steps (0: only at the end).
     pub save_every: usize,
+    /// When stdout is not a terminal (or no progress bar is drawn), print a progress line
+    /// every N steps (0: automatic, `max(1, total / 50)`, so a run prints 50-100 lines).
+    pub log_every: usize,
     /// Where to compute: `auto` (the first CUDA device when a usable driver, NVRTC and cuBLAS
     /// are there, else the CPU), `cpu`, `cuda` or `cuda:N` (an error without that GPU).
     /// `cargo xtask train --device` overrides it. Not part of a run's identity: a checkpoint
@@ -203,6 +212,7 @@ impl Default for TrainSection {
             max_grad_norm: 1.0,
             eval_every: 200,
             save_every: 200,
+            log_every: 0,
             device: "auto".into(),
         }
     }
@@ -288,6 +298,9 @@ impl RunConfig {
         }
         if !["truncate", "drop"].contains(&d.overlong.as_str()) {
             return Err(bad("data.overlong", "\"truncate\" or \"drop\"", format!("\"{}\"", d.overlong)));
+        }
+        if !(0.0..=1.0).contains(&d.max_truncated_fraction) {
+            return Err(bad("data.max_truncated_fraction", "a fraction in [0, 1]", d.max_truncated_fraction));
         }
         if !["alpaca"].contains(&d.template.as_str()) {
             return Err(bad("data.template", "\"alpaca\"", format!("\"{}\"", d.template)));

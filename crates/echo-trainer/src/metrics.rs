@@ -26,6 +26,14 @@ struct EvalLine {
     val_loss: Option<f32>,
 }
 
+/// The start of a run as its metrics record it: the first step's loss and the validation
+/// loss before training.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunStart {
+    pub first_loss: Option<f32>,
+    pub first_val_loss: Option<f32>,
+}
+
 pub struct Metrics {
     file: File,
     path: String,
@@ -42,6 +50,38 @@ impl Metrics {
             .open(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Metrics { file, path: path.display().to_string() })
+    }
+
+    /// Opens `path` to continue a run resumed from its checkpoint at `step`. A run stopped
+    /// after that checkpoint had already written lines for later steps, which this process
+    /// trains again: they are dropped (as is a line cut short by a crash), so every step and
+    /// every validation appears once. Returns what the kept lines say about the run's start.
+    pub fn resume(path: &Path, step: usize) -> Result<(Self, RunStart), String> {
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(err(e)),
+        };
+        let (mut kept, mut start) = (String::new(), RunStart::default());
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Some(s) = v.get("step").and_then(|s| s.as_u64()) else { continue };
+            if s as usize > step {
+                continue;
+            }
+            if let Ok(l) = serde_json::from_value::<StepLine>(v.clone()) {
+                if l.step == 1 {
+                    start.first_loss = Some(l.loss);
+                }
+            } else if let Ok(EvalLine { step: 0, val_loss }) = serde_json::from_value::<EvalLine>(v) {
+                start.first_val_loss = val_loss;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        echo_model::weights::write_atomic(path, kept.as_bytes()).map_err(|e| e.to_string())?;
+        Self::open(path, true).map(|m| (m, start))
     }
 
     fn line(&mut self, json: String) -> Result<(), String> {

@@ -3,7 +3,7 @@
 //! adapter by validation loss, as the LLM-Adapters recipe does), checkpoints, metrics.
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::RunConfig;
+use crate::config::{DataSection, RunConfig, TrainSection};
 use crate::echo::EchoPath;
 use crate::metrics::{Metrics, StepLine};
 use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
@@ -11,11 +11,12 @@ use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore, Tape};
 use echo_data::{
-    Batch as DataBatch, BatchConfig, Batcher, EncodeConfig, Example, Overlong, Progress, Template, Tokenizer,
+    Batch as DataBatch, BatchConfig, Batcher, EncodeConfig, Example, Overlong, Progress, Report, Template, Tokenizer,
 };
 use echo_model::{Batch, Llama};
 use echo_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,13 +38,19 @@ pub struct RunSummary {
     pub total_steps: usize,
     pub train_examples: usize,
     pub val_examples: usize,
+    /// The whole run's, also after a resume: the first step's loss, the last step's, the
+    /// validation loss before training.
     pub first_loss: Option<f32>,
     pub last_loss: Option<f32>,
     pub first_val_loss: Option<f32>,
     pub best_val_loss: Option<f32>,
     pub best_step: Option<usize>,
+    /// Wall-clock seconds of every process of the run (each counted up to its last
+    /// checkpoint, this one to its end), and tokens per second of step time over the run.
     pub wall_seconds: f64,
     pub tokens_per_second: f64,
+    /// The step this process resumed from (`None`: it started the run).
+    pub resumed_from: Option<usize>,
     pub out_dir: PathBuf,
     pub adapter_dir: PathBuf,
     /// Where the run computed (`cpu`, `cuda:0`, ...).
@@ -55,6 +62,9 @@ pub struct Data {
     pub train: Vec<Example>,
     pub val: Vec<Example>,
     pub pad_id: u32,
+    /// What encoding did to the records (over all of them, before the validation split):
+    /// how many the cutoff truncated or dropped.
+    pub report: Report,
 }
 
 /// Reads, tokenises and splits the data as `[data]` says.
@@ -67,12 +77,12 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
         train_on_inputs: d.train_on_inputs,
     };
     let prog = if progress { Progress::Auto } else { Progress::Hidden };
-    let examples = if d.train == ["synthetic"] {
+    let (examples, report) = if d.train == ["synthetic"] {
         let spec = echo_data::SyntheticSpec { count: d.synthetic_records, seed: cfg.train.seed, ..Default::default() };
         let records = echo_data::synthetic_records(&spec).map_err(|e| e.to_string())?;
-        echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0)
-            .map_err(|e| e.to_string())?
-            .examples
+        let ds = echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0)
+            .map_err(|e| e.to_string())?;
+        (ds.examples, ds.report)
     } else {
         let weights = if d.weights.is_empty() { vec![1.0; d.train.len()] } else { d.weights.clone() };
         let sources = d
@@ -83,8 +93,11 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
             .collect();
         let spec = echo_data::MixSpec { sources, total: None, seed: cfg.train.seed };
         let cache = echo_data::Cache::user_default()?;
-        echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog).map_err(|e| e.to_string())?.examples
+        let mixed = echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog).map_err(|e| e.to_string())?;
+        let report = mixed.report();
+        (mixed.examples, report)
     };
+    check_cutoff(d, &report)?;
     if examples.len() <= d.val_count {
         return Err(format!(
             "data: {} examples cannot leave data.val_count = {} for validation and some for training",
@@ -93,7 +106,62 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
         ));
     }
     let (train, val) = echo_data::split_validation(examples, d.val_count, cfg.train.seed).map_err(|e| e.to_string())?;
-    Ok(Data { train, val, pad_id: tok.pad_id() })
+    Ok(Data { train, val, pad_id: tok.pad_id(), report })
+}
+
+/// Refuses data from which the cutoff took learned tokens in more than
+/// `data.max_truncated_fraction` of the records (under `overlong = "truncate"`).
+fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
+    let cut = r.answers_cut();
+    if d.overlong != "truncate" || r.records == 0 || cut as f64 <= d.max_truncated_fraction * r.records as f64 {
+        return Ok(());
+    }
+    Err(format!(
+        "data: data.cutoff = {} takes learned (answer) tokens from {cut} of {} records ({:.1}%: {} truncated, {} \
+         dropped because the prompt alone reaches the cutoff), more than data.max_truncated_fraction = {} allows. \
+         The longest sample has {} tokens: raise data.cutoff ({} keeps every sample whole), set data.overlong = \
+         \"drop\" to leave the long ones out, or raise data.max_truncated_fraction to accept the loss",
+        d.cutoff,
+        r.records,
+        100.0 * cut as f64 / r.records as f64,
+        r.truncated,
+        r.dropped_prompt_over_cutoff,
+        d.max_truncated_fraction,
+        r.longest_before_cutoff,
+        r.longest_before_cutoff,
+    ))
+}
+
+/// One line on what the cutoff did to the data, printed before the first step.
+pub fn describe_data(d: &DataSection, data: &Data) -> String {
+    let r = &data.report;
+    let mut s = format!(
+        "data: {} records, {} examples ({} train, {} validation); cutoff {} tokens (data.cutoff): {} truncated, {} \
+         dropped",
+        r.records,
+        data.train.len() + data.val.len(),
+        data.train.len(),
+        data.val.len(),
+        d.cutoff,
+        r.truncated,
+        r.dropped,
+    );
+    if r.dropped > 0 {
+        let over = r.dropped - r.dropped_prompt_over_cutoff;
+        s += &format!(" ({} with a prompt reaching the cutoff", r.dropped_prompt_over_cutoff);
+        if over > 0 {
+            s += &format!(", {over} longer than it under data.overlong = \"drop\"");
+        }
+        s += ")";
+    }
+    if r.answers_cut() > 0 && r.records > 0 {
+        s += &format!(
+            "; answer tokens cut from {:.1}% of the records (data.max_truncated_fraction {})",
+            100.0 * r.answers_cut() as f64 / r.records as f64,
+            d.max_truncated_fraction
+        );
+    }
+    s + &format!("; longest sample {} tokens", r.longest_before_cutoff)
 }
 
 /// A data batch as the step wants it.
@@ -150,21 +218,211 @@ pub fn validation_loss(
     Ok((count > 0).then(|| (sum / count as f64) as f32))
 }
 
+/// The config a checkpoint must match, as stored in it: the keys that only say where a run
+/// computes, where it writes or how it reports are set to their defaults (`train.device`: a
+/// run may resume on another device; `output.dir`: a run folder may be moved, and `--out`
+/// overrides it anyway; `train.log_every`; `data.max_truncated_fraction`, a check before the
+/// first step), so changing them never blocks a resume.
+fn identity(cfg: &RunConfig) -> RunConfig {
+    let mut c = cfg.clone();
+    let (t, d) = (TrainSection::default(), DataSection::default());
+    c.train.device = t.device;
+    c.train.log_every = t.log_every;
+    c.data.max_truncated_fraction = d.max_truncated_fraction;
+    c.output = Default::default();
+    c
+}
+
+/// The keys that set a run's length: the only ones a resume may change (extending a run).
+const LENGTH_KEYS: [&str; 2] = ["train.epochs", "train.max_steps"];
+
+/// Optimizer steps of a run: `train.max_steps`, else the epochs' batches.
+fn run_length(t: &TrainSection, per_epoch: usize) -> usize {
+    if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        t.epochs * per_epoch
+    }
+}
+
+fn schedule_name(s: crate::optim::Schedule) -> &'static str {
+    match s {
+        crate::optim::Schedule::Constant => "constant",
+        crate::optim::Schedule::Linear => "linear",
+        crate::optim::Schedule::Cosine => "cosine",
+    }
+}
+
+/// `h:mm:ss`.
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Time left for `remaining` steps at the pace of the `done` steps this process took in
+/// `elapsed` seconds (`None` before its first step). Steps a resumed run did in an earlier
+/// process do not count: they took no time here.
+fn eta(elapsed: f64, done: usize, remaining: usize) -> Option<f64> {
+    (done > 0).then(|| elapsed / done as f64 * remaining as f64)
+}
+
+/// What a run shows while it trains: on a terminal, a progress bar (on stderr) with loss,
+/// lr, the last validation loss, speed and ETA, left on screen at the end; otherwise (stdout
+/// piped to a file, or no bar) a line every `every` steps and one per validation, on stdout.
+struct Reporter {
+    bar: ProgressBar,
+    bar_drawn: bool,
+    lines: bool,
+    every: usize,
+    total: usize,
+    /// Where this process started (after a resume, the checkpoint's step) and stops.
+    start_step: usize,
+    stop_at: usize,
+    started: Instant,
+    loop_start: Instant,
+    last_val: Option<f32>,
+    /// The last step's loss, lr, tokens/s and ETA.
+    last_step: Option<(f32, f32, f64, String)>,
+}
+
+impl Reporter {
+    fn new(
+        progress: bool,
+        log_every: usize,
+        total: usize,
+        start_step: usize,
+        stop_at: usize,
+        started: Instant,
+    ) -> Self {
+        let bar_drawn = progress && std::io::stderr().is_terminal();
+        let lines = !bar_drawn || !std::io::stdout().is_terminal();
+        let bar = if bar_drawn { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps | {msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(start_step as u64);
+        bar.set_message("validating");
+        let every = if log_every > 0 { log_every } else { (total / 50).max(1) };
+        let now = Instant::now();
+        Reporter {
+            bar,
+            bar_drawn,
+            lines,
+            every,
+            total,
+            start_step,
+            stop_at,
+            started,
+            loop_start: now,
+            last_val: None,
+            last_step: None,
+        }
+    }
+
+    /// The steps of this process start now (the ETA's clock).
+    fn start_steps(&mut self) {
+        self.loop_start = Instant::now();
+        self.bar.set_message("first step");
+    }
+
+    fn step(&mut self, step: usize, loss: f32, lr: f32, tokens_per_s: f64) {
+        let done = step - self.start_step;
+        let eta = eta(self.loop_start.elapsed().as_secs_f64(), done, self.stop_at - step)
+            .map(hms)
+            .unwrap_or_else(|| "-".into());
+        self.bar.set_position(step as u64);
+        self.last_step = Some((loss, lr, tokens_per_s, eta.clone()));
+        self.show();
+        if self.lines && (done == 1 || step.is_multiple_of(self.every) || step == self.stop_at) {
+            println!(
+                "step {step}/{}  loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s  elapsed {}  ETA {eta}",
+                self.total,
+                hms(self.started.elapsed().as_secs_f64())
+            );
+        }
+    }
+
+    /// The bar's message: the last step's numbers and the last validation loss.
+    fn show(&self) {
+        if let Some((loss, lr, tokens_per_s, eta)) = &self.last_step {
+            let val = self.last_val.map(|v| format!(" | val {v:.4}")).unwrap_or_default();
+            self.bar.set_message(format!("loss {loss:.4} | lr {lr:.2e}{val} | {tokens_per_s:.0} tok/s | ETA {eta}"));
+        }
+    }
+
+    fn validation(&mut self, step: usize, loss: Option<f32>, records: usize, best: bool) {
+        let Some(v) = loss else { return };
+        self.last_val = Some(v);
+        self.show();
+        let line = if step == 0 {
+            format!("validation before training: loss {v:.4} ({records} held-out records)")
+        } else {
+            format!("validation at step {step}/{}: loss {v:.4}{}", self.total, if best { " (best so far)" } else { "" })
+        };
+        if self.lines {
+            println!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Leaves the bar on screen, with the last step's numbers.
+    fn finish(&self) {
+        if self.bar_drawn {
+            self.bar.finish();
+        }
+    }
+}
+
 /// Trains as `cfg` says on the model in `model_dir`, writing into `out_dir`.
 pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOptions) -> Result<RunSummary, String> {
     let started = Instant::now();
     let (device, notice) = crate::device::resolve(&cfg.train.device)?;
     println!("{notice}");
+    // The config a checkpoint must match (see `identity`), checked before anything slow.
+    let ident = identity(cfg);
+    let config_toml = toml::to_string(&ident).map_err(|e| e.to_string())?;
+    let ckpt_dir = out_dir.join("checkpoint");
+    let resumed = if opts.resume {
+        if !ckpt_dir.join("state.json").is_file() {
+            return Err(format!(
+                "{}: no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into its \
+                 output folder; run without --resume to start one)",
+                ckpt_dir.display()
+            ));
+        }
+        Some(checkpoint::load(&ckpt_dir)?)
+    } else {
+        None
+    };
+    let mut length_change = None;
+    if let Some(l) = &resumed {
+        let old = identity(&checkpoint::stored_config(&l.state).map_err(|e| format!("{}: {e}", ckpt_dir.display()))?);
+        let (length, other): (Vec<_>, Vec<_>) =
+            checkpoint::config_changes(&old, &ident).into_iter().partition(|c| LENGTH_KEYS.contains(&c.key.as_str()));
+        if !other.is_empty() {
+            let list: Vec<String> = other.iter().map(|c| c.to_string()).collect();
+            return Err(format!(
+                "{}: the checkpoint was written under a different config ({}). Resume with the config it was written \
+                 under, or start a new output folder; only the run's length ({}) may change on resume",
+                ckpt_dir.display(),
+                list.join("; "),
+                LENGTH_KEYS.join(", ")
+            ));
+        }
+        if !length.is_empty() {
+            length_change = Some((old, length));
+        }
+    }
+
     let model = Llama::load_on(model_dir, device).map_err(|e| e.to_string())?;
     let tok = Tokenizer::from_dir(model_dir).map_err(|e| e.to_string())?;
     let data = load_data(cfg, &tok, opts.progress)?;
+    println!("{}", describe_data(&cfg.data, &data));
     let t = &cfg.train;
     let n_layers = model.config.num_hidden_layers;
-    // The device is where a run computes, not what it computes: it is left out of the config
-    // a checkpoint must match, so a run may be resumed on another device.
-    let mut identity = cfg.clone();
-    identity.train.device = crate::config::TrainSection::default().device;
-    let config_toml = toml::to_string(&identity).map_err(|e| e.to_string())?;
 
     let mut batcher = Batcher::new(
         data.train.clone(),
@@ -179,11 +437,9 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     )
     .map_err(|e| e.to_string())?;
     let per_epoch = batcher.batches_per_epoch();
-    let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
+    let total_steps = run_length(t, per_epoch);
 
     let mut store = ParamStore::new();
-    let ckpt_dir = out_dir.join("checkpoint");
-    let resumed = if opts.resume { Some(checkpoint::load(&ckpt_dir)?) } else { None };
     let adapters = match &resumed {
         Some(_) => load_peft(&checkpoint::adapter_dir(&ckpt_dir), &model, &mut store).map_err(|e| e.to_string())?,
         None => match &cfg.adapter.from {
@@ -246,36 +502,82 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         best_val_loss: None,
         best_step: None,
         config_toml: config_toml.clone(),
+        first_loss: None,
+        first_val_loss: None,
+        last_loss: None,
+        tokens: 0,
+        train_seconds: 0.0,
+        wall_seconds: 0.0,
     };
+    let resumed_from = resumed.as_ref().map(|l| l.state.step);
     if let Some(l) = resumed {
-        if l.state.config_toml != config_toml {
-            return Err(format!("{}: the checkpoint was written under a different config; resume with the same config or start a new output dir", ckpt_dir.display()));
+        if l.state.step > total_steps {
+            return Err(format!(
+                "{}: the checkpoint is at step {}, past this config's length of {total_steps} steps (train.max_steps \
+                 = {}, train.epochs = {} of {per_epoch} steps); a run can be lengthened on resume, not shortened",
+                ckpt_dir.display(),
+                l.state.step,
+                t.max_steps,
+                t.epochs
+            ));
+        }
+        if let Some((old, keys)) = &length_change {
+            let old_total = run_length(&old.train, per_epoch);
+            if old_total != total_steps {
+                let keys: Vec<String> = keys.iter().map(|c| c.to_string()).collect();
+                let s = l.state.step;
+                let lr_schedule = match t.schedule {
+                    crate::optim::Schedule::Constant => "the constant lr schedule is unaffected".to_string(),
+                    other => format!(
+                        "the {} lr schedule runs its remaining steps as planned for {total_steps}: step {} gets lr \
+                         {:.2e} (the old plan: {:.2e})",
+                        schedule_name(other),
+                        s + 1,
+                        lr_at(other, t.lr, s, t.warmup_steps, total_steps),
+                        lr_at(other, t.lr, s, t.warmup_steps, old_total),
+                    ),
+                };
+                println!(
+                    "resuming at step {s}: the run's length changes from {old_total} to {total_steps} steps ({}); \
+                     {lr_schedule}",
+                    keys.join("; ")
+                );
+            }
         }
         adam.state = l.adam;
         state = l.state;
+        // The checkpoint now stands for this config (it differs at most in its length).
+        state.config_toml = config_toml.clone();
         batcher.seek(state.position).map_err(|e| e.to_string())?;
     }
     let mut dropout_rng = Rng::from_state(state.dropout_rng);
     let mut routing_rng = Rng::from_state(state.routing_rng);
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-    let mut metrics = Metrics::open(&out_dir.join("metrics.jsonl"), opts.resume)?;
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let mut metrics = if opts.resume {
+        // Lines past the checkpoint (an interrupted process wrote them) are dropped: those
+        // steps run again. Checkpoints older than the run-so-far fields take them from here.
+        let (m, start) = Metrics::resume(&metrics_path, state.step)?;
+        state.first_loss = state.first_loss.or(start.first_loss);
+        state.first_val_loss = state.first_val_loss.or(start.first_val_loss);
+        m
+    } else {
+        Metrics::open(&metrics_path, false)?
+    };
+    let wall_before = state.wall_seconds;
     let base_name = model_dir.to_string_lossy().into_owned();
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
 
-    let bar = if opts.progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} step, ETA {eta} | {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(state.step as u64);
-    let (mut first_loss, mut last_loss, mut first_val) = (None, None, None);
     let (mut tokens_seen, mut compute_secs) = (0usize, 0.0f64);
     let stop_at = opts.stop_after.map(|n| (state.step + n).min(total_steps)).unwrap_or(total_steps);
+    let mut report = Reporter::new(opts.progress, t.log_every, total_steps, state.step, stop_at, started);
     if state.step == 0 {
-        first_val = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size)?;
-        metrics.eval(0, first_val)?;
+        let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size)?;
+        state.first_val_loss = v;
+        metrics.eval(0, v)?;
+        report.validation(0, v, data.val.len(), false);
     }
+    report.start_steps();
     while state.step < stop_at {
         let step_start = Instant::now();
         let batch = batcher.next_batch();
@@ -337,8 +639,10 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         let secs = step_start.elapsed().as_secs_f64();
         tokens_seen += step_tokens;
         compute_secs += secs;
-        first_loss.get_or_insert(agg.loss);
-        last_loss = Some(agg.loss);
+        state.tokens += step_tokens as u64;
+        state.train_seconds += secs;
+        state.first_loss.get_or_insert(agg.loss);
+        state.last_loss = Some(agg.loss);
         metrics.step(&StepLine {
             step: state.step,
             epoch: state.position.epoch,
@@ -351,45 +655,49 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             tokens: step_tokens,
             tokens_per_s: step_tokens as f64 / secs.max(1e-9),
         })?;
-        bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {:.4} | {:.0} tok/s", agg.loss, tokens_seen as f64 / compute_secs.max(1e-9)));
+        report.step(state.step, agg.loss, lr, tokens_seen as f64 / compute_secs.max(1e-9));
 
         let last = state.step == total_steps;
-        if (t.eval_every > 0 && state.step % t.eval_every == 0) || last {
+        if (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every)) || last {
             let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size)?;
             metrics.eval(state.step, v)?;
+            let mut best = false;
             if let Some(v) = v {
                 if state.best_val_loss.is_none_or(|b| v < b) {
+                    best = true;
                     state.best_val_loss = Some(v);
                     state.best_step = Some(state.step);
                     save_peft(&out_dir.join("best-adapter"), &adapters, &store, &base_name)
                         .map_err(|e| e.to_string())?;
                 }
             }
+            report.validation(state.step, v, data.val.len(), best);
         }
-        if (t.save_every > 0 && state.step % t.save_every == 0) || last || state.step == stop_at {
+        if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || last || state.step == stop_at {
             state.dropout_rng = dropout_rng.state();
             state.routing_rng = routing_rng.state();
             state.adam_step = adam.state.step;
+            state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
             checkpoint::save(&ckpt_dir, &state, &adapters, &echo_ids, &adam.state, &store, &base_name)?;
         }
     }
-    bar.finish_and_clear();
+    report.finish();
     let adapter_dir = out_dir.join("adapter");
     save_peft(&adapter_dir, &adapters, &store, &base_name).map_err(|e| e.to_string())?;
-    crate::metrics::plot_svg(&out_dir.join("metrics.jsonl"), &out_dir.join("loss.svg"))?;
+    crate::metrics::plot_svg(&metrics_path, &out_dir.join("loss.svg"))?;
     let summary = RunSummary {
         steps: state.step,
         total_steps,
         train_examples: data.train.len(),
         val_examples: data.val.len(),
-        first_loss,
-        last_loss,
-        first_val_loss: first_val,
+        first_loss: state.first_loss,
+        last_loss: state.last_loss,
+        first_val_loss: state.first_val_loss,
         best_val_loss: state.best_val_loss,
         best_step: state.best_step,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        tokens_per_second: tokens_seen as f64 / compute_secs.max(1e-9),
+        wall_seconds: wall_before + started.elapsed().as_secs_f64(),
+        tokens_per_second: state.tokens as f64 / state.train_seconds.max(1e-9),
+        resumed_from,
         out_dir: out_dir.to_path_buf(),
         adapter_dir,
         device: device.to_string(),
@@ -397,4 +705,34 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes()).map_err(|e| e.to_string())?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_counts_only_this_process_steps() {
+        // Resumed at step 100 of 200: 10 steps here in 20 s leave 90 steps, 180 s.
+        assert_eq!(eta(20.0, 10, 90), Some(180.0));
+        assert_eq!(eta(5.0, 0, 100), None);
+        assert_eq!(hms(3725.4), "1:02:05");
+        assert_eq!(hms(59.6), "0:01:00");
+    }
+
+    #[test]
+    fn the_identity_ignores_device_logging_and_the_cutoff_check_but_not_the_length() {
+        let mut a = RunConfig::parse("[model]\npath = \"m\"\n").unwrap();
+        let mut b = a.clone();
+        b.train.device = "cpu".into();
+        b.train.log_every = 7;
+        b.data.max_truncated_fraction = 0.5;
+        b.output.dir = "elsewhere".into();
+        assert_eq!(identity(&a), identity(&b));
+        b.train.max_steps = 9;
+        a.adapter.r = 8;
+        let changes: Vec<String> =
+            checkpoint::config_changes(&identity(&a), &identity(&b)).iter().map(|c| c.to_string()).collect();
+        assert_eq!(changes, ["adapter.r: 8 -> 32", "train.max_steps: 0 -> 9"]);
+    }
 }
