@@ -58,7 +58,7 @@ LOG="$OUT/gpu.log"
 export ECHO_PEFT_SCRIPT="$PWD/@B@/peft_step_7b.py"
 export ECHO_FIXTURES="$PWD/fixtures"
 SANITIZER_SECONDS=30
-SANITIZER_MAX_ELEMS=20000
+SANITIZER_MAX_ELEMS=40000
 
 # compute-sanitizer: $ECHO_COMPUTE_SANITIZER, PATH, the usual toolkit folders, then the
 # nvidia-cuda-sanitizer-api pip wheels of python3's site-packages.
