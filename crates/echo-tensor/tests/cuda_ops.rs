@@ -1,6 +1,6 @@
 //! Every op on CUDA against its CPU twin: random inputs with odd sizes, broadcasts, GQA,
-//! padded rows. Each test prints why and returns when `echo_kernels::cuda::probe` finds no
-//! usable driver, so the file runs unchanged on machines with and without a GPU.
+//! padded rows. Every test is `#[ignore]`d (it needs a GPU): `cargo test` lists them as
+//! ignored, and `--include-ignored` runs them, failing with the reason where no GPU is usable.
 //!
 //! Errors are relative to `max(1, max |cpu|)`, infinities and NaNs must match: exact for
 //! layout ops and casts, about 1e-6 for element-wise maths, 1e-5 to 2e-5 where a sum runs in
@@ -9,23 +9,14 @@
 use echo_tensor::nn::{self, Injection, LoraParams, Want};
 use echo_tensor::{Buffer, DType, Device, Error, Rng, RopeTable, Shape, Tensor, IGNORE_INDEX};
 
-fn gpu() -> Option<Device> {
-    match echo_kernels::cuda::probe().unusable() {
-        Some(why) => {
-            println!("skipped: no usable CUDA device ({why})");
-            None
-        }
-        None => Some(Device::Cuda(0)),
+/// The GPU these tests need. They are `#[ignore]`d, so `cargo test` lists them as ignored on
+/// every machine; asked for explicitly (`--include-ignored`, as device-bundle/run.sh does), a
+/// missing GPU is a failure that says why, never a silent pass.
+fn require_gpu() -> Device {
+    if let Some(why) = echo_kernels::cuda::probe().unusable() {
+        panic!("this test needs a usable CUDA device: {why}");
     }
-}
-
-macro_rules! gpu_or_skip {
-    () => {
-        match gpu() {
-            Some(d) => d,
-            None => return,
-        }
-    };
+    Device::Cuda(0)
 }
 
 fn up(t: &Tensor, d: Device) -> Tensor {
@@ -73,8 +64,9 @@ fn err_text<T: std::fmt::Debug>(r: echo_tensor::Result<T>) -> String {
 // ---------------------------------------------------------------- storage
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn storage_round_trips_and_casts() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(1);
     let x = Tensor::randn([3, 5, 7], 2.0, &mut rng);
     let xg = up(&x, d);
@@ -116,8 +108,9 @@ fn storage_round_trips_and_casts() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn device_data_is_not_read_as_host_and_devices_do_not_mix() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let c = Tensor::ones([2, 2]);
     let g = up(&c, d);
     assert!(matches!(g.f32s("probe"), Err(Error::DeviceUnavailable { .. })));
@@ -144,8 +137,9 @@ fn device_data_is_not_read_as_host_and_devices_do_not_mix() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn validation_errors_read_as_on_the_cpu() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let (a, b) = (Tensor::zeros([2, 3]), Tensor::zeros([4, 5]));
     let (ag, bg) = (up(&a, d), up(&b, d));
     assert_eq!(err_text(ag.add(&bg)), err_text(a.add(&b)));
@@ -167,8 +161,9 @@ fn validation_errors_read_as_on_the_cpu() {
 // ---------------------------------------------------------------- generic ops
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn binary_ops_with_broadcasts() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(2);
     let shapes: [(&[usize], &[usize]); 6] = [
         (&[3, 1, 5], &[4, 5]),
@@ -192,8 +187,9 @@ fn binary_ops_with_broadcasts() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn unary_ops() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(3);
     let x = Tensor::randn([5, 37], 3.0, &mut rng);
     let pos = x.map("abs", |v| v.abs() + 0.1).unwrap();
@@ -216,8 +212,9 @@ fn unary_ops() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn add_assign_broadcast_to_and_sum_to() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(4);
     let (a, b) = (Tensor::randn([6, 11], 1.0, &mut rng), Tensor::randn([6, 11], 1.0, &mut rng));
     let bg = up(&b, d);
@@ -246,8 +243,9 @@ fn add_assign_broadcast_to_and_sum_to() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn layout_ops() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(5);
     let x = Tensor::randn([2, 3, 4, 5], 1.0, &mut rng);
     let xg = up(&x, d);
@@ -296,8 +294,9 @@ fn layout_ops() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn matmul_all_transposes_batched_and_shared() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(6);
     for (batch, m, k, n) in [(vec![], 7, 13, 5), (vec![2, 3], 5, 17, 9), (vec![1], 33, 1, 4), (vec![2], 3, 0, 4)] {
         for ta in [false, true] {
@@ -343,8 +342,9 @@ fn matmul_all_transposes_batched_and_shared() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn reductions_and_softmax() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(7);
     let x = Tensor::randn([4, 6, 35], 1.0, &mut rng);
     let xg = up(&x, d);
@@ -376,8 +376,9 @@ fn reductions_and_softmax() {
 // ---------------------------------------------------------------- fused ops
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn rmsnorm_forward_backward() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(8);
     let (x, w, dy) = (
         Tensor::randn([3, 5, 67], 2.0, &mut rng),
@@ -404,8 +405,9 @@ fn rmsnorm_forward_backward() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn rope_forward_and_inverse() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(9);
     let table = RopeTable::new(16, 64, 10_000.0, None);
     let x = Tensor::randn([2, 9, 3, 16], 1.0, &mut rng);
@@ -421,8 +423,9 @@ fn rope_forward_and_inverse() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn attention_gqa_with_padding() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(10);
     for (b, t, hq, hkv, hd) in [(2, 9, 6, 2, 16), (1, 17, 4, 1, 8), (3, 5, 3, 3, 5), (2, 33, 8, 2, 64)] {
         let q = Tensor::randn([b, t, hq, hd], 1.0, &mut rng);
@@ -447,8 +450,9 @@ fn attention_gqa_with_padding() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn swiglu_forward_backward() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(11);
     let (g, u, dy) = (
         Tensor::randn([3, 41], 4.0, &mut rng),
@@ -508,8 +512,9 @@ fn lora_case(d: Device, bf16_w: bool, dropout: bool, inject: bool, want: Want) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn lora_forward_backward_f32_and_bf16_weights() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let all = Want { dx: true, da: true, db: true };
     for bf16_w in [false, true] {
         for (dropout, inject) in [(false, false), (true, true), (false, true)] {
@@ -520,8 +525,9 @@ fn lora_forward_backward_f32_and_bf16_weights() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn gated_injection_forward_backward() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(13);
     let (z, dz) = (Tensor::randn([6, 5], 1.0, &mut rng), Tensor::randn([6, 5], 1.0, &mut rng));
     let (g, p) = (Tensor::randn([2, 5], 1.0, &mut rng), Tensor::randn([2, 5], 1.0, &mut rng));
@@ -540,8 +546,9 @@ fn gated_injection_forward_backward() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn dora_norm_forward_backward() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(14);
     let (din, dout, r) = (33, 17, 4);
     let x = Tensor::randn([2, 3, din], 1.0, &mut rng);
@@ -574,8 +581,9 @@ fn dora_norm_forward_backward() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn cross_entropy_kl_and_pooling() {
-    let d = gpu_or_skip!();
+    let d = require_gpu();
     let mut rng = Rng::new(15);
     let logits = Tensor::randn([7, 1001], 5.0, &mut rng);
     let targets: Vec<i64> = (0..7).map(|r| if r % 3 == 1 { IGNORE_INDEX } else { rng.below(1001) as i64 }).collect();
