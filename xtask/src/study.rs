@@ -249,7 +249,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
         let finished = dir.join("summary.json").exists();
         if !args.report_only {
             if !finished {
-                let resume = dir.join("checkpoint").exists();
+                let resume = echo_trainer::checkpoint::exists(dir);
                 println!(
                     "== [{}/{}] {arm}, seed {seed}: {} ({})",
                     i + 1,
@@ -257,9 +257,16 @@ pub fn run(args: StudyArgs) -> Result<()> {
                     if resume { "resuming" } else { "training" },
                     dir.display()
                 );
-                train(cfg, &model_dir, dir, &RunOptions { resume, progress: true, stop_after: None })
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("arm `{arm}` seed {seed}"))?;
+                // An arm stopped before its first checkpoint starts again, its partial run
+                // moved aside (`<arm>.old-<unix time>`).
+                train(
+                    cfg,
+                    &model_dir,
+                    dir,
+                    &RunOptions { resume, overwrite: !resume, progress: true, stop_after: None },
+                )
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("arm `{arm}` seed {seed}"))?;
             }
             if !eval_path.exists() {
                 // The adapter with the best validation loss when validation ran, else the last.

@@ -19,6 +19,11 @@ pub struct TrainArgs {
     /// Continue the run in the output folder from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Start a new run in an output folder that holds one, moving the old run aside to
+    /// `<folder>.old-<unix time>` (never deleting it). Without it, or --resume, such a
+    /// folder is refused.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Override `train.max_steps`.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -61,12 +66,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cfg.data.train.join(", "),
         out.display()
     );
-    let s = train(&cfg, &model_dir, &out, &RunOptions { resume: args.resume, progress: true, stop_after: None })
-        .map_err(anyhow::Error::msg)
-        .with_context(|| match &args.config {
-            Some(p) => format!("training with {} failed", p.display()),
-            None => "training failed".into(),
-        })?;
+    let s = train(
+        &cfg,
+        &model_dir,
+        &out,
+        &RunOptions { resume: args.resume, overwrite: args.overwrite, progress: true, stop_after: None },
+    )
+    .map_err(anyhow::Error::msg)
+    .with_context(|| match &args.config {
+        Some(p) => format!("training with {} failed", p.display()),
+        None => "training failed".into(),
+    })?;
     let f = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     let resumed = s.resumed_from.map(|r| format!(", resumed at step {r}")).unwrap_or_default();
     println!(

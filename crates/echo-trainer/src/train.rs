@@ -23,8 +23,12 @@ use std::time::Instant;
 /// How to run.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Continue from `out_dir/checkpoint`.
+    /// Continue from the run folder's checkpoint (see [`checkpoint::latest`]).
     pub resume: bool,
+    /// Start a new run in a folder that holds one: the old run is moved aside (to
+    /// `<out_dir>.old-<unix time>`), never deleted. Without it (or `resume`) such a folder is
+    /// refused.
+    pub overwrite: bool,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
     /// Stop after this many optimizer steps in this invocation (testing resume).
@@ -379,21 +383,50 @@ impl Reporter {
 /// Trains as `cfg` says on the model in `model_dir`, writing into `out_dir`.
 pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOptions) -> Result<RunSummary, String> {
     let started = Instant::now();
+    // The run folder is this process's until it ends (the OS releases the lock of a process
+    // that dies); a folder holding a run is continued, moved aside or refused.
+    let mut lock = RunLock::acquire(out_dir)?;
+    if !opts.resume {
+        let found = run_files(out_dir);
+        if !found.is_empty() {
+            if !opts.overwrite {
+                return Err(format!(
+                    "{}: this folder holds a run ({}); pass --resume to continue it, or --overwrite to move it aside \
+                     (to {}.old-<unix time>) and start a new run there",
+                    out_dir.display(),
+                    found.join(", "),
+                    out_dir.display()
+                ));
+            }
+            let aside = move_aside(out_dir)?;
+            println!("--overwrite: the run that was in {} is now in {}", out_dir.display(), aside.display());
+            lock = RunLock::acquire(out_dir)?;
+        }
+    }
+    checkpoint::remove_stale(out_dir)?;
     let (device, notice) = crate::device::resolve(&cfg.train.device)?;
     println!("{notice}");
     // The config a checkpoint must match (see `identity`), checked before anything slow.
     let ident = identity(cfg);
     let config_toml = toml::to_string(&ident).map_err(|e| e.to_string())?;
-    let ckpt_dir = out_dir.join("checkpoint");
+    let mut ckpt_dir = out_dir.join(checkpoint::POINTER);
     let resumed = if opts.resume {
-        if !ckpt_dir.join("state.json").is_file() {
-            return Err(format!(
-                "{}: no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into its \
-                 output folder; run without --resume to start one)",
-                ckpt_dir.display()
-            ));
+        match checkpoint::latest(out_dir)? {
+            None => {
+                return Err(format!(
+                    "{}: no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into \
+                     its output folder; run without --resume to start one)",
+                    ckpt_dir.display()
+                ))
+            }
+            Some(found) => {
+                for note in &found.notes {
+                    println!("{note}");
+                }
+                ckpt_dir = found.dir;
+                Some(found.loaded)
+            }
         }
-        Some(checkpoint::load(&ckpt_dir)?)
     } else {
         None
     };
@@ -678,7 +711,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             state.routing_rng = routing_rng.state();
             state.adam_step = adam.state.step;
             state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-            checkpoint::save(&ckpt_dir, &state, &adapters, &echo_ids, &adam.state, &store, &base_name)?;
+            ckpt_dir = checkpoint::save(out_dir, &state, &adapters, &echo_ids, &adam.state, &store, &base_name)?;
         }
     }
     report.finish();
@@ -704,7 +737,70 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    drop(lock);
     Ok(summary)
+}
+
+/// The name of the lock file in a run folder.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive lock (`flock`) on a run folder's [`LOCK_FILE`], held while it lives; the OS
+/// releases it when the process ends, however it ends, so a crash never leaves it behind.
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Creates `dir` if needed and locks it, or says which folder another run holds.
+    fn acquire(dir: &Path) -> Result<RunLock, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "{}: another run is using this folder (it holds the lock on {}); wait for it to end, or train into \
+                 another folder (--out)",
+                dir.display(),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: cannot lock: {e}", path.display())),
+        }
+    }
+}
+
+/// What in `dir` makes it a run's folder (what a run writes), by name.
+fn run_files(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    let fixed = ["metrics.jsonl", "summary.json", "loss.svg", "adapter", "best-adapter", checkpoint::POINTER];
+    let mut found: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| fixed.contains(&n.as_str()) || n.starts_with("checkpoint-") || n.starts_with(".checkpoint"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Renames the run folder `dir` to `<dir>.old-<unix time>` (`-2`, `-3`, ... when taken)
+/// and returns the new name.
+fn move_aside(dir: &Path) -> Result<PathBuf, String> {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let base = dir.as_os_str().to_string_lossy().trim_end_matches('/').to_string();
+    let mut aside = PathBuf::from(format!("{base}.old-{secs}"));
+    let mut n = 1;
+    while aside.symlink_metadata().is_ok() {
+        n += 1;
+        aside = PathBuf::from(format!("{base}.old-{secs}-{n}"));
+    }
+    std::fs::rename(dir, &aside)
+        .map_err(|e| format!("{}: cannot move it to {}: {e}", dir.display(), aside.display()))?;
+    Ok(aside)
 }
 
 #[cfg(test)]
