@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct LogitsArgs {
-    /// HF model folder.
+    /// HF model folder (or `smollm2`).
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Input: int64 `input_ids` [B,T], `attention_mask` [B,T], optional `labels` [B,T] and `route` [B].
     #[arg(long)]
     input: PathBuf,
@@ -35,7 +35,7 @@ pub struct LogitsArgs {
 }
 
 pub fn run(a: LogitsArgs) -> Result<()> {
-    let model = Llama::load(&a.model)?;
+    let model = Llama::load(&crate::model::resolve_model(&a.model)?)?;
     let input = WeightFiles::open_files(std::slice::from_ref(&a.input))?;
     let (ids, shape) = input.i64_tensor("input_ids")?;
     if shape.len() != 2 {
