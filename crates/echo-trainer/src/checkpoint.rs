@@ -123,9 +123,6 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
 /// checkpoint folder itself, which [`latest`] still reads).
 pub const POINTER: &str = "checkpoint";
 
-/// How many numbered checkpoints a run folder keeps: the current one and the one before it.
-pub const KEEP: usize = 2;
-
 /// The folder of the checkpoint at `step` in the run folder `out`.
 pub fn step_dir(out: &Path, step: usize) -> PathBuf {
     out.join(format!("checkpoint-{step}"))
@@ -216,7 +213,7 @@ fn kill_point(step: usize, point: &str) {
 /// renamed to `checkpoint-<step>/`; then the pointer (`checkpoint`, a symbolic link) is
 /// replaced atomically by a rename to name it. Until that rename the pointer names the
 /// previous checkpoint, complete and untouched. Only then are the checkpoints older than
-/// the previous one, and the leftovers of older versions, removed (the last [`KEEP`] stay).
+/// the previous one, and the leftovers of older versions, removed: the last two stay.
 /// Returns the new checkpoint's folder.
 pub fn save(
     out: &Path,
