@@ -61,8 +61,10 @@ fn probabilities(
         let row = &mut s[i * t..(i + 1) * t];
         if !lse_known {
             let mut m = f32::NEG_INFINITY;
+            let mut any = false;
             for j in 0..=i {
                 if valid[j] {
+                    any = true;
                     m = m.max(row[j]);
                 }
             }
@@ -74,11 +76,23 @@ fn probabilities(
                     }
                 }
             }
-            lse[i] = if sum > 0.0 { m + sum.ln() } else { f32::INFINITY };
+            // +inf marks "no key to attend" (zeros out). A row with keys whose sum is not
+            // positive saw a NaN or infinite score (`max` skips NaN, so a NaN only shows in
+            // the sum, or as `m` left at -inf): its lse is NaN, so its probabilities and its
+            // output are NaN rather than a plausible zero. Finite scores never get here.
+            lse[i] = if !any {
+                f32::INFINITY
+            } else if sum > 0.0 {
+                m + sum.ln()
+            } else {
+                f32::NAN
+            };
         }
         let l = lse[i];
+        // `l != +inf` rather than `l.is_finite()`: a NaN lse must give NaN probabilities.
+        // For finite scores `l` is finite or +inf, so this is the old rule bit for bit.
         for j in 0..t {
-            row[j] = if j <= i && valid[j] && l.is_finite() { (row[j] - l).exp() } else { 0.0 };
+            row[j] = if j <= i && valid[j] && l != f32::INFINITY { (row[j] - l).exp() } else { 0.0 };
         }
     }
 }

@@ -6,7 +6,8 @@
 //! the causal order (a batch may left-pad its prompts: pad slots are simply invalid keys).
 //! Each decode step costs O(slots so far) per query and head, instead of recomputing the
 //! whole `T x T` attention. Scores are scaled by `scale`; softmax is computed per row with its
-//! maximum subtracted, in f32. A row with no valid key outputs zeros (as `attention_forward`).
+//! maximum subtracted, in f32. A row with no valid key outputs zeros (as `attention_forward`);
+//! a NaN or infinite score makes the row's output NaN.
 //!
 //! Layouts: `q` and `out` are `[B, Q, Hq, D]` (as the projections produce them), query head `h`
 //! reads KV head `h / (Hq / Hkv)` (grouped-query attention).
@@ -79,8 +80,10 @@ pub fn decode_attention(
             let slot = offset + i;
             let qi = &q[((b * q_len + i) * q_heads + h) * d..][..d];
             let mut m = f32::NEG_INFINITY;
+            let mut any = false;
             for j in 0..=slot {
                 if valid[j] {
+                    any = true;
                     let kj = &keys[j * d..(j + 1) * d];
                     let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
                     scores[j] = dot * scale;
@@ -88,8 +91,14 @@ pub fn decode_attention(
                 }
             }
             let oi = &mut o[i * d..(i + 1) * d];
-            if !m.is_finite() {
+            if !any {
                 continue; // no valid key: zeros
+            }
+            if !m.is_finite() {
+                // Keys, but every score NaN (`max` skips NaN) or one infinite: NaN, not zeros.
+                // (A NaN among finite scores reaches the output through the sum below.)
+                oi.fill(f32::NAN);
+                continue;
             }
             let mut sum = 0.0f32;
             for j in 0..=slot {
