@@ -29,6 +29,30 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
 }
 
+/// Bounds on the sizes a `config.json` (or a GGUF's metadata) may declare, checked before
+/// anything is sized by them. Each is far above any LLaMA-family model published (LLaMA-3.1
+/// 405B: 126 layers, hidden 16384, intermediate 53248, 128 heads of 128, vocabulary 128256,
+/// context 131072) and low enough that a product of two of them cannot overflow and a table
+/// sized by one cannot exhaust memory: a corrupt or hostile value is an error naming the key,
+/// never an allocation abort.
+pub mod bounds {
+    /// Blocks: per-layer tables (the block list, the KV cache's layer list) are sized by it.
+    pub const MAX_LAYERS: usize = 1024;
+    /// Model width: 4× the widest LLaMA (16384).
+    pub const MAX_HIDDEN: usize = 65_536;
+    /// MLP width: ~20× the widest LLaMA MLP (53248).
+    pub const MAX_INTERMEDIATE: usize = 1 << 20;
+    /// Query or key/value heads: 8× LLaMA-3.1 405B's 128.
+    pub const MAX_HEADS: usize = 1024;
+    /// Per-head width: LLaMA uses 64..256; RoPE tables are `positions × head_dim / 2`.
+    pub const MAX_HEAD_DIM: usize = 1024;
+    /// Vocabulary: 2^22, 16× the largest LLaMA-family vocabulary (Gemma's 256k, LLaMA-3's 128k).
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Context: 2^24 positions, 128× LLaMA-3.1's 131072. Nothing is sized by the declared
+    /// context (the RoPE table covers the positions in use), so this only refuses nonsense.
+    pub const MAX_CONTEXT: usize = 1 << 24;
+}
+
 #[derive(Deserialize)]
 struct Raw {
     model_type: Option<String>,
@@ -67,6 +91,16 @@ impl Ctx<'_> {
             Some(v) => Ok(v),
             None => Err(self.err(key, "missing (required for a LLaMA model)")),
         }
+    }
+    /// [`Ctx::required`] and at most `max` (see [`bounds`]).
+    fn bounded(&self, key: &str, v: Option<usize>, max: usize) -> Result<usize> {
+        let v = self.required(key, v)?;
+        if v > max {
+            return Err(
+                self.err(key, format!("{v} is above {max}, the largest this loader accepts (see config::bounds)"))
+            );
+        }
+        Ok(v)
     }
     fn unsupported(&self, what: String) -> Error {
         Error::Unsupported { path: self.path.to_path_buf(), what }
@@ -121,17 +155,19 @@ impl LlamaConfig {
                 return Err(c.unsupported(format!("{key} = true (LLaMA projections have no bias)")));
             }
         }
-        let hidden_size = c.required("hidden_size", raw.hidden_size)?;
-        let heads = c.required("num_attention_heads", raw.num_attention_heads)?;
-        let kv_heads = c.required("num_key_value_heads", raw.num_key_value_heads.or(Some(heads)))?;
+        let hidden_size = c.bounded("hidden_size", raw.hidden_size, bounds::MAX_HIDDEN)?;
+        let heads = c.bounded("num_attention_heads", raw.num_attention_heads, bounds::MAX_HEADS)?;
+        let kv_heads = c.bounded("num_key_value_heads", raw.num_key_value_heads.or(Some(heads)), bounds::MAX_HEADS)?;
         if heads % kv_heads != 0 {
             return Err(
                 c.err("num_key_value_heads", format!("{kv_heads} does not divide num_attention_heads = {heads}"))
             );
         }
         let head_dim = match raw.head_dim {
-            Some(d) => c.required("head_dim", Some(d))?,
-            None if hidden_size % heads == 0 => hidden_size / heads,
+            Some(d) => c.bounded("head_dim", Some(d), bounds::MAX_HEAD_DIM)?,
+            None if hidden_size % heads == 0 => {
+                c.bounded("head_dim", Some(hidden_size / heads), bounds::MAX_HEAD_DIM)?
+            }
             None => {
                 return Err(c.err(
                     "head_dim",
@@ -151,17 +187,20 @@ impl LlamaConfig {
         let bos = c.token_ids("bos_token_id", &raw.bos_token_id)?;
         Ok(LlamaConfig {
             hidden_size,
-            intermediate_size: c.required("intermediate_size", raw.intermediate_size)?,
-            num_hidden_layers: c.required("num_hidden_layers", raw.num_hidden_layers)?,
+            intermediate_size: c.bounded("intermediate_size", raw.intermediate_size, bounds::MAX_INTERMEDIATE)?,
+            num_hidden_layers: c.bounded("num_hidden_layers", raw.num_hidden_layers, bounds::MAX_LAYERS)?,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
             head_dim,
-            vocab_size: c.required("vocab_size", raw.vocab_size)?,
+            vocab_size: c.bounded("vocab_size", raw.vocab_size, bounds::MAX_VOCAB)?,
             rms_norm_eps: eps as f32,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: c
-                .required("max_position_embeddings", raw.max_position_embeddings.or(Some(2048)))?,
+            max_position_embeddings: c.bounded(
+                "max_position_embeddings",
+                raw.max_position_embeddings.or(Some(2048)),
+                bounds::MAX_CONTEXT,
+            )?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             bos_token_id: bos.first().copied(),
             eos_token_ids: c.token_ids("eos_token_id", &raw.eos_token_id)?,

@@ -8,10 +8,9 @@
 
 use crate::llama::{Block, Llama};
 use crate::{LlamaConfig, Result};
-use echo_tensor::{Buffer, DType, Device, RopeTable, Tensor};
+use echo_tensor::{Buffer, DType, Device, Tensor};
 use half::bf16;
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// What a weight is, which decides its dtype on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +87,7 @@ impl Llama {
             blocks.push(Block { attn_norm: ones(d)?, mlp_norm: ones(d)?, proj });
         }
         let lm_head = if c.tie_word_embeddings { embed.clone() } else { matrix(c.vocab_size, d)? };
-        let rope = Arc::new(RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling));
+        let rope = crate::llama::initial_rope(c);
         Ok(Llama { norm: ones(d)?, config, embed, blocks, lm_head, rope })
     }
 }

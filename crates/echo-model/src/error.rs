@@ -19,6 +19,12 @@ pub enum Error {
     TensorShape { path: PathBuf, name: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("{path}: tensor `{name}` has dtype {got}, expected {expected}")]
     TensorDType { path: PathBuf, name: String, expected: String, got: String },
+    #[error("{path}: tensor `{name}` holds {value} at index {index:?} (shape {shape:?}); weights must be finite")]
+    NonFinite { path: PathBuf, name: String, shape: Vec<usize>, index: Vec<usize>, value: f32 },
+    #[error(
+        "{path}: {count} tensor(s) belong to layers beyond the {declared} that config.json's num_hidden_layers declares ({names}); the config and the weights disagree"
+    )]
+    UnexpectedTensors { path: PathBuf, declared: usize, count: usize, names: String },
     #[error("{index}: shard `{shard}` (holding `{tensor}`) does not exist")]
     MissingShard { index: PathBuf, shard: String, tensor: String },
     #[error("input: {0}")]

@@ -202,14 +202,15 @@ impl<'m> Decoder<'m> {
         let dims = DecodeDims { batch: b, q_len, q_heads: hq, kv_heads: hkv, head_dim: hd, capacity: cap };
         let scale = 1.0 / (hd as f32).sqrt();
         let eps = c.rms_norm_eps;
+        let rope = m.rope_table(positions.iter().max().map_or(0, |&p| p + 1));
         let mut h = m.embed.index_select(&ids_us)?.reshape([b, q_len, d])?;
         for (l, blk) in m.blocks.iter().enumerate() {
             let (x, _) = nn::rmsnorm_forward(&h, Some(&blk.attn_norm), eps)?;
             let q = proj.project(l, Proj::Q, &x, blk.weight(Proj::Q))?;
             let k = proj.project(l, Proj::K, &x, blk.weight(Proj::K))?;
             let v = proj.project(l, Proj::V, &x, blk.weight(Proj::V))?;
-            let q = nn::rope(&q.reshape([b, q_len, hq, hd])?, &positions, &m.rope, false)?;
-            let k = nn::rope(&k.reshape([b, q_len, hkv, hd])?, &positions, &m.rope, false)?;
+            let q = nn::rope(&q.reshape([b, q_len, hq, hd])?, &positions, &rope, false)?;
+            let k = nn::rope(&k.reshape([b, q_len, hkv, hd])?, &positions, &rope, false)?;
             let v = v.reshape([b, q_len, hkv, hd])?;
             cache_write(&dims, k.f32s("decode")?, &mut self.cache.k[l], offset);
             cache_write(&dims, v.f32s("decode")?, &mut self.cache.v[l], offset);

@@ -10,8 +10,8 @@ pub mod gguf;
 mod llama;
 pub mod weights;
 
-pub use config::LlamaConfig;
+pub use config::{bounds, LlamaConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, Decoder, GenerateOptions, Generation, InferProjector, PlainInfer, Sampling};
 pub use gguf::import_gguf;
-pub use llama::{shifted_targets, Batch, Block, Hidden, Llama, Plain, Proj, Projector};
+pub use llama::{shifted_targets, Batch, Block, Hidden, Llama, Plain, Proj, Projector, ROPE_PRECOMPUTED};

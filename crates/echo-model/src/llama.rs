@@ -179,6 +179,54 @@ pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> (Vec<usize>,
     (rows, targets)
 }
 
+/// Positions the RoPE table is built for at load: tables are sized by the positions in use
+/// (`Llama::rope_table` extends for a longer call), never by `max_position_embeddings` alone,
+/// which may be 2^24. 8192 × head_dim/2 × 2 floats is 4 MiB at head_dim 128.
+pub const ROPE_PRECOMPUTED: usize = 8192;
+
+/// The table a model starts with: `min(max_position_embeddings, ROPE_PRECOMPUTED)` positions.
+pub(crate) fn initial_rope(c: &LlamaConfig) -> Arc<RopeTable> {
+    let n = c.max_position_embeddings.min(ROPE_PRECOMPUTED);
+    Arc::new(RopeTable::new(c.head_dim, n, c.rope_theta, c.rope_scaling))
+}
+
+/// The layer index of a `model.layers.N.…` tensor name.
+fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
+}
+
+/// The weights hold exactly the layers the config declares: a tensor of a layer beyond
+/// `num_hidden_layers` is an error naming the tensors (weights silently ignored would be a
+/// different model), and a config declaring more layers than the files hold is a missing
+/// tensor error before anything is sized by the declared count.
+fn check_layer_count(c: &LlamaConfig, w: &WeightFiles) -> Result<()> {
+    let n = c.num_hidden_layers;
+    let names = w.names();
+    let beyond: Vec<&str> = names.iter().copied().filter(|name| layer_of(name).is_some_and(|l| l >= n)).collect();
+    if let Some(first) = beyond.first() {
+        let mut listed: Vec<&str> = beyond.iter().copied().take(4).collect();
+        if beyond.len() > listed.len() {
+            listed.push("…");
+        }
+        return Err(Error::UnexpectedTensors {
+            path: w.path_of(first).map(Path::to_path_buf).unwrap_or_default(),
+            declared: n,
+            count: beyond.len(),
+            names: listed.join(", "),
+        });
+    }
+    let found = names.iter().filter_map(|name| layer_of(name)).max().map_or(0, |l| l + 1);
+    if found < n {
+        let name = format!("model.layers.{found}.input_layernorm.weight");
+        return Err(Error::MissingTensor {
+            path: names.first().and_then(|f| w.path_of(f)).map(Path::to_path_buf).unwrap_or_default(),
+            name,
+            hint: format!(" (config.json declares num_hidden_layers = {n}, the weights hold {found} layer(s))"),
+        });
+    }
+    Ok(())
+}
+
 impl Llama {
     /// Loads `config.json` and the safetensors weights of a HF model folder.
     pub fn load(dir: &Path) -> Result<Self> {
@@ -204,14 +252,18 @@ impl Llama {
         let c = &config;
         let (d, q_out, kv_out) =
             (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        check_layer_count(c, w)?;
+        // Each tensor is checked finite once, here: a NaN weight would otherwise flow through
+        // every forward (and a NaN adapter merged into it) with no word.
         let matrix = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            place(w.f32_tensor(name, Some(shape))?, Role::Matrix, device)
+            place(w.finite_f32_tensor(name, Some(shape))?, Role::Matrix, device)
         };
         let vector = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            place(w.f32_tensor(name, Some(shape))?, Role::Vector, device)
+            place(w.finite_f32_tensor(name, Some(shape))?, Role::Vector, device)
         };
         let embed = matrix("model.embed_tokens.weight", &[c.vocab_size, d])?;
-        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        // Sized by the files (checked above), not by the declared count alone.
+        let mut blocks = Vec::with_capacity(c.num_hidden_layers.min(crate::bounds::MAX_LAYERS));
         for l in 0..c.num_hidden_layers {
             let shape = |p: Proj| -> [usize; 2] {
                 match p {
@@ -243,8 +295,19 @@ impl Llama {
         } else {
             matrix("lm_head.weight", &[c.vocab_size, d])?
         };
-        let rope = Arc::new(RopeTable::new(c.head_dim, c.max_position_embeddings, c.rope_theta, c.rope_scaling));
+        let rope = initial_rope(c);
         Ok(Llama { config, embed, blocks, norm, lm_head, rope })
+    }
+
+    /// The RoPE table covering positions `0..end`: the model's own when it is long enough,
+    /// else one built for this call (the same values for every position both cover, so the
+    /// rotation is the same). Positions are checked against `max_position_embeddings` first.
+    pub fn rope_table(&self, end: usize) -> Arc<RopeTable> {
+        if end <= self.rope.max_pos {
+            return self.rope.clone();
+        }
+        let c = &self.config;
+        Arc::new(RopeTable::new(c.head_dim, end, c.rope_theta, c.rope_scaling))
     }
 
     /// The decoder over a batch. `capture` lists the blocks whose output `h_l` to return.
@@ -261,6 +324,7 @@ impl Llama {
         }
         let (b, t, d) = (batch.batch, batch.seq, c.hidden_size);
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rope = self.rope_table(t);
         let embed = tape.constant(self.embed.clone());
         let mut h = ops::reshape(&ops::index_select(&embed, &batch.input_ids)?, [b, t, d])?;
         let mut boundary = vec![None; capture.len()];
@@ -269,8 +333,8 @@ impl Llama {
             let q = proj.project(l, Proj::Q, &x, blk.weight(Proj::Q))?;
             let k = proj.project(l, Proj::K, &x, blk.weight(Proj::K))?;
             let v = proj.project(l, Proj::V, &x, blk.weight(Proj::V))?;
-            let q = ops::rope(&ops::reshape(&q, [b, t, hq, hd])?, &batch.positions, &self.rope)?;
-            let k = ops::rope(&ops::reshape(&k, [b, t, hkv, hd])?, &batch.positions, &self.rope)?;
+            let q = ops::rope(&ops::reshape(&q, [b, t, hq, hd])?, &batch.positions, &rope)?;
+            let k = ops::rope(&ops::reshape(&k, [b, t, hkv, hd])?, &batch.positions, &rope)?;
             let v = ops::reshape(&v, [b, t, hkv, hd])?;
             let a = ops::reshape(&ops::attention(&q, &k, &v, &batch.key_valid)?, [b, t, hq * hd])?;
             h = ops::add(&h, &proj.project(l, Proj::O, &a, blk.weight(Proj::O))?)?;

@@ -179,6 +179,21 @@ impl WeightFiles {
         Ok(Tensor::new(data, shape)?)
     }
 
+    /// [`WeightFiles::f32_tensor`] refusing NaN and infinities ([`check_finite`]): how model
+    /// weights and adapters are loaded. A bf16/f16 NaN or infinity stays one in f32, so the one
+    /// pass over the converted values covers every stored dtype.
+    pub fn finite_f32_tensor(&self, name: &str, expected: Option<&[usize]>) -> Result<Tensor> {
+        let t = self.f32_tensor(name, expected)?;
+        let (f, ..) = self.locate(name)?;
+        check_finite(&f.path, name, t.dims(), t.as_f32())?;
+        Ok(t)
+    }
+
+    /// The file holding `name`.
+    pub fn path_of(&self, name: &str) -> Option<&Path> {
+        self.owner.get(name).map(|&i| self.files[i].path.as_path())
+    }
+
     /// An integer tensor (I64, or I32 widened) with its shape.
     pub fn i64_tensor(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let (f, dtype, shape, bytes) = self.locate(name)?;
@@ -196,6 +211,28 @@ impl WeightFiles {
         };
         Ok((data, shape))
     }
+}
+
+/// Errors with the first NaN or infinity of `data` (a tensor `name` of `shape` from `path`),
+/// naming its index in `shape` and its value. One pass, no allocation.
+pub fn check_finite(path: &Path, name: &str, shape: &[usize], data: &[f32]) -> Result<()> {
+    let Some(flat) = data.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let mut index = vec![0; shape.len()];
+    let mut rest = flat;
+    for (slot, &dim) in index.iter_mut().zip(shape).rev() {
+        *slot = rest % dim.max(1);
+        rest /= dim.max(1);
+    }
+    if shape.is_empty() {
+        index.push(flat);
+    }
+    Err(Error::NonFinite {
+        path: path.to_path_buf(),
+        name: name.into(),
+        shape: shape.to_vec(),
+        index,
+        value: data[flat],
+    })
 }
 
 /// A tensor to be written.

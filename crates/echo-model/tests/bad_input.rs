@@ -192,3 +192,116 @@ fn sharded_model_loads_like_the_single_file() {
     );
     assert_eq!(sharded.lm_head.as_f32(), single.lm_head.as_f32());
 }
+
+/// `config.json` with `from` replaced by `to`, in a copy of the fixture.
+fn with_config(name: &str, from: &str, to: &str) -> PathBuf {
+    let d = copy(name);
+    let text = std::fs::read_to_string(d.join("config.json")).unwrap();
+    assert!(text.contains(from), "fixture config lacks {from}");
+    std::fs::write(d.join("config.json"), text.replace(from, to)).unwrap();
+    d
+}
+
+#[test]
+fn nan_or_inf_weights_are_refused_at_load_naming_tensor_and_index() {
+    let d = copy("nan-weight");
+    rewrite(&d, |n, mut v, s| {
+        if n == "model.layers.1.self_attn.q_proj.weight" {
+            v[64 + 5] = f32::NAN; // row 1, column 5
+        }
+        Some((n.to_string(), SaveTensor::F32(v, s)))
+    });
+    let e = load_err(&d);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("`model.layers.1.self_attn.q_proj.weight` holds NaN at index [1, 5]")
+            && e.contains("must be finite"),
+        "{e}"
+    );
+    rewrite(&d, |n, mut v, s| {
+        if n == "model.norm.weight" {
+            v[3] = f32::NEG_INFINITY;
+        }
+        Some((n.to_string(), SaveTensor::F32(v, s)))
+    });
+    let e = load_err(&d);
+    assert!(e.contains("`model.norm.weight` holds -inf at index [3]"), "{e}");
+}
+
+#[test]
+fn nan_and_inf_are_caught_in_bf16_and_f16_files_too() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let d = std::env::temp_dir().join(format!("echo-bad-half-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let bf: Vec<u8> = [1.0f32, f32::NAN, 2.0].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+    let hf: Vec<u8> = [1.0f32, 2.0, 1e6].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+    let ok: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+    let views = vec![
+        ("a.bf16", TensorView::new(Dtype::BF16, vec![3], &bf).unwrap()),
+        ("b.f16", TensorView::new(Dtype::F16, vec![1, 3], &hf).unwrap()),
+        ("c.f16", TensorView::new(Dtype::F16, vec![2], &ok).unwrap()),
+    ];
+    let p = d.join("half.safetensors");
+    std::fs::write(&p, safetensors::serialize(views, None).unwrap()).unwrap();
+    let w = echo_model::weights::WeightFiles::open_files(std::slice::from_ref(&p)).unwrap();
+    let e = w.finite_f32_tensor("a.bf16", None).unwrap_err().to_string();
+    assert!(e.contains("half.safetensors") && e.contains("`a.bf16` holds NaN at index [1]"), "{e}");
+    // 1e6 overflows f16 to +inf on the way in.
+    let e = w.finite_f32_tensor("b.f16", None).unwrap_err().to_string();
+    assert!(e.contains("`b.f16` holds inf at index [0, 2]"), "{e}");
+    assert_eq!(w.finite_f32_tensor("c.f16", None).unwrap().as_f32(), &[1.0, 2.0]);
+}
+
+#[test]
+fn huge_sizes_in_config_json_are_errors_not_allocation_aborts() {
+    for (key, from, to) in [
+        ("num_hidden_layers", "\"num_hidden_layers\": 4", "\"num_hidden_layers\": 1000000000"),
+        ("max_position_embeddings", "\"max_position_embeddings\": 256", "\"max_position_embeddings\": 4000000000"),
+        ("vocab_size", "\"vocab_size\": 512", "\"vocab_size\": 1000000000"),
+        ("hidden_size", "\"hidden_size\": 64", "\"hidden_size\": 100000000"),
+        ("intermediate_size", "\"intermediate_size\": 160", "\"intermediate_size\": 100000000000"),
+        ("head_dim", "\"head_dim\": 16", "\"head_dim\": 1000000"),
+    ] {
+        let d = with_config(&format!("huge-{key}"), from, to);
+        let e = load_err(&d);
+        assert!(e.contains("config.json") && e.contains(&format!("key `{key}`")) && e.contains("is above"), "{e}");
+    }
+}
+
+#[test]
+fn a_long_declared_context_does_not_size_the_rope_table() {
+    // 2^24 positions is within bounds; the table covers what is used, not all of them.
+    let d = with_config("long-context", "\"max_position_embeddings\": 256", "\"max_position_embeddings\": 16777216");
+    let m = Llama::load(&d).unwrap();
+    assert!(m.rope.max_pos <= echo_model::ROPE_PRECOMPUTED, "{}", m.rope.max_pos);
+    // A call past the precomputed table gets its rows (identical where both tables cover).
+    let long = m.rope_table(echo_model::ROPE_PRECOMPUTED + 3);
+    assert_eq!(long.max_pos, echo_model::ROPE_PRECOMPUTED + 3);
+    let n = m.rope.cos.len();
+    assert_eq!(&long.cos[..n], &m.rope.cos[..]);
+    assert_eq!(&long.sin[..n], &m.rope.sin[..]);
+}
+
+#[test]
+fn config_declaring_fewer_layers_than_the_weights_is_an_error_naming_the_extra_tensors() {
+    let d = with_config("fewer-layers", "\"num_hidden_layers\": 4", "\"num_hidden_layers\": 2");
+    let e = load_err(&d);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("18 tensor(s) belong to layers beyond the 2")
+            && e.contains("num_hidden_layers")
+            && e.contains("model.layers.2."),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_declaring_more_layers_than_the_weights_names_the_first_missing_layer() {
+    let d = with_config("more-layers", "\"num_hidden_layers\": 4", "\"num_hidden_layers\": 1000");
+    let e = load_err(&d);
+    assert!(
+        e.contains("`model.layers.4.input_layernorm.weight` not found")
+            && e.contains("num_hidden_layers = 1000, the weights hold 4 layer(s)"),
+        "{e}"
+    );
+}

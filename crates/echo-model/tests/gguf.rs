@@ -534,3 +534,41 @@ fn import_refuses_what_it_cannot_represent() {
     assert_err_names_file(import_gguf(&p, &dir.join("o")).unwrap_err(), &p, "tokenizer.ggml.pre `mystery`");
     assert!(!dir.join("o").join("config.json").exists(), "a refused import writes no config.json");
 }
+
+/// The fixture's GGUF with metadata `key` set to the u32 `v`, written to `dir/name`.
+fn fixture_gguf_with(dir: &Path, name: &str, key: &str, v: u32) -> PathBuf {
+    let src = dir.join("base.gguf");
+    if !src.exists() {
+        fixture_as_gguf(&src, GgmlType::F32, false);
+    }
+    let g = GgufFile::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, val) in &g.metadata {
+        w.kv(k, if k == key { Value::U32(v) } else { val.clone() });
+    }
+    for t in &g.tensors {
+        w.raw_tensor(&t.name, &t.ne, t.ggml_type, g.tensor_bytes(t).to_vec());
+    }
+    let p = dir.join(name);
+    w.write(&p).unwrap();
+    p
+}
+
+#[test]
+fn import_refuses_sizes_that_contradict_the_tensors_or_pass_the_bounds() {
+    let dir = scratch("sizes");
+    let out = dir.join("o");
+    // 4e9 blocks (a u32): bounded before the per-block table is built.
+    let p = fixture_gguf_with(&dir, "blocks-huge.gguf", "llama.block_count", 4_000_000_000);
+    assert_err_names_file(import_gguf(&p, &out).unwrap_err(), &p, "llama.block_count");
+    // A plausible count that is not what the tensors hold.
+    for n in [3, 5] {
+        let p = fixture_gguf_with(&dir, &format!("blocks-{n}.gguf"), "llama.block_count", n);
+        let e = import_gguf(&p, &out).unwrap_err();
+        assert_err_names_file(&e, &p, &format!("says {n} blocks, but the file's tensors are those of 4"));
+    }
+    // A context of 4e9 would import into a folder that can never load.
+    let p = fixture_gguf_with(&dir, "ctx-huge.gguf", "llama.context_length", 4_000_000_000);
+    assert_err_names_file(import_gguf(&p, &out).unwrap_err(), &p, "llama.context_length");
+    assert!(!out.join("config.json").exists(), "a refused import writes no config.json");
+}

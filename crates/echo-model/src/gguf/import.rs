@@ -18,7 +18,7 @@
 use super::reader::GgufFile;
 use super::tokenizer;
 use crate::weights::{save_safetensors, write_atomic, SaveTensor};
-use crate::{Error, LlamaConfig, Result};
+use crate::{bounds, Error, LlamaConfig, Result};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -127,6 +127,30 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
         .opt_f64(&key("attention.layer_norm_rms_epsilon"))?
         .ok_or_else(|| g.key_err(&key("attention.layer_norm_rms_epsilon"), "missing"))?;
     let theta = g.opt_f64(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+    // Sizes are bounded before anything is sized by them (the expected-tensor table below has
+    // 9 entries per block), and the block count must be what the tensors hold: a few hundred
+    // KB of metadata must not import into a folder that can never load.
+    for (k, v, max) in [
+        ("embedding_length", hidden, bounds::MAX_HIDDEN),
+        ("block_count", layers, bounds::MAX_LAYERS),
+        ("attention.head_count", heads, bounds::MAX_HEADS),
+        ("attention.head_count_kv", kv_heads, bounds::MAX_HEADS),
+        ("feed_forward_length", ffn, bounds::MAX_INTERMEDIATE),
+        ("context_length", ctx, bounds::MAX_CONTEXT),
+    ] {
+        if v > max {
+            return Err(g.key_err(&key(k), format!("{v} is above {max}, the largest this importer accepts")));
+        }
+    }
+    let blocks_in_tensors =
+        g.tensors.iter().filter_map(|t| t.name.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok()).max();
+    let blocks_in_tensors = blocks_in_tensors.map_or(0, |b| b + 1);
+    if blocks_in_tensors != layers {
+        return Err(g.key_err(
+            &key("block_count"),
+            format!("says {layers} blocks, but the file's tensors are those of {blocks_in_tensors} (blk.0..)"),
+        ));
+    }
     if heads == 0 || kv_heads == 0 || hidden == 0 {
         return Err(g.key_err(
             &key("attention.head_count"),
@@ -134,6 +158,12 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
         ));
     }
     let head_dim = match g.opt_u64(&key("attention.key_length"))? {
+        Some(k) if k as usize > bounds::MAX_HEAD_DIM => {
+            return Err(g.key_err(
+                &key("attention.key_length"),
+                format!("{k} is above {}, the largest this importer accepts", bounds::MAX_HEAD_DIM),
+            ))
+        }
         Some(k) => k as usize,
         None if hidden.is_multiple_of(heads) => hidden / heads,
         None => {
