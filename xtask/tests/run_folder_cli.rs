@@ -118,7 +118,11 @@ fn a_new_run_into_a_finished_runs_folder_is_refused_and_changes_nothing() {
     ok(xtask(dir.path()).arg("train").arg(&cfg));
     let out_dir = dir.path().join("out");
     let before = snapshot(&out_dir);
-    assert!(before.contains_key("metrics.jsonl") && before.contains_key("checkpoint ->"), "{:?}", before.keys());
+    assert!(
+        before.contains_key("metrics.jsonl") && before.keys().any(|k| k.starts_with("checkpoint")),
+        "{:?}",
+        before.keys()
+    );
     let out = xtask(dir.path()).arg("train").arg(&cfg).args(["--max-steps", "3"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
