@@ -18,6 +18,19 @@ pub fn merged_weights(
     store: &ParamStore,
 ) -> echo_tensor::Result<Vec<(String, Tensor)>> {
     let s = adapters.config.scale();
+    if !(s.is_finite() && adapters.config.alpha > 0.0) {
+        return Err(echo_tensor::Error::BadValue {
+            op: "merge",
+            what: "lora_alpha",
+            expected: "a positive number".into(),
+            got: adapters.config.alpha.to_string(),
+        });
+    }
+    // Adapter parameters are checked before merging and every merged weight after: a NaN
+    // adapter (or an overflow) must not become a model that computes NaN without a word.
+    for (id, key) in adapters.tensors() {
+        finite(&host_f32(store.value(id))?, &key)?;
+    }
     let mut out = Vec::new();
     for site in adapters.sites() {
         let w = host_f32(model.blocks[site.layer].weight(site.proj))?;
@@ -32,7 +45,9 @@ pub fn merged_weights(
                 row.iter_mut().for_each(|v| *v *= m / n);
             }
         }
-        out.push((format!("{}.weight", site.proj.module_path(site.layer)), merged));
+        let name = format!("{}.weight", site.proj.module_path(site.layer));
+        finite(&merged, &name)?;
+        out.push((name, merged));
     }
     Ok(out)
 }
@@ -40,4 +55,18 @@ pub fn merged_weights(
 /// `t` as an f32 host tensor (itself when it already is one).
 fn host_f32(t: &Tensor) -> echo_tensor::Result<Tensor> {
     t.to_device(Device::Cpu)?.try_to_dtype(DType::F32)
+}
+
+/// Errors with the first non-finite value of host f32 tensor `t` (named `name`) and its index.
+fn finite(t: &Tensor, name: &str) -> echo_tensor::Result<()> {
+    let data = t.as_f32();
+    let Some(i) = data.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let cols = t.dims().last().copied().unwrap_or(1).max(1);
+    let at = if t.dims().len() == 2 { format!("[{}, {}]", i / cols, i % cols) } else { format!("{i} (flat)") };
+    Err(echo_tensor::Error::BadValue {
+        op: "merge",
+        what: "every adapter and merged weight",
+        expected: "finite".into(),
+        got: format!("{} at index {at} of `{name}` (shape {:?})", data[i], t.dims()),
+    })
 }

@@ -5,7 +5,7 @@
 use crate::adapters::{peft_key, Adapters};
 use crate::{AdapterConfig, Method};
 use echo_autograd::ParamStore;
-use echo_model::weights::{save_safetensors, write_atomic, SaveTensor, WeightFiles};
+use echo_model::weights::{check_finite, save_safetensors, write_atomic, SaveTensor, WeightFiles};
 use echo_model::{Llama, Proj};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -31,6 +31,16 @@ pub enum PeftError {
 
 fn cfg_err(path: &Path, key: &str, msg: impl Into<String>) -> PeftError {
     PeftError::Config { path: path.to_path_buf(), key: key.into(), msg: msg.into() }
+}
+
+/// `lora_alpha` must be a positive number: the adapter's update is scaled by `alpha / r`, so a
+/// negative alpha silently flips it and zero silently removes it.
+fn check_alpha(alpha: f64) -> Result<(), String> {
+    if alpha > 0.0 && alpha.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{alpha} must be a positive number (the update is scaled by lora_alpha / r)"))
+    }
 }
 
 /// Parses PEFT's `adapter_config.json`.
@@ -73,6 +83,7 @@ pub fn parse_adapter_config(path: &Path) -> Result<AdapterConfig, PeftError> {
     let alpha = get("lora_alpha")
         .and_then(Value::as_f64)
         .ok_or_else(|| cfg_err(path, "lora_alpha", "missing or not a number"))?;
+    check_alpha(alpha).map_err(|msg| cfg_err(path, "lora_alpha", msg))?;
     let dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     if !(0.0..1.0).contains(&dropout) {
         return Err(cfg_err(path, "lora_dropout", format!("{dropout} is outside [0, 1)")));
@@ -140,7 +151,7 @@ pub fn load_peft(dir: &Path, model: &Llama, store: &mut ParamStore) -> Result<Ad
     let adapters = Adapters::register(config, model, store, |layer, proj, kind, shape| {
         let key = peft_key(layer, proj, kind);
         used.insert(key.clone());
-        Ok(files.f32_tensor(&key, Some(shape))?)
+        Ok(files.finite_f32_tensor(&key, Some(shape))?)
     })?;
     if let Some(extra) = files.names().into_iter().find(|n| !used.contains(*n)) {
         return Err(PeftError::Tensors {
@@ -189,11 +200,21 @@ pub fn adapter_config_json(config: &AdapterConfig, base_model: &str) -> Value {
 
 /// Writes the adapters as a PEFT folder (created if needed; each file replaced atomically).
 pub fn save_peft(dir: &Path, adapters: &Adapters, store: &ParamStore, base_model: &str) -> Result<(), PeftError> {
-    std::fs::create_dir_all(dir).map_err(|e| PeftError::Io { path: dir.into(), source: e })?;
-    let tensors =
+    let weights_path = dir.join("adapter_model.safetensors");
+    check_alpha(adapters.config.alpha as f64)
+        .map_err(|msg| cfg_err(&dir.join("adapter_config.json"), "lora_alpha", msg))?;
+    let tensors: Vec<(String, SaveTensor)> =
         adapters.tensors().into_iter().map(|(id, key)| (key, SaveTensor::from_tensor(store.value(id)))).collect();
+    // A NaN or infinite adapter is never written: it would load, export and merge into a model
+    // that computes NaN (or, before the attention propagated NaN, plausible nonsense).
+    for (key, t) in &tensors {
+        if let SaveTensor::F32(data, shape) = t {
+            check_finite(&weights_path, key, shape, data)?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| PeftError::Io { path: dir.into(), source: e })?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    save_safetensors(&dir.join("adapter_model.safetensors"), tensors, Some(meta))?;
+    save_safetensors(&weights_path, tensors, Some(meta))?;
     let cfg = serde_json::to_string_pretty(&adapter_config_json(&adapters.config, base_model)).expect("json");
     write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())?;
     Ok(())
