@@ -115,14 +115,15 @@ fn non_finite_loss_stops_and_leaves_the_checkpoint_untouched() {
     let cfg = config("max_steps = 6");
     let out = tmp("nan");
     train(&cfg, &fixture(), &out, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
-    // Poison the checkpoint's adapter so the next step's loss is NaN.
+    // Poison the checkpoint's adapter with finite values so large that the next step's loss
+    // overflows (a NaN written there would be refused at load, before any step runs).
     let adapter = out.join("checkpoint/adapter/adapter_model.safetensors");
     let w = WeightFiles::open_files(std::slice::from_ref(&adapter)).unwrap();
     let mut tensors = Vec::new();
     for n in w.names() {
         let mut v = w.f32_tensor(n, None).unwrap().as_f32().to_vec();
         if n.ends_with("lora_B.weight") {
-            v[0] = f32::NAN;
+            v.iter_mut().for_each(|x| *x = 3e38);
         }
         tensors.push((n.to_string(), echo_model::weights::SaveTensor::F32(v, w.info(n).unwrap().1)));
     }
