@@ -53,11 +53,13 @@ pub struct Batch {
     pub attention_mask: Vec<u8>,
     /// HF style, not shifted: -100 on padding, and on the prompt under answer-only masking.
     pub labels: Vec<i64>,
-    /// 1 on prompt tokens only (what the echo pools over), 0 on answer and padding.
+    /// 1 on prompt tokens only (what the echo pools over: [`Example::prompt_mask`]), 0 on
+    /// answer and padding.
     pub prompt_mask: Vec<u8>,
     /// Real tokens per row.
     pub lengths: Vec<usize>,
-    /// Prompt tokens per row.
+    /// Prompt tokens per row (every unlearned token: in a multi-turn chat, the turns between
+    /// the assistant's too).
     pub prompt_lengths: Vec<usize>,
     /// Index of each row's example in the batcher's example list.
     pub example_indices: Vec<usize>,
@@ -88,10 +90,10 @@ impl Batch {
             batch.input_ids[o..o + n].copy_from_slice(&e.input_ids);
             batch.attention_mask[o..o + n].fill(1);
             batch.labels[o..o + n].copy_from_slice(&e.labels());
-            let p = e.prompt_len.min(n);
-            batch.prompt_mask[o..o + p].fill(1);
+            let mask = e.prompt_mask();
+            batch.prompt_mask[o..o + n].copy_from_slice(&mask);
             batch.lengths.push(n);
-            batch.prompt_lengths.push(p);
+            batch.prompt_lengths.push(mask.iter().map(|&m| m as usize).sum());
         }
         batch
     }

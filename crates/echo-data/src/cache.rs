@@ -6,10 +6,11 @@
 //! place, so a reader never sees half a file. The file ends with a SHA-256 of its contents; a
 //! file that fails any check is ignored with a warning and rebuilt.
 //!
-//! Layout (little-endian): `b"ECHODATA"`, u32 version, 32-byte key, the report (11 × u64),
-//! u64 number of examples, each `u64 source, u64 record, u32 prompt_len, u8 flags, u32 len,
-//! len × u32 ids`, u64 number of dropped, each `u64 source, u64 record, u8 reason, u64
-//! prompt_tokens, u64 tokens`, then the 32-byte checksum.
+//! Layout (little-endian): `b"ECHODATA"`, u32 version, 32-byte key, the report (12 × u64),
+//! u64 number of examples, each `u64 source, u64 record, u32 prompt_len, u8 flags, u32
+//! masked ranges, that many × (u32 start, u32 end), u32 len, len × u32 ids`, u64 number of
+//! dropped, each `u64 source, u64 record, u8 reason, u64 prompt_tokens, u64 tokens`, then the
+//! 32-byte checksum.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,7 @@ pub fn user_cache_root() -> std::result::Result<PathBuf, String> {
 }
 
 const MAGIC: &[u8; 8] = b"ECHODATA";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -218,7 +219,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn report_fields(r: &Report) -> [usize; 11] {
+fn report_fields(r: &Report) -> [usize; 12] {
     [
         r.records,
         r.examples,
@@ -231,6 +232,7 @@ fn report_fields(r: &Report) -> [usize; 11] {
         r.boundary_merges,
         r.longest,
         r.longest_before_cutoff,
+        r.dropped_too_large,
     ]
 }
 
@@ -249,6 +251,11 @@ fn encode(ds: &EncodedDataset, key: &str) -> Vec<u8> {
         v.extend_from_slice(&(e.prompt_len as u32).to_le_bytes());
         let flags = e.train_on_inputs as u8 | (e.truncated as u8) << 1 | (e.boundary_merge as u8) << 2;
         v.push(flags);
+        v.extend_from_slice(&(e.masked.len() as u32).to_le_bytes());
+        for &(a, b) in &e.masked {
+            v.extend_from_slice(&a.to_le_bytes());
+            v.extend_from_slice(&b.to_le_bytes());
+        }
         v.extend_from_slice(&(e.input_ids.len() as u32).to_le_bytes());
         for id in &e.input_ids {
             v.extend_from_slice(&id.to_le_bytes());
@@ -261,6 +268,7 @@ fn encode(ds: &EncodedDataset, key: &str) -> Vec<u8> {
         v.push(match d.reason {
             DropReason::PromptOverCutoff => 0,
             DropReason::OverCutoff => 1,
+            DropReason::TooLarge => 2,
         });
         v.extend_from_slice(&(d.prompt_tokens as u64).to_le_bytes());
         v.extend_from_slice(&(d.tokens as u64).to_le_bytes());
@@ -314,7 +322,7 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
     if r.take(key.len())? != key.as_bytes() {
         return Err("key mismatch".into());
     }
-    let mut f = [0usize; 11];
+    let mut f = [0usize; 12];
     for x in &mut f {
         *x = r.u64()?;
     }
@@ -330,6 +338,7 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
         boundary_merges: f[8],
         longest: f[9],
         longest_before_cutoff: f[10],
+        dropped_too_large: f[11],
     };
     let n = r.u64()?;
     if n != report.examples {
@@ -341,6 +350,11 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
         let record = r.u64()?;
         let prompt_len = r.u32()? as usize;
         let flags = r.u8()?;
+        let nm = r.u32()? as usize;
+        let mut masked = Vec::with_capacity(nm.min(r.b.len() / 8));
+        for _ in 0..nm {
+            masked.push((r.u32()?, r.u32()?));
+        }
         let len = r.u32()? as usize;
         let raw = r.take(len * 4)?;
         let input_ids: Vec<u32> = raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -352,6 +366,7 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
             record,
             input_ids,
             prompt_len,
+            masked,
             train_on_inputs: flags & 1 != 0,
             truncated: flags & 2 != 0,
             boundary_merge: flags & 4 != 0,
@@ -368,6 +383,7 @@ fn decode(buf: &[u8], key: &str) -> std::result::Result<EncodedDataset, String> 
         let reason = match r.u8()? {
             0 => DropReason::PromptOverCutoff,
             1 => DropReason::OverCutoff,
+            2 => DropReason::TooLarge,
             x => return Err(format!("unknown drop reason {x}")),
         };
         dropped.push(Dropped { source, record, reason, prompt_tokens: r.u64()?, tokens: r.u64()? });

@@ -4,7 +4,8 @@
 //! the tokenizer's leading specials, e.g. BOS) and EOS is appended to `full`. The first
 //! `len(tokens(prompt))` positions are the prompt: their labels are -100 (unless
 //! `train_on_inputs`) and they make up the prompt mask. See the crate docs for what happens
-//! when `tokens(prompt)` is not a prefix of `tokens(full)` and for the cutoff policy.
+//! when `tokens(prompt)` is not a prefix of `tokens(full)`, for the cutoff policy and for the
+//! other formats (completion, plain text, chat).
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -12,9 +13,10 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
-use crate::record::{Record, RecordStream};
-use crate::template::Template;
+use crate::record::{Record, RecordStream, Sample};
+use crate::template::{Format, Template};
 use crate::tokenizer::Tokenizer;
 
 /// The label of a position the loss ignores (PyTorch's `ignore_index`).
@@ -49,7 +51,22 @@ impl Default for EncodeConfig {
     }
 }
 
+/// The fixed cap on a record's text, in bytes, whatever the cutoff (see
+/// [`EncodeConfig::max_record_bytes`]).
+pub const MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// Bytes of text allowed per token of the cutoff before a record is dropped untokenised.
+pub const BYTES_PER_CUTOFF_TOKEN: usize = 64;
+
 impl EncodeConfig {
+    /// A record whose text is longer than this is dropped ([`DropReason::TooLarge`]) without
+    /// being tokenised: `cutoff × 64` bytes (a token is rarely more than a few bytes, so such
+    /// a record is far past the cutoff anyway), and never more than [`MAX_RECORD_BYTES`].
+    /// Tokenising bounds memory by the record's size: a 50 MB string would take gigabytes.
+    pub fn max_record_bytes(&self) -> usize {
+        self.cutoff.map_or(MAX_RECORD_BYTES, |c| c.saturating_mul(BYTES_PER_CUTOFF_TOKEN).min(MAX_RECORD_BYTES))
+    }
+
     pub fn fingerprint(&self) -> String {
         format!("cutoff={:?};overlong={:?};train_on_inputs={}", self.cutoff, self.overlong, self.train_on_inputs)
     }
@@ -67,6 +84,9 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     /// Number of leading prompt tokens (BOS included). Always < `input_ids.len()`.
     pub prompt_len: usize,
+    /// Further unlearned ranges `[start, end)` after the prompt: in a multi-turn chat, what
+    /// lies between the assistant turns. Empty for the other formats.
+    pub masked: Vec<(u32, u32)>,
     pub train_on_inputs: bool,
     /// Cut at the cutoff (EOS and possibly answer tokens lost).
     pub truncated: bool,
@@ -83,26 +103,44 @@ impl Example {
         self.input_ids.is_empty()
     }
 
-    /// Answer tokens (EOS included).
+    /// Answer tokens (EOS included): the tokens learned under answer-only masking.
     pub fn answer_len(&self) -> usize {
-        self.input_ids.len().saturating_sub(self.prompt_len)
+        self.input_ids.len().saturating_sub(self.unlearned_len())
     }
 
-    /// Labels, HF style (not shifted): -100 on the prompt unless `train_on_inputs`, the token
-    /// id elsewhere.
+    /// Prompt tokens and the further masked ranges: what answer-only masking does not learn.
+    pub fn unlearned_len(&self) -> usize {
+        let n = self.input_ids.len();
+        self.prompt_len.min(n)
+            + self.masked.iter().map(|&(a, b)| (b as usize).min(n) - (a as usize).min(n)).sum::<usize>()
+    }
+
+    /// Labels, HF style (not shifted): -100 on the prompt (and the further masked ranges)
+    /// unless `train_on_inputs`, the token id elsewhere.
     pub fn labels(&self) -> Vec<i64> {
         let mut l: Vec<i64> = self.input_ids.iter().map(|&t| t as i64).collect();
         if !self.train_on_inputs {
-            l[..self.prompt_len.min(self.input_ids.len())].fill(IGNORE_INDEX);
+            for (a, b) in self.unlearned_ranges() {
+                l[a..b].fill(IGNORE_INDEX);
+            }
         }
         l
     }
 
-    /// 1 on prompt tokens, 0 on answer tokens (and, in a batch, on padding).
+    /// 1 on prompt tokens (and the further masked ranges: everything answer-only masking
+    /// does not learn), 0 on answer tokens (and, in a batch, on padding).
     pub fn prompt_mask(&self) -> Vec<u8> {
         let mut m = vec![0u8; self.input_ids.len()];
-        m[..self.prompt_len.min(self.input_ids.len())].fill(1);
+        for (a, b) in self.unlearned_ranges() {
+            m[a..b].fill(1);
+        }
         m
+    }
+
+    fn unlearned_ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let n = self.input_ids.len();
+        std::iter::once((0, self.prompt_len.min(n)))
+            .chain(self.masked.iter().map(move |&(a, b)| ((a as usize).min(n), (b as usize).min(n))))
     }
 }
 
@@ -113,6 +151,9 @@ pub enum DropReason {
     PromptOverCutoff,
     /// Longer than the cutoff under `Overlong::Drop`.
     OverCutoff,
+    /// The record's text is longer than [`EncodeConfig::max_record_bytes`]: dropped without
+    /// being tokenised (`tokens` is then the text's length in bytes).
+    TooLarge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +189,9 @@ pub struct Report {
     pub dropped: usize,
     /// Of `dropped`: those whose prompt alone reaches the cutoff.
     pub dropped_prompt_over_cutoff: usize,
+    /// Of `dropped`: those whose text was over the size limit, never tokenised.
+    #[serde(default)]
+    pub dropped_too_large: usize,
     /// Examples whose prompt/answer boundary fell inside a merged token (see crate docs).
     pub boundary_merges: usize,
     /// Longest kept example, in tokens.
@@ -164,7 +208,7 @@ impl Report {
             Encoded::Kept(x) => {
                 self.examples += 1;
                 self.tokens += x.len();
-                self.prompt_tokens += x.prompt_len;
+                self.prompt_tokens += x.unlearned_len();
                 self.answer_tokens += x.answer_len();
                 self.truncated += x.truncated as usize;
                 self.boundary_merges += x.boundary_merge as usize;
@@ -173,17 +217,18 @@ impl Report {
             Encoded::Dropped(d) => {
                 self.dropped += 1;
                 self.dropped_prompt_over_cutoff += (d.reason == DropReason::PromptOverCutoff) as usize;
+                self.dropped_too_large += (d.reason == DropReason::TooLarge) as usize;
             }
         }
     }
 
     /// Records the cutoff took learned (answer) tokens from: the truncated examples (a cut
     /// always takes the EOS, and with it the answer's tail) and the records dropped because
-    /// their prompt alone reaches the cutoff (they lost every answer token). Records dropped
-    /// under [`Overlong::Drop`] for being longer than the cutoff are not counted: dropping
-    /// was asked for.
+    /// their prompt alone reaches the cutoff (they lost every answer token), and those too
+    /// large to tokenise. Records dropped under [`Overlong::Drop`] for being longer than the
+    /// cutoff are not counted: dropping was asked for.
     pub fn answers_cut(&self) -> usize {
-        self.truncated + self.dropped_prompt_over_cutoff
+        self.truncated + self.dropped_prompt_over_cutoff + self.dropped_too_large
     }
 
     /// Adds another report's counts (e.g. over the datasets of a mix).
@@ -196,6 +241,7 @@ impl Report {
         self.truncated += o.truncated;
         self.dropped += o.dropped;
         self.dropped_prompt_over_cutoff += o.dropped_prompt_over_cutoff;
+        self.dropped_too_large += o.dropped_too_large;
         self.boundary_merges += o.boundary_merges;
         self.longest = self.longest.max(o.longest);
         self.longest_before_cutoff = self.longest_before_cutoff.max(o.longest_before_cutoff);
@@ -210,10 +256,22 @@ pub struct EncodedDataset {
     pub report: Report,
 }
 
-/// Encodes one record. Errors only if the tokenizer fails; over-long samples come back as
-/// `Encoded::Dropped`.
+/// Encodes one record. Errors only if the tokenizer fails (or the record does not fit the
+/// template); over-long samples come back as `Encoded::Dropped`.
 pub fn encode_example(tok: &Tokenizer, template: &Template, record: &Record, cfg: &EncodeConfig) -> Result<Encoded> {
     Ok(encode_inner(tok, template, record, cfg, 0, 0)?.0)
+}
+
+/// Encodes one record of any format (see [`Sample`]).
+pub fn encode_sample(tok: &Tokenizer, template: &Template, sample: &Sample, cfg: &EncodeConfig) -> Result<Encoded> {
+    Ok(encode_any(tok, template, sample, cfg, 0, 0)?.0)
+}
+
+fn too_large(bytes: usize, cfg: &EncodeConfig, source: usize, record: usize) -> Option<(Encoded, usize)> {
+    (bytes > cfg.max_record_bytes()).then(|| {
+        let d = Dropped { source, record, reason: DropReason::TooLarge, prompt_tokens: 0, tokens: bytes };
+        (Encoded::Dropped(d), 0)
+    })
 }
 
 fn encode_inner(
@@ -224,10 +282,40 @@ fn encode_inner(
     source: usize,
     record: usize,
 ) -> Result<(Encoded, usize)> {
-    let prompt = template.prompt(r);
+    let bytes = r.instruction.len() + r.input.len() + r.output.len();
+    if let Some(d) = too_large(bytes, cfg, source, record) {
+        return Ok(d);
+    }
+    match template.format {
+        Format::Instruction | Format::Completion => {}
+        Format::Plain | Format::Chat(_) => {
+            return Err(Error::Template {
+                name: template.name.clone(),
+                msg: format!(
+                    "reads records with {}, but was given LLM-Adapters records (instruction, output)",
+                    template.format.fields()
+                ),
+            })
+        }
+    }
+    if !r.input.is_empty() && template.with_input.is_empty() {
+        return Err(Error::Template {
+            name: template.name.clone(),
+            msg: "the record has an `input` but the template has no with-input form (set \
+                  prompt_format_with_input, with {instruction} and {input})"
+                .into(),
+        });
+    }
+    let (ids, prompt_len, boundary_merge) = encode_pair(tok, template.prompt(r), &r.output)?;
+    Ok(cut(ids, prompt_len, Vec::new(), boundary_merge, cfg, source, record))
+}
+
+/// `tokens(prompt + output) ++ [EOS]` and the prompt's length, with the boundary rule of the
+/// crate docs.
+fn encode_pair(tok: &Tokenizer, prompt: String, output: &str) -> Result<(Vec<u32>, usize, bool)> {
     let prompt_ids = tok.encode(&prompt)?;
     let mut full = prompt;
-    full.push_str(&r.output);
+    full.push_str(output);
     let full_ids = tok.encode(&full)?;
     let (mut ids, boundary_merge) = if full_ids.starts_with(&prompt_ids) {
         (full_ids, false)
@@ -235,11 +323,127 @@ fn encode_inner(
         // A merge crosses the boundary: keep the prompt's own tokens (exactly what the model
         // is given at evaluation) and tokenise the output on its own after them.
         let mut v = prompt_ids.clone();
-        v.extend(tok.encode_plain(&r.output)?);
+        v.extend(tok.encode_plain(output)?);
         (v, true)
     };
     ids.push(tok.eos_id());
-    let prompt_len = prompt_ids.len();
+    Ok((ids, prompt_ids.len(), boundary_merge))
+}
+
+fn encode_any(
+    tok: &Tokenizer,
+    template: &Template,
+    s: &Sample,
+    cfg: &EncodeConfig,
+    source: usize,
+    record: usize,
+) -> Result<(Encoded, usize)> {
+    if let Sample::Instruction(r) = s {
+        return encode_inner(tok, template, r, cfg, source, record);
+    }
+    if let Some(d) = too_large(s.text_bytes(), cfg, source, record) {
+        return Ok(d);
+    }
+    let mismatch = || Error::Template {
+        name: template.name.clone(),
+        msg: format!("reads records with {}", template.format.fields()),
+    };
+    let (ids, prompt_len, masked, merge) = match (s, &template.format) {
+        (Sample::Completion { prompt, completion }, Format::Completion) => {
+            let (ids, p, merge) = encode_pair(tok, prompt.clone(), completion)?;
+            (ids, p, Vec::new(), merge)
+        }
+        (Sample::Text(t), Format::Plain) => {
+            let mut ids = tok.encode(t)?;
+            ids.push(tok.eos_id());
+            (ids, 0, Vec::new(), false)
+        }
+        (Sample::Chat(m), Format::Chat(chat)) => {
+            let (ids, p, masked) = encode_chat(tok, chat, m)?;
+            (ids, p, masked, false)
+        }
+        _ => return Err(mismatch()),
+    };
+    Ok(cut(ids, prompt_len, masked, merge, cfg, source, record))
+}
+
+/// Unlearned ranges `[start, end)` of an example after its prompt.
+type Ranges = Vec<(u32, u32)>;
+
+/// A conversation's tokens: the whole conversation rendered by the chat template and
+/// tokenised as written (the template writes its own special tokens). Assistant turn `i` is
+/// found by rendering the messages before it with the generation prompt and the messages up
+/// to it without: the first must be a prefix of the second, and the second of the whole
+/// conversation, as text and as tokens. The learned span is the tokens in between, ending at
+/// the turn's last EOS (its end-of-turn token; a following EOS is taken in when the template
+/// writes it after the turn). Tokens after the last learned one are left out. Returns the
+/// ids, the length of the unlearned head and the unlearned ranges between turns.
+fn encode_chat(tok: &Tokenizer, chat: &ChatTemplate, msgs: &[Message]) -> Result<(Vec<u32>, usize, Ranges)> {
+    let full = chat.render(msgs, false)?;
+    let mut ids = tok.encode_plain(&full)?;
+    let eos = tok.eos_id();
+    let unstable = |i: usize, what: &str| Error::Template {
+        name: format!("chat ({})", chat.origin().display()),
+        msg: format!(
+            "not prefix-stable at messages[{i}] (the assistant turn): {what}, so the turn's tokens \
+             cannot be located; use a template whose rendering of a conversation's first turns is a \
+             prefix of the whole conversation's"
+        ),
+    };
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let before = chat.render(&msgs[..i], true)?;
+        let through = chat.render(&msgs[..=i], false)?;
+        if !through.starts_with(&before) {
+            return Err(unstable(
+                i,
+                "the text before the turn (with the generation prompt) is not a prefix of the text through it",
+            ));
+        }
+        if !full.starts_with(&through) {
+            return Err(unstable(i, "the text through the turn is not a prefix of the whole conversation's"));
+        }
+        let b = tok.encode_plain(&before)?;
+        let t = tok.encode_plain(&through)?;
+        if !t.starts_with(&b) || !ids.starts_with(&t) {
+            return Err(unstable(i, "a token merges across the turn's boundary"));
+        }
+        let (start, mut end) = (b.len(), t.len());
+        if let Some(k) = ids[start..end].iter().rposition(|&x| x == eos) {
+            end = start + k + 1;
+        } else if ids.get(end) == Some(&eos) {
+            end += 1;
+        }
+        if end > start {
+            spans.push((start, end));
+        }
+    }
+    let Some(&(first, _)) = spans.first() else {
+        return Err(Error::Template {
+            name: format!("chat ({})", chat.origin().display()),
+            msg: "no assistant token to learn in the conversation".into(),
+        });
+    };
+    let last = spans[spans.len() - 1].1;
+    ids.truncate(last);
+    let masked = spans.windows(2).filter(|w| w[1].0 > w[0].1).map(|w| (w[0].1 as u32, w[1].0 as u32)).collect();
+    Ok((ids, first, masked))
+}
+
+/// Applies the cutoff policy to an encoded sample; the second value is its length before the
+/// cutoff.
+fn cut(
+    mut ids: Vec<u32>,
+    prompt_len: usize,
+    mut masked: Vec<(u32, u32)>,
+    boundary_merge: bool,
+    cfg: &EncodeConfig,
+    source: usize,
+    record: usize,
+) -> (Encoded, usize) {
     let total = ids.len();
     let mut truncated = false;
     if let Some(c) = cfg.cutoff {
@@ -253,9 +457,13 @@ fn encode_inner(
             };
             if let Some(reason) = reason {
                 let d = Dropped { source, record, reason, prompt_tokens: prompt_len, tokens: total };
-                return Ok((Encoded::Dropped(d), total));
+                return (Encoded::Dropped(d), total);
             }
             ids.truncate(c);
+            masked.retain(|&(a, _)| (a as usize) < c);
+            for r in &mut masked {
+                r.1 = r.1.min(c as u32);
+            }
             truncated = true;
         }
     }
@@ -264,11 +472,12 @@ fn encode_inner(
         record,
         input_ids: ids,
         prompt_len,
+        masked,
         train_on_inputs: cfg.train_on_inputs,
         truncated,
         boundary_merge,
     };
-    Ok((Encoded::Kept(ex), total))
+    (Encoded::Kept(ex), total)
 }
 
 /// Whether long loops draw a progress bar.
@@ -297,6 +506,8 @@ impl Progress {
 }
 
 const CHUNK: usize = 1024;
+/// A chunk of a file stops growing past this many bytes of text.
+const CHUNK_BYTES: usize = 64 << 20;
 
 /// What every record of one dataset is encoded with.
 struct Ctx<'a> {
@@ -307,19 +518,37 @@ struct Ctx<'a> {
     source: usize,
 }
 
+/// A record the chunk encoder takes: an LLM-Adapters [`Record`] or any [`Sample`].
+trait Encodable: Sync {
+    fn encode_with(&self, ctx: &Ctx, record: usize) -> Result<(Encoded, usize)>;
+}
+
+impl Encodable for Record {
+    fn encode_with(&self, ctx: &Ctx, record: usize) -> Result<(Encoded, usize)> {
+        encode_inner(ctx.tok, ctx.template, self, ctx.cfg, ctx.source, record)
+    }
+}
+
+impl Encodable for Sample {
+    fn encode_with(&self, ctx: &Ctx, record: usize) -> Result<(Encoded, usize)> {
+        encode_any(ctx.tok, ctx.template, self, ctx.cfg, ctx.source, record)
+    }
+}
+
 impl Ctx<'_> {
     /// Encodes `chunk` (records `first..`) in parallel and adds the results in order.
-    fn encode_chunk(&self, first: usize, chunk: &[Record], out: &mut EncodedDataset) -> Result<()> {
-        let results: Vec<Result<(Encoded, usize)>> =
-            chunk
-                .par_iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    encode_inner(self.tok, self.template, r, self.cfg, self.source, first + i).map_err(|e| {
-                        Error::Encode { path: self.path.to_path_buf(), record: first + i, msg: e.to_string() }
-                    })
+    fn encode_chunk<T: Encodable>(&self, first: usize, chunk: &[T], out: &mut EncodedDataset) -> Result<()> {
+        let results: Vec<Result<(Encoded, usize)>> = chunk
+            .par_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.encode_with(self, first + i).map_err(|e| Error::Encode {
+                    path: self.path.to_path_buf(),
+                    record: first + i,
+                    msg: e.to_string(),
                 })
-                .collect();
+            })
+            .collect();
         for res in results {
             let (enc, untruncated) = res?;
             out.report.count(&enc, untruncated);
@@ -346,11 +575,12 @@ fn finish(path: &Path, out: EncodedDataset) -> Result<EncodedDataset> {
             )
         } else {
             format!(
-                "all {} records were dropped ({} with a prompt reaching the cutoff, {} longer \
-                 than the cutoff under the drop policy)",
+                "all {} records were dropped ({} with a prompt reaching the cutoff, {} over the \
+                 size limit, {} longer than the cutoff under the drop policy)",
                 r.dropped,
                 r.dropped_prompt_over_cutoff,
-                r.dropped - r.dropped_prompt_over_cutoff
+                r.dropped_too_large,
+                r.dropped - r.dropped_prompt_over_cutoff - r.dropped_too_large
             )
         };
         return Err(Error::NoExamples { path: path.to_path_buf(), detail });
@@ -376,6 +606,23 @@ pub fn encode_records(
     finish(path, out)
 }
 
+/// Encodes records of any format held in memory (as [`encode_records`]).
+pub fn encode_samples(
+    tok: &Tokenizer,
+    template: &Template,
+    samples: &[Sample],
+    cfg: &EncodeConfig,
+    path: &Path,
+    source: usize,
+) -> Result<EncodedDataset> {
+    let mut out = EncodedDataset { examples: Vec::new(), dropped: Vec::new(), report: Report::default() };
+    let ctx = Ctx { tok, template, cfg, path, source };
+    for (c, chunk) in samples.chunks(CHUNK).enumerate() {
+        ctx.encode_chunk(c * CHUNK, chunk, &mut out)?;
+    }
+    finish(path, out)
+}
+
 /// Streams a file through the tokenizer, CHUNK records at a time (in parallel within a
 /// chunk), with a progress bar over the file's bytes. Fails on the first bad record, or if no
 /// example is left.
@@ -396,8 +643,18 @@ pub fn encode_file(
     let mut first = 0;
     loop {
         chunk.clear();
-        for r in stream.by_ref().take(CHUNK) {
-            chunk.push(r?);
+        // Stop a chunk early once it holds many bytes: records are bounded in memory by
+        // their size, not by their count.
+        let mut bytes = 0;
+        while chunk.len() < CHUNK && bytes < CHUNK_BYTES {
+            match stream.next_sample(&template.format) {
+                Some(r) => {
+                    let r = r?;
+                    bytes += r.text_bytes();
+                    chunk.push(r);
+                }
+                None => break,
+            }
         }
         if chunk.is_empty() {
             break;

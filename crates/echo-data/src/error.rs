@@ -27,6 +27,11 @@ pub enum Error {
     )]
     EmptyField { path: PathBuf, record: usize, line: u64, column: u64, field: &'static str },
 
+    /// A record whose fields do not fit the template's format: `msg` says which template
+    /// expects which fields, the fields found and the template they fit.
+    #[error("{}:{line}:{column}: record [{record}]: {msg}", path.display())]
+    Shape { path: PathBuf, record: usize, line: u64, column: u64, msg: String },
+
     #[error(
         "{}:{line}:{column}: invalid UTF-8 at byte offset {offset} (expected UTF-8 text)",
         path.display()

@@ -49,6 +49,35 @@
 //! truncated and dropped record is counted in the [`Report`] and dropped ones are listed
 //! ([`EncodedDataset::dropped`]); a dataset with no example left is an error.
 //!
+//! # Formats
+//!
+//! A [`Template`] names the record shape it reads ([`Format`]); a record of another shape is
+//! an error naming the record, the fields expected and found, and the template they fit.
+//!
+//! - **LLM-Adapters** (`alpaca`, or `custom` format strings with `{instruction}`/`{input}`):
+//!   as above.
+//! - **completion** (`{"prompt", "completion"}`): the prompt verbatim, then the same recipe:
+//!   loss on the completion and the EOS, the same boundary rule.
+//! - **plain** (`{"text"}`, continued pre-training): `tokens(text) + [EOS]`, every token
+//!   learned; the prompt mask is empty (the echo pools to zero).
+//! - **chat** (`{"messages": [{"role": "system"|"user"|"assistant", "content"}]}`): the
+//!   conversation rendered with the model's own `chat_template` ([`ChatTemplate`]) and
+//!   tokenised as written (the template writes its own special tokens; no EOS is appended).
+//!   Each assistant turn is located by rendering the messages before it (with the generation
+//!   prompt) and through it: each must be a prefix of the next and of the whole conversation,
+//!   as text and as tokens, else the record is an error (the template is not prefix-stable).
+//!   The loss covers every assistant turn up to and including its end-of-turn token (the
+//!   turn's last EOS), nothing else; tokens after the last learned one are left out.
+//!   [`Example::prompt_len`] is the unlearned head, [`Example::masked`] the unlearned
+//!   stretches between turns; the prompt mask marks both (what is not learned, as always).
+//!
+//! # Size limit
+//!
+//! Before tokenising, a record whose text is longer than `cutoff × 64` bytes (at most
+//! [`MAX_RECORD_BYTES`]) is dropped with [`DropReason::TooLarge`] and counted in
+//! [`Report::dropped_too_large`] (and in [`Report::answers_cut`]): tokenising costs memory in
+//! proportion to the text, and such a record is far past the cutoff anyway.
+//!
 //! # Bad input
 //!
 //! Readers refuse, never repair: malformed JSON (file, line, column), a record without
@@ -57,6 +86,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod chat;
 pub mod encode;
 pub mod error;
 pub mod mix;
@@ -68,13 +98,14 @@ pub mod tokenizer;
 
 pub use batch::{Batch, BatchConfig, BatchPosition, Batcher};
 pub use cache::{load_dataset, load_mix, user_cache_root, write_atomic, Cache, CacheStatus, MixedDataset};
+pub use chat::{ChatTemplate, Message};
 pub use encode::{
-    encode_example, encode_file, encode_records, DropReason, Dropped, EncodeConfig, Encoded, EncodedDataset, Example,
-    Overlong, Progress, Report, IGNORE_INDEX,
+    encode_example, encode_file, encode_records, encode_sample, encode_samples, DropReason, Dropped, EncodeConfig,
+    Encoded, EncodedDataset, Example, Overlong, Progress, Report, IGNORE_INDEX, MAX_RECORD_BYTES,
 };
 pub use error::{Error, Result};
 pub use mix::{split_validation, MixSource, MixSpec};
-pub use record::{read_records, write_records_json, Layout, Record, RecordStream};
+pub use record::{read_records, write_records_json, Layout, Record, RecordStream, Sample};
 pub use synthetic::{synthetic_records, SyntheticSpec};
-pub use template::Template;
+pub use template::{Format, Template, TEMPLATE_NAMES};
 pub use tokenizer::Tokenizer;

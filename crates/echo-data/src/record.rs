@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::Message;
 use crate::error::{Error, Result};
+use crate::template::Format;
 
 /// One instruction-tuning record in the LLM-Adapters format.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,7 +215,9 @@ impl<R: BufRead> RecordStream<R> {
         }
     }
 
-    fn read_one(&mut self) -> Result<Option<Record>> {
+    /// Reads the next record's bytes into `buf` (checked to be UTF-8); returns its index and
+    /// where it starts.
+    fn read_raw(&mut self) -> Result<Option<(usize, u64, u64)>> {
         if self.seek_record()?.is_none() {
             return Ok(None);
         }
@@ -262,17 +266,47 @@ impl<R: BufRead> RecordStream<R> {
             let (line, column) = advance_pos(start_line, start_col, &self.buf[..bad]);
             return Err(Error::InvalidUtf8 { path: self.path.clone(), offset: start_off + bad as u64, line, column });
         }
-        let raw: RawRecord = serde_json::from_slice(&self.buf).map_err(|e| {
-            let (line, column) = if e.line() <= 1 {
-                (start_line, start_col + e.column().saturating_sub(1) as u64)
-            } else {
-                (start_line + e.line() as u64 - 1, e.column() as u64)
-            };
-            let full = e.to_string();
-            let suffix = format!(" at line {} column {}", e.line(), e.column());
-            let msg = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
-            Error::Json { path: self.path.clone(), line, column, record: Some(index), msg }
-        })?;
+        Ok(Some((index, start_line, start_col)))
+    }
+
+    /// A serde error inside the record that starts at (line, col), mapped to the file's place.
+    fn json_err(&self, e: serde_json::Error, index: usize, start_line: u64, start_col: u64) -> Error {
+        let (line, column) = if e.line() <= 1 {
+            (start_line, start_col + e.column().saturating_sub(1) as u64)
+        } else {
+            (start_line + e.line() as u64 - 1, e.column() as u64)
+        };
+        let full = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let msg = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+        Error::Json { path: self.path.clone(), line, column, record: Some(index), msg }
+    }
+
+    /// When a record lacks the instruction fields, a record of another known shape gets a
+    /// message naming the template it fits.
+    fn other_shape(&self, index: usize, line: u64, column: u64) -> Option<Error> {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&self.buf).ok()?;
+        let fits = shape_of(&map)?;
+        (fits != "alpaca").then(|| Error::Shape {
+            path: self.path.clone(),
+            record: index,
+            line,
+            column,
+            msg: shape_msg(
+                "alpaca",
+                Format::Instruction.fields(),
+                &map,
+                &format!(" (a `{fits}` record: set [data] template = \"{fits}\")"),
+            ),
+        })
+    }
+
+    fn read_one(&mut self) -> Result<Option<Record>> {
+        let Some((index, start_line, start_col)) = self.read_raw()? else {
+            return Ok(None);
+        };
+        let raw: RawRecord =
+            serde_json::from_slice(&self.buf).map_err(|e| self.json_err(e, index, start_line, start_col))?;
         let missing = |field| Error::MissingField {
             path: self.path.clone(),
             record: index,
@@ -287,6 +321,11 @@ impl<R: BufRead> RecordStream<R> {
             column: start_col,
             field,
         };
+        if raw.instruction.is_none() {
+            if let Some(e) = self.other_shape(index, start_line, start_col) {
+                return Err(e);
+            }
+        }
         let instruction = raw.instruction.ok_or_else(|| missing("instruction"))?;
         let output = raw.output.ok_or_else(|| missing("output"))?;
         if instruction.is_empty() {
@@ -319,6 +358,180 @@ impl<R: BufRead> Iterator for RecordStream<R> {
             }
         }
     }
+}
+
+impl<R: BufRead> RecordStream<R> {
+    /// The next record in the shape `format` reads (LLM-Adapters records go through the same
+    /// checks as the [`Record`] iterator). A record of another shape is an error naming the
+    /// record, the fields expected and the fields found. After an error, yields nothing more.
+    pub fn next_sample(&mut self, format: &Format) -> Option<Result<Sample>> {
+        if self.done {
+            return None;
+        }
+        let res = if *format == Format::Instruction {
+            self.read_one().map(|r| r.map(Sample::Instruction))
+        } else {
+            self.read_sample(format)
+        };
+        match res {
+            Ok(Some(s)) => Some(Ok(s)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn read_sample(&mut self, format: &Format) -> Result<Option<Sample>> {
+        let Some((index, line, column)) = self.read_raw()? else {
+            return Ok(None);
+        };
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.buf).map_err(|e| self.json_err(e, index, line, column))?;
+        let template = match format {
+            Format::Completion => "completion",
+            Format::Plain => "plain",
+            Format::Chat(_) => "chat",
+            Format::Instruction => "alpaca",
+        };
+        let shape_err = |map: &serde_json::Map<String, serde_json::Value>, why: &str| {
+            let hint = match shape_of(map) {
+                Some(fits) if fits != template => format!(" (a `{fits}` record: set [data] template = \"{fits}\")"),
+                _ => why.to_string(),
+            };
+            Error::Shape {
+                path: self.path.clone(),
+                record: index,
+                line,
+                column,
+                msg: shape_msg(template, format.fields(), map, &hint),
+            }
+        };
+        let string = |key: &str, why: &str| -> Result<String> {
+            match map.get(key) {
+                Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                _ => Err(shape_err(&map, why)),
+            }
+        };
+        let sample = match format {
+            Format::Completion => {
+                let prompt = string("prompt", ": `prompt` must be a string")?;
+                let completion = string("completion", ": `completion` must be a string")?;
+                if completion.is_empty() {
+                    return Err(self.empty(index, line, column, "completion"));
+                }
+                Sample::Completion { prompt, completion }
+            }
+            Format::Plain => {
+                let text = string("text", ": `text` must be a string")?;
+                if text.is_empty() {
+                    return Err(self.empty(index, line, column, "text"));
+                }
+                Sample::Text(text)
+            }
+            Format::Chat(_) => {
+                let Some(serde_json::Value::Array(list)) = map.get("messages") else {
+                    return Err(shape_err(&map, ": `messages` must be a list of {role, content} objects"));
+                };
+                let mut messages = Vec::with_capacity(list.len());
+                for (k, m) in list.iter().enumerate() {
+                    let role = m.get("role").and_then(|v| v.as_str());
+                    let content = m.get("content").and_then(|v| v.as_str());
+                    match (role, content) {
+                        (Some(role @ ("system" | "user" | "assistant")), Some(content)) => {
+                            messages.push(Message::new(role, content))
+                        }
+                        _ => {
+                            return Err(shape_err(
+                                &map,
+                                &format!(
+                                    ": messages[{k}] must be {{\"role\": \"system\"|\"user\"|\"assistant\", \
+                                     \"content\": a string}}, found {}",
+                                    short_json(m)
+                                ),
+                            ))
+                        }
+                    }
+                }
+                if !messages.iter().any(|m| m.role == "assistant") {
+                    return Err(shape_err(&map, ": no assistant message, so nothing would be learned"));
+                }
+                Sample::Chat(messages)
+            }
+            Format::Instruction => unreachable!("instruction records are read by read_one"),
+        };
+        self.index += 1;
+        Ok(Some(sample))
+    }
+
+    fn empty(&self, record: usize, line: u64, column: u64, field: &'static str) -> Error {
+        Error::EmptyField { path: self.path.clone(), record, line, column, field }
+    }
+}
+
+/// One record of any format a template reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sample {
+    Instruction(Record),
+    Completion { prompt: String, completion: String },
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+impl Sample {
+    /// Bytes of the record's text (what the size limit is checked on before tokenising).
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            Sample::Instruction(r) => r.instruction.len() + r.input.len() + r.output.len(),
+            Sample::Completion { prompt, completion } => prompt.len() + completion.len(),
+            Sample::Text(t) => t.len(),
+            Sample::Chat(m) => m.iter().map(|m| m.content.len() + m.role.len()).sum(),
+        }
+    }
+}
+
+/// Which template a record's fields fit, if any.
+fn shape_of(map: &serde_json::Map<String, serde_json::Value>) -> Option<&'static str> {
+    if map.contains_key("messages") {
+        Some("chat")
+    } else if map.contains_key("instruction") && map.contains_key("output") {
+        Some("alpaca")
+    } else if map.contains_key("prompt") && map.contains_key("completion") {
+        Some("completion")
+    } else if map.contains_key("text") {
+        Some("plain")
+    } else {
+        None
+    }
+}
+
+fn shape_msg(template: &str, expected: &str, map: &serde_json::Map<String, serde_json::Value>, hint: &str) -> String {
+    format!("template `{template}` expects {expected}, found {}{hint}", field_list(map))
+}
+
+fn field_list(map: &serde_json::Map<String, serde_json::Value>) -> String {
+    if map.is_empty() {
+        return "no fields".into();
+    }
+    let names: Vec<String> = map.keys().take(8).map(|k| format!("`{k}`")).collect();
+    let more = if map.len() > 8 { format!(" and {} more", map.len() - 8) } else { String::new() };
+    format!("fields {}{more}", names.join(", "))
+}
+
+fn short_json(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 80 {
+        return s;
+    }
+    let mut end = 77;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 fn show_byte(b: u8) -> String {

@@ -5,20 +5,63 @@
 //!
 //! `alpaca` is the Stanford Alpaca template that LLM-Adapters uses, written without the
 //! indentation spaces that LLM-Adapters' triple-quoted f-strings leak into its prompts.
+//!
+//! A template also says which record shape it reads ([`Format`]): instruction records (Alpaca
+//! or custom format strings), prompt/completion pairs, plain text, or chat conversations
+//! rendered with the model's own chat template.
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::record::Record;
+
+/// The record shape a template reads and how its tokens are learned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// LLM-Adapters records (`instruction`, `input`, `output`) through the format strings;
+    /// loss on the output + EOS.
+    #[default]
+    Instruction,
+    /// `{"prompt", "completion"}` records: the prompt verbatim; loss on the completion + EOS.
+    Completion,
+    /// `{"text"}` records for continued pre-training: loss on every token (+ EOS).
+    Plain,
+    /// `{"messages": [{role, content}, ...]}` rendered with the model's chat template; loss on
+    /// every assistant turn and its end-of-turn token.
+    Chat(ChatTemplate),
+}
+
+impl Format {
+    /// The record fields this format reads, for messages.
+    pub fn fields(&self) -> &'static str {
+        match self {
+            Format::Instruction => "`instruction`, `output` (and optional `input`)",
+            Format::Completion => "`prompt`, `completion`",
+            Format::Plain => "`text`",
+            Format::Chat(_) => "`messages`",
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub name: String,
-    /// Used when `input` is not empty; must contain `{instruction}` and `{input}`.
+    /// Used when `input` is not empty; must contain `{instruction}` and `{input}`. Empty for
+    /// a custom template without a with-input form (a record with an input is then an error).
     pub with_input: String,
     /// Used when `input` is empty; must contain `{instruction}` and not `{input}`.
     pub without_input: String,
+    /// What records the template reads (not serialised: a chat template is loaded from the
+    /// tokenizer's folder).
+    #[serde(skip)]
+    pub format: Format,
 }
+
+/// The template names [`Template::from_config`] knows.
+pub const TEMPLATE_NAMES: &str = "alpaca, chat, completion, plain, custom";
 
 pub const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with \
 an input that provides further context. Write a response that appropriately completes the \
@@ -44,32 +87,111 @@ impl Template {
             name: "alpaca".into(),
             with_input: ALPACA_WITH_INPUT.into(),
             without_input: ALPACA_WITHOUT_INPUT.into(),
+            format: Format::Instruction,
         }
     }
 
-    /// A built-in template by name. Known: `alpaca`.
+    /// Prompt/completion records: the prompt as given, the completion learned.
+    pub fn completion() -> Self {
+        Template {
+            name: "completion".into(),
+            with_input: String::new(),
+            without_input: INSTRUCTION.into(),
+            format: Format::Completion,
+        }
+    }
+
+    /// Plain text records: every token learned.
+    pub fn plain() -> Self {
+        Template {
+            name: "plain".into(),
+            with_input: String::new(),
+            without_input: INSTRUCTION.into(),
+            format: Format::Plain,
+        }
+    }
+
+    /// Chat records rendered with `chat`.
+    pub fn chat(chat: ChatTemplate) -> Self {
+        Template {
+            name: "chat".into(),
+            with_input: String::new(),
+            without_input: String::new(),
+            format: Format::Chat(chat),
+        }
+    }
+
+    /// A built-in template by name that needs no tokenizer: `alpaca`, `completion`, `plain`
+    /// (`chat` needs the model's folder: [`Template::from_config`]).
     pub fn by_name(name: &str) -> Result<Self> {
         match name {
             "alpaca" => Ok(Template::alpaca()),
+            "completion" => Ok(Template::completion()),
+            "plain" => Ok(Template::plain()),
             _ => Err(Error::Template {
                 name: name.into(),
-                msg: "unknown template (known: alpaca; or give the two format strings)".into(),
+                msg: format!(
+                    "unknown template (known: {TEMPLATE_NAMES}; `chat` reads the model's chat_template, \
+                     `custom` takes prompt_format and prompt_format_with_input)"
+                ),
             }),
         }
     }
 
-    /// A custom template, checked.
+    /// The template a run config (or `xtask data`) names: `alpaca`, `completion`, `plain`,
+    /// `chat` (the chat template of the tokenizer's folder, `tokenizer` being that folder or
+    /// its `tokenizer.json`), or `custom` with `prompt_format` (and optionally
+    /// `prompt_format_with_input`). Format strings are refused with any other name.
+    pub fn from_config(
+        name: &str,
+        prompt_format: Option<&str>,
+        prompt_format_with_input: Option<&str>,
+        tokenizer: &Path,
+    ) -> Result<Self> {
+        if name != "custom" && (prompt_format.is_some() || prompt_format_with_input.is_some()) {
+            return Err(Error::Template {
+                name: name.into(),
+                msg: "prompt_format / prompt_format_with_input are only read with template = \"custom\"".into(),
+            });
+        }
+        match name {
+            "custom" => {
+                let without = prompt_format.ok_or_else(|| Error::Template {
+                    name: name.into(),
+                    msg: "template \"custom\" needs prompt_format (with {instruction}; and optionally \
+                          prompt_format_with_input with {instruction} and {input})"
+                        .into(),
+                })?;
+                Template::new("custom", prompt_format_with_input.unwrap_or(""), without)
+            }
+            "chat" => Ok(Template::chat(ChatTemplate::from_dir(tokenizer)?)),
+            _ => Template::by_name(name),
+        }
+    }
+
+    /// A custom template, checked. `with_input` may be empty: records with an input are then
+    /// refused.
     pub fn new(name: &str, with_input: &str, without_input: &str) -> Result<Self> {
-        let t = Template { name: name.into(), with_input: with_input.into(), without_input: without_input.into() };
+        let t = Template {
+            name: name.into(),
+            with_input: with_input.into(),
+            without_input: without_input.into(),
+            format: Format::Instruction,
+        };
         t.validate()?;
         Ok(t)
     }
 
     /// Checks the placeholders (a template deserialised from a config should be validated).
     pub fn validate(&self) -> Result<()> {
+        if self.format != Format::Instruction {
+            return Ok(());
+        }
         let err = |msg: String| Error::Template { name: self.name.clone(), msg };
         let count = |s: &str, p: &str| s.matches(p).count();
-        if count(&self.with_input, INSTRUCTION) != 1 || count(&self.with_input, INPUT) != 1 {
+        if !self.with_input.is_empty()
+            && (count(&self.with_input, INSTRUCTION) != 1 || count(&self.with_input, INPUT) != 1)
+        {
             return Err(err(format!("`with_input` must contain {INSTRUCTION} and {INPUT} exactly once each")));
         }
         if count(&self.without_input, INSTRUCTION) != 1 || count(&self.without_input, INPUT) != 0 {
@@ -94,7 +216,11 @@ impl Template {
 
     /// A stable description of the template for cache keys.
     pub fn fingerprint(&self) -> String {
-        format!("{}\u{0}{}\u{0}{}", self.name, self.with_input, self.without_input)
+        let base = format!("{}\u{0}{}\u{0}{}", self.name, self.with_input, self.without_input);
+        match &self.format {
+            Format::Chat(c) => format!("{base}\u{0}chat\u{0}{}", c.fingerprint()),
+            _ => base,
+        }
     }
 }
 

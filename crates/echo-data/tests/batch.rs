@@ -9,6 +9,7 @@ fn ex(i: usize, len: usize, prompt: usize) -> Example {
         record: i,
         input_ids: (0..len).map(|t| (1000 * (i + 1) + t) as u32).collect(),
         prompt_len: prompt,
+        masked: Vec::new(),
         train_on_inputs: false,
         truncated: false,
         boundary_merge: false,
