@@ -322,8 +322,8 @@ impl RunConfig {
         if e.source_layers.is_empty() {
             return Err(bad("echo.source_layers", "at least one layer", "an empty list"));
         }
-        if e.d_echo == 0 {
-            return Err(bad("echo.d_echo", "> 0", 0));
+        if e.d_echo == 0 || e.d_echo > crate::echo::MAX_D_ECHO {
+            return Err(bad("echo.d_echo", &format!("1..={}", crate::echo::MAX_D_ECHO), e.d_echo));
         }
         if !(e.tau > 0.0) {
             return Err(bad("echo.tau", "> 0", e.tau));
@@ -364,6 +364,28 @@ impl RunConfig {
                 "adam_eps > 0, weight_decay >= 0, max_grad_norm >= 0",
                 format!("{} / {} / {}", t.adam_eps, t.weight_decay, t.max_grad_norm),
             ));
+        }
+        Ok(())
+    }
+
+    /// The checks that need the model: `data.cutoff` within the model's context (else the run
+    /// fails only when a long sample arrives), and the echo layout resolved against its layers
+    /// (sources and targets exist, none twice, every target shallower than every source).
+    /// Called where the run config meets the model, before data or parameters are made.
+    pub fn check_against_model(&self, model: &echo_model::LlamaConfig) -> Result<(), String> {
+        let ctx = model.max_position_embeddings;
+        if self.data.cutoff > ctx {
+            return Err(bad(
+                "data.cutoff",
+                &format!("at most the model's context, max_position_embeddings = {ctx} (config.json)"),
+                self.data.cutoff,
+            ));
+        }
+        if let Some(ec) = self.echo_config(model.num_hidden_layers)? {
+            let n = model.num_hidden_layers;
+            let sources = crate::echo::resolve_layers("echo.source_layers", &ec.source_layers, n)?;
+            let targets = crate::echo::resolve_layers("echo.target_layers", &ec.target_layers, n)?;
+            crate::echo::check_layout(&ec.source_layers, &sources, &ec.target_layers, &targets)?;
         }
         Ok(())
     }

@@ -76,6 +76,50 @@ pub fn resolve_layers(what: &str, layers: &[i64], n: usize) -> Result<Vec<usize>
         .collect()
 }
 
+/// The echo bottleneck's largest width: the trunk is `[d_echo, hidden]` and every target module
+/// holds two `[r, d_echo]` matrices, so `d_echo` sizes allocations. 65536 is the widest model
+/// width `echo_model::bounds` accepts; the echo is a compression of the hidden state (the paper
+/// uses 64..256), so anything wider is a typo, and 1e9 would be an allocation abort.
+pub const MAX_D_ECHO: usize = echo_model::bounds::MAX_HIDDEN;
+
+/// The echo path's layer layout, resolved (`sources`, `targets`) from what the config wrote
+/// (`source_cfg`, `target_cfg`, for the messages): no source or target listed twice (a negative
+/// and a positive index may name the same block), and every target shallower than every
+/// source, since the echo carries deep states back to shallow adapters (a target at or below a
+/// source would feed a block's own output, or a deeper one's, into itself).
+pub fn check_layout(
+    source_cfg: &[i64],
+    sources: &[usize],
+    target_cfg: &[i64],
+    targets: &[usize],
+) -> Result<(), String> {
+    for (key, cfg, resolved) in
+        [("echo.source_layers", source_cfg, sources), ("echo.target_layers", target_cfg, targets)]
+    {
+        for (i, l) in resolved.iter().enumerate() {
+            if let Some(j) = resolved[..i].iter().position(|x| x == l) {
+                return Err(format!(
+                    "{key}: layer {l} is listed twice (as {} and {}); each block may appear once",
+                    cfg[j], cfg[i]
+                ));
+            }
+        }
+    }
+    if let (Some(&shallowest), Some((i, &deepest))) =
+        (sources.iter().min(), targets.iter().enumerate().max_by_key(|&(_, t)| *t))
+    {
+        if deepest >= shallowest {
+            return Err(format!(
+                "echo.target_layers: target layer {deepest} (written {}) is not shallower than source layer \
+                 {shallowest} (echo.source_layers = {source_cfg:?}); every target must come before every \
+                 source, since the echo carries deep states back to shallow adapters",
+                target_cfg[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One echo target module's parameters.
 #[derive(Clone, Debug)]
 pub struct EchoModule {
@@ -142,8 +186,9 @@ impl EchoPath {
             return Err("echo.source_layers: at least one source layer is needed".into());
         }
         let targets = resolve_layers("echo.target_layers", &config.target_layers, n_layers)?;
-        if config.d_echo == 0 {
-            return Err("echo.d_echo must be > 0".into());
+        check_layout(&config.source_layers, &sources, &config.target_layers, &targets)?;
+        if config.d_echo == 0 || config.d_echo > MAX_D_ECHO {
+            return Err(format!("echo.d_echo must be in 1..={MAX_D_ECHO}, got {}", config.d_echo));
         }
         let mut add = |store: &mut ParamStore, name: &str, shape: &[usize]| -> Result<ParamId, String> {
             let t = make(name, shape)?;

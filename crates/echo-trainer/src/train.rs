@@ -451,6 +451,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     }
 
     let model = Llama::load_on(model_dir, device).map_err(|e| e.to_string())?;
+    cfg.check_against_model(&model.config)?;
     let tok = Tokenizer::from_dir(model_dir).map_err(|e| e.to_string())?;
     let data = load_data(cfg, &tok, opts.progress)?;
     println!("{}", describe_data(&cfg.data, &data));
