@@ -103,7 +103,18 @@ impl<'m> Decoder<'m> {
         if batch == 0 || capacity == 0 {
             return Err(Error::Input(format!("decoder needs batch > 0 and capacity > 0, got {batch} and {capacity}")));
         }
-        let per_layer = batch * c.num_key_value_heads * capacity * c.head_dim;
+        // The cache is sized by `capacity`: bounded by the context (a slot past it could only
+        // hold a position the model does not have), so a bad capacity is an error, not an abort.
+        if capacity > c.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "decoder capacity {capacity} exceeds max_position_embeddings {}",
+                c.max_position_embeddings
+            )));
+        }
+        let per_layer = batch
+            .checked_mul(c.num_key_value_heads * capacity * c.head_dim)
+            .filter(|&n| n <= isize::MAX as usize / 4)
+            .ok_or_else(|| Error::Input(format!("a KV cache for batch {batch} × capacity {capacity} is too large")))?;
         let cache = KvCache {
             batch,
             capacity,

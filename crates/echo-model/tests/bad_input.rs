@@ -305,3 +305,11 @@ fn config_declaring_more_layers_than_the_weights_names_the_first_missing_layer()
         "{e}"
     );
 }
+
+#[test]
+fn a_decoder_is_not_sized_past_the_context() {
+    let m = Llama::load(&fixture()).unwrap();
+    assert!(echo_model::Decoder::new(&m, 1, 256).is_ok());
+    let e = echo_model::Decoder::new(&m, 1, 1 << 40).err().expect("a 2^40-slot decoder").to_string();
+    assert!(e.contains("capacity 1099511627776 exceeds max_position_embeddings 256"), "{e}");
+}

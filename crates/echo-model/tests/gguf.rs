@@ -572,3 +572,27 @@ fn import_refuses_sizes_that_contradict_the_tensors_or_pass_the_bounds() {
     assert_err_names_file(import_gguf(&p, &out).unwrap_err(), &p, "llama.context_length");
     assert!(!out.join("config.json").exists(), "a refused import writes no config.json");
 }
+
+#[test]
+fn import_refuses_a_nan_weight_naming_the_gguf_tensor() {
+    let dir = scratch("nan");
+    let src = dir.join("base.gguf");
+    fixture_as_gguf(&src, GgmlType::F32, false);
+    let g = GgufFile::open(&src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        let mut bytes = g.tensor_bytes(t).to_vec();
+        if t.name == "blk.1.ffn_norm.weight" {
+            bytes[12..16].copy_from_slice(&f32::NAN.to_le_bytes()); // element 3
+        }
+        w.raw_tensor(&t.name, &t.ne, t.ggml_type, bytes);
+    }
+    let p = dir.join("nan.gguf");
+    w.write(&p).unwrap();
+    let out = dir.join("o");
+    assert_err_names_file(import_gguf(&p, &out).unwrap_err(), &p, "`blk.1.ffn_norm.weight` holds NaN at index [3]");
+    assert!(!out.join("config.json").exists());
+}

@@ -17,7 +17,7 @@
 
 use super::reader::GgufFile;
 use super::tokenizer;
-use crate::weights::{save_safetensors, write_atomic, SaveTensor};
+use crate::weights::{check_finite, save_safetensors, write_atomic, SaveTensor};
 use crate::{bounds, Error, LlamaConfig, Result};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -266,6 +266,9 @@ pub fn import_gguf(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
             });
         }
         let mut data = g.tensor_f32(t)?;
+        // A NaN/Inf weight would import into a folder that never loads: refuse it here, naming
+        // the GGUF tensor.
+        check_finite(gguf, &t.name, &shape, &data)?;
         if name.ends_with("q_proj.weight") {
             data = unpermute_qk(&data, q_out, hidden, heads);
         } else if name.ends_with("k_proj.weight") {
