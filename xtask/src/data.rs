@@ -2,13 +2,15 @@
 //! and prints the counts; `--show K` prints K examples with the masked (unlearned) tokens
 //! marked, so the answer-only mask can be checked by eye; `--json` prints the counts as one
 //! JSON object. A malformed file is an error (non-zero exit) naming file, line and column.
+//! `--template` takes the names `[data] template` does and goes through the same
+//! `Template::from_config` as training.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use echo_data::{
-    load_dataset, synthetic_records, write_records_json, Cache, CacheStatus, EncodeConfig, EncodedDataset, Example,
-    Overlong, Progress, SyntheticSpec, Template, Tokenizer, IGNORE_INDEX,
+    load_dataset, synthetic_records, write_records_json, Cache, CacheStatus, DropReason, EncodeConfig, EncodedDataset,
+    Example, Format, Overlong, Progress, SyntheticSpec, Template, Tokenizer, IGNORE_INDEX,
 };
 
 #[derive(clap::Args)]
@@ -18,7 +20,7 @@ pub struct DataArgs {
     /// fetched on first use).
     #[arg(long, value_name = "DIR")]
     tokenizer: String,
-    /// Dataset: an LLM-Adapters JSON array or JSON Lines file.
+    /// Dataset: a JSON array or JSON Lines file of the records --template reads.
     #[arg(long, value_name = "FILE", required_unless_present = "synthetic", conflicts_with = "synthetic")]
     data: Option<PathBuf>,
     /// Use N records of the synthetic task instead of a file.
@@ -39,9 +41,17 @@ pub struct DataArgs {
     /// Learn the prompt tokens too (LLM-Adapters' train_on_inputs).
     #[arg(long)]
     train_on_inputs: bool,
-    /// Prompt template.
+    /// Template, as `[data] template`: `alpaca` (LLM-Adapters records), `chat`
+    /// (`{"messages": [...]}` through the tokenizer folder's chat_template), `completion`
+    /// (`{"prompt", "completion"}`), `plain` (`{"text"}`) or `custom` (with --prompt-format).
     #[arg(long, default_value = "alpaca")]
     template: String,
+    /// With --template custom: the prompt of a record without input, with {instruction}.
+    #[arg(long, value_name = "FORMAT")]
+    prompt_format: Option<String>,
+    /// With --template custom: the prompt of a record with an input, with {instruction} and {input}.
+    #[arg(long, value_name = "FORMAT")]
+    prompt_format_with_input: Option<String>,
     /// Print the first K examples with masked tokens marked.
     #[arg(long, value_name = "K", default_value_t = 0)]
     show: usize,
@@ -56,7 +66,12 @@ pub struct DataArgs {
 
 pub fn run(args: DataArgs) -> Result<()> {
     let tok = Tokenizer::from_dir(crate::model::resolve_alias(&args.tokenizer)?)?;
-    let template = Template::by_name(&args.template)?;
+    let template = Template::from_config(
+        &args.template,
+        args.prompt_format.as_deref(),
+        args.prompt_format_with_input.as_deref(),
+        tok.path(),
+    )?;
     let cfg = EncodeConfig {
         cutoff: (args.cutoff > 0).then_some(args.cutoff),
         overlong: if args.drop_overlong { Overlong::Drop } else { Overlong::Truncate },
@@ -148,10 +163,16 @@ fn print_human(
         tok.pad_id(),
         tok.pad_source()
     );
+    let learned = match (&template.format, cfg.train_on_inputs) {
+        (Format::Plain, _) => "every token (plain text)",
+        (_, true) => "every token (train_on_inputs)",
+        (Format::Chat(_), false) => "every assistant turn + its end-of-turn token only",
+        (Format::Completion, false) => "the completion + EOS only",
+        (Format::Instruction, false) => "the answer + EOS only",
+    };
     println!(
-        "recipe     template {} · loss on {} · cutoff {}",
+        "recipe     template {} · loss on {learned} · cutoff {}",
         template.name,
-        if cfg.train_on_inputs { "every token (train_on_inputs)" } else { "the answer + EOS only" },
         match cfg.cutoff {
             Some(c) => format!("{c} ({})", if cfg.overlong == Overlong::Drop { "drop" } else { "truncate" }),
             None => "none".into(),
@@ -160,17 +181,25 @@ fn print_human(
     println!("records    {} → {} examples", r.records, r.examples);
     println!("tokens     {} (prompt {}, answer + EOS {})", r.tokens, r.prompt_tokens, r.answer_tokens);
     println!(
-        "truncated  {}   dropped {} ({} with the prompt alone at the cutoff)",
-        r.truncated, r.dropped, r.dropped_prompt_over_cutoff
+        "truncated  {}   dropped {} ({} with the prompt alone at the cutoff, {} over {} bytes, never tokenised)",
+        r.truncated,
+        r.dropped,
+        r.dropped_prompt_over_cutoff,
+        r.dropped_too_large,
+        cfg.max_record_bytes()
     );
     println!("longest    {} tokens ({} before the cutoff)", r.longest, r.longest_before_cutoff);
     println!("boundary   {} prompt/answer merges (prompt kept, answer tokenised alone)", r.boundary_merges);
     println!("cache      {}", cache_line(cache));
     for d in ds.dropped.iter().take(5) {
-        println!(
-            "  dropped record [{}]: {:?}, prompt {} tokens, sample {} tokens",
-            d.record, d.reason, d.prompt_tokens, d.tokens
-        );
+        if d.reason == DropReason::TooLarge {
+            println!("  dropped record [{}]: {:?}, {} bytes of text", d.record, d.reason, d.tokens);
+        } else {
+            println!(
+                "  dropped record [{}]: {:?}, prompt {} tokens, sample {} tokens",
+                d.record, d.reason, d.prompt_tokens, d.tokens
+            );
+        }
     }
     if ds.dropped.len() > 5 {
         println!("  … and {} more dropped", ds.dropped.len() - 5);
@@ -224,6 +253,7 @@ fn print_json(args: &DataArgs, data: &str, tok: &Tokenizer, ds: &EncodedDataset,
             "record": e.record,
             "tokens": e.len(),
             "prompt_tokens": e.prompt_len,
+            "masked": e.masked,
             "truncated": e.truncated,
             "input_ids": e.input_ids,
             "labels": e.labels(),

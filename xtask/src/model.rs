@@ -233,37 +233,17 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     }
 }
 
-/// Renders the model's Jinja chat template for one user turn, with the generation prompt.
+/// Renders the model's chat template for one user turn, with the generation prompt: the
+/// renderer training on chat data uses (`echo_data::ChatTemplate`).
 fn chat_prompt(model: &Path, user: &str, system: Option<&str>) -> Result<String> {
-    let cfg_path = model.join("tokenizer_config.json");
-    let cfg = read_json(&cfg_path)?;
-    let template = cfg["chat_template"].as_str().ok_or_else(|| {
-        anyhow!(
-            "{}: no chat_template, so --chat cannot format the prompt (drop --chat to send the text as is)",
-            cfg_path.display()
-        )
-    })?;
-    let special = |k: &str| match &cfg[k] {
-        serde_json::Value::String(s) => s.clone(),
-        v => v["content"].as_str().unwrap_or_default().to_string(),
-    };
+    let chat = echo_data::ChatTemplate::from_dir(model)
+        .context("--chat formats the prompt with the model's chat_template (drop --chat to send the text as is)")?;
     let mut messages = Vec::new();
     if let Some(s) = system {
-        messages.push(minijinja::context! { role => "system", content => s });
+        messages.push(echo_data::Message::new("system", s));
     }
-    messages.push(minijinja::context! { role => "user", content => user });
-    let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template).with_context(|| format!("{}: chat_template", cfg_path.display()))?;
-    let ctx = minijinja::context! {
-        messages => messages,
-        add_generation_prompt => true,
-        bos_token => special("bos_token"),
-        eos_token => special("eos_token"),
-    };
-    env.get_template("chat")?.render(ctx).with_context(|| format!("{}: rendering chat_template", cfg_path.display()))
+    messages.push(echo_data::Message::new("user", user));
+    Ok(chat.render(&messages, true)?)
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {

@@ -53,7 +53,16 @@ pub struct DataSection {
     pub cutoff: usize,
     /// `truncate` or `drop` over-long samples.
     pub overlong: String,
+    /// `alpaca` (LLM-Adapters records), `chat` (`{"messages": [...]}` through the model's
+    /// chat_template), `completion` (`{"prompt", "completion"}`), `plain` (`{"text"}`, every
+    /// token learned) or `custom` (LLM-Adapters records through `prompt_format`).
     pub template: String,
+    /// With `template = "custom"`: the prompt of a record without `input`, with
+    /// `{instruction}` once (the output follows it directly).
+    pub prompt_format: Option<String>,
+    /// With `template = "custom"`: the prompt of a record with an `input`, with
+    /// `{instruction}` and `{input}` once each; without it such a record is an error.
+    pub prompt_format_with_input: Option<String>,
     /// `true`: loss on prompt tokens too (LLM-Adapters' default, for baselines).
     pub train_on_inputs: bool,
     pub bucket_by_length: bool,
@@ -74,6 +83,8 @@ impl Default for DataSection {
             cutoff: 256,
             overlong: "truncate".into(),
             template: "alpaca".into(),
+            prompt_format: None,
+            prompt_format_with_input: None,
             train_on_inputs: false,
             bucket_by_length: false,
             max_truncated_fraction: 0.05,
@@ -302,8 +313,32 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&d.max_truncated_fraction) {
             return Err(bad("data.max_truncated_fraction", "a fraction in [0, 1]", d.max_truncated_fraction));
         }
-        if !["alpaca"].contains(&d.template.as_str()) {
-            return Err(bad("data.template", "\"alpaca\"", format!("\"{}\"", d.template)));
+        if !["alpaca", "chat", "completion", "plain", "custom"].contains(&d.template.as_str()) {
+            return Err(bad(
+                "data.template",
+                "\"alpaca\", \"chat\", \"completion\", \"plain\" or \"custom\"",
+                format!("\"{}\"", d.template),
+            ));
+        }
+        match (d.template.as_str(), &d.prompt_format, &d.prompt_format_with_input) {
+            ("custom", None, _) => {
+                return Err(bad(
+                    "data.prompt_format",
+                    "a format string with {instruction} (template = \"custom\")",
+                    "none",
+                ))
+            }
+            ("custom", Some(f), fi) => {
+                echo_data::Template::new("custom", fi.as_deref().unwrap_or(""), f)
+                    .map_err(|e| format!("data.prompt_format / data.prompt_format_with_input: {e}"))?;
+            }
+            (t, Some(_), _) | (t, None, Some(_)) => {
+                return Err(format!(
+                    "data.prompt_format / data.prompt_format_with_input: only read with data.template = \"custom\", \
+                     found data.template = \"{t}\""
+                ))
+            }
+            _ => {}
         }
         if !["lora", "dora"].contains(&a.method.as_str()) {
             return Err(bad("adapter.method", "\"lora\" or \"dora\"", format!("\"{}\"", a.method)));

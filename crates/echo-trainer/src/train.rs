@@ -74,7 +74,14 @@ pub struct Data {
 /// Reads, tokenises and splits the data as `[data]` says.
 pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Data, String> {
     let d = &cfg.data;
-    let template = Template::by_name(&d.template).map_err(|e| e.to_string())?;
+    // The same templates as `cargo xtask data --template` (chat reads the tokenizer's folder).
+    let template = Template::from_config(
+        &d.template,
+        d.prompt_format.as_deref(),
+        d.prompt_format_with_input.as_deref(),
+        tok.path(),
+    )
+    .map_err(|e| format!("data.template: {e}"))?;
     let enc = EncodeConfig {
         cutoff: Some(d.cutoff),
         overlong: if d.overlong == "drop" { Overlong::Drop } else { Overlong::Truncate },
@@ -122,7 +129,8 @@ fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
     }
     Err(format!(
         "data: data.cutoff = {} takes learned (answer) tokens from {cut} of {} records ({:.1}%: {} truncated, {} \
-         dropped because the prompt alone reaches the cutoff), more than data.max_truncated_fraction = {} allows. \
+         dropped because the prompt alone reaches the cutoff, {} dropped untokenised as over {} bytes), more than \
+         data.max_truncated_fraction = {} allows. \
          The longest sample has {} tokens: raise data.cutoff ({} keeps every sample whole), set data.overlong = \
          \"drop\" to leave the long ones out, or raise data.max_truncated_fraction to accept the loss",
         d.cutoff,
@@ -130,6 +138,8 @@ fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
         100.0 * cut as f64 / r.records as f64,
         r.truncated,
         r.dropped_prompt_over_cutoff,
+        r.dropped_too_large,
+        d.cutoff * 64,
         d.max_truncated_fraction,
         r.longest_before_cutoff,
         r.longest_before_cutoff,
@@ -151,8 +161,11 @@ pub fn describe_data(d: &DataSection, data: &Data) -> String {
         r.dropped,
     );
     if r.dropped > 0 {
-        let over = r.dropped - r.dropped_prompt_over_cutoff;
+        let over = r.dropped - r.dropped_prompt_over_cutoff - r.dropped_too_large;
         s += &format!(" ({} with a prompt reaching the cutoff", r.dropped_prompt_over_cutoff);
+        if r.dropped_too_large > 0 {
+            s += &format!(", {} over the size limit (cutoff × 64 bytes), never tokenised", r.dropped_too_large);
+        }
         if over > 0 {
             s += &format!(", {over} longer than it under data.overlong = \"drop\"");
         }
