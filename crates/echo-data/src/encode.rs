@@ -127,13 +127,14 @@ impl Example {
         l
     }
 
-    /// 1 on prompt tokens (and the further masked ranges: everything answer-only masking
-    /// does not learn), 0 on answer tokens (and, in a batch, on padding).
+    /// What the echo pools over: 1 on the prompt before the first learned token, 0 from there
+    /// on (and, in a batch, on padding). In a multi-turn chat the later unlearned stretches
+    /// (user turns after the first answer) are left out: the echo is one vector per sample,
+    /// so pooling a later turn would carry it back to the earlier answers, which at inference
+    /// never see what comes after them.
     pub fn prompt_mask(&self) -> Vec<u8> {
         let mut m = vec![0u8; self.input_ids.len()];
-        for (a, b) in self.unlearned_ranges() {
-            m[a..b].fill(1);
-        }
+        m[..self.prompt_len.min(self.input_ids.len())].fill(1);
         m
     }
 

@@ -54,11 +54,14 @@ fn learned_runs(tok: &Tokenizer, e: &Example) -> Vec<String> {
     runs
 }
 
-/// Labels and prompt mask agree: a position is pooled by the echo exactly when it is not learned.
+/// Labels and prompt mask agree: the echo pools exactly the unlearned tokens before the first
+/// learned one (a chat's later user turns are unlearned but not pooled: the sample-level echo
+/// would carry them back to the earlier answers).
 fn assert_mask_is_complement(e: &Example) {
     let labels = e.labels();
+    let first_learned = labels.iter().position(|&l| l != IGNORE_INDEX).unwrap_or(labels.len());
     for (t, (&l, &m)) in labels.iter().zip(&e.prompt_mask()).enumerate() {
-        assert_eq!(l == IGNORE_INDEX, m == 1, "position {t}");
+        assert_eq!(m == 1, l == IGNORE_INDEX && t < first_learned, "position {t}");
     }
 }
 
@@ -114,6 +117,10 @@ fn chat_learns_every_assistant_turn_and_its_end_of_turn_only() {
     assert_eq!(e.masked.len(), 1, "one unlearned stretch between the two turns");
     assert_eq!(tok.decode(&e.input_ids[..e.prompt_len], false).unwrap().len(), text.find("4.").unwrap());
     assert_mask_is_complement(e);
+    // The second user turn is unlearned but not pooled by the echo.
+    let (a, b) = e.masked[0];
+    assert!(e.prompt_mask()[a as usize..b as usize].iter().all(|&m| m == 0), "a later user turn is not pooled");
+    assert_eq!(e.prompt_mask().iter().filter(|&&m| m == 1).count(), e.prompt_len);
     assert_eq!(e.answer_len(), e.labels().iter().filter(|&&l| l != IGNORE_INDEX).count());
 
     // Without a system message the template's default one is part of the (masked) prompt;

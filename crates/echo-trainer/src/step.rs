@@ -167,7 +167,7 @@ pub fn forward_backward(
             let pmask = input
                 .prompt_mask
                 .map(<[f32]>::to_vec)
-                .unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels));
+                .unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels, t));
             let values = ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t).map_err(|e| fail(&e))?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };

@@ -41,7 +41,7 @@ fn check(adapter: &str, reference_file: &str) {
     let route = route.unwrap();
     assert_eq!(route, ref_route.iter().map(|&r| r == 1).collect::<Vec<_>>());
     let (pm, _) = reference.i64_tensor("prompt_mask").unwrap();
-    let ours_pm = echo_trainer::echo::prompt_mask(&mask, &labels);
+    let ours_pm = echo_trainer::echo::prompt_mask(&mask, &labels, shape[1]);
     assert_eq!(ours_pm, pm.iter().map(|&x| x as f32).collect::<Vec<_>>(), "prompt mask");
 
     let ctx = StepContext { model: &model, adapters: &adapters, echo: Some(&echo) };
