@@ -599,12 +599,7 @@ pub fn encode_records(
     path: &Path,
     source: usize,
 ) -> Result<EncodedDataset> {
-    let mut out = EncodedDataset { examples: Vec::new(), dropped: Vec::new(), report: Report::default() };
-    let ctx = Ctx { tok, template, cfg, path, source };
-    for (c, chunk) in records.chunks(CHUNK).enumerate() {
-        ctx.encode_chunk(c * CHUNK, chunk, &mut out)?;
-    }
-    finish(path, out)
+    encode_all(&Ctx { tok, template, cfg, path, source }, records)
 }
 
 /// Encodes records of any format held in memory (as [`encode_records`]).
@@ -616,12 +611,16 @@ pub fn encode_samples(
     path: &Path,
     source: usize,
 ) -> Result<EncodedDataset> {
+    encode_all(&Ctx { tok, template, cfg, path, source }, samples)
+}
+
+/// Encodes in-memory items chunk by chunk (in parallel within a chunk, in order across).
+fn encode_all<T: Encodable>(ctx: &Ctx, items: &[T]) -> Result<EncodedDataset> {
     let mut out = EncodedDataset { examples: Vec::new(), dropped: Vec::new(), report: Report::default() };
-    let ctx = Ctx { tok, template, cfg, path, source };
-    for (c, chunk) in samples.chunks(CHUNK).enumerate() {
+    for (c, chunk) in items.chunks(CHUNK).enumerate() {
         ctx.encode_chunk(c * CHUNK, chunk, &mut out)?;
     }
-    finish(path, out)
+    finish(ctx.path, out)
 }
 
 /// Streams a file through the tokenizer, CHUNK records at a time (in parallel within a

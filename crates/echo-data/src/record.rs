@@ -346,17 +346,8 @@ impl<R: BufRead> Iterator for RecordStream<R> {
         if self.done {
             return None;
         }
-        match self.read_one() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        let res = self.read_one();
+        self.fuse(res)
     }
 }
 
@@ -373,17 +364,14 @@ impl<R: BufRead> RecordStream<R> {
         } else {
             self.read_sample(format)
         };
-        match res {
-            Ok(Some(s)) => Some(Ok(s)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
+        self.fuse(res)
+    }
+
+    /// One read's outcome as an iterator item; the end of the file or an error ends the stream.
+    fn fuse<T>(&mut self, res: Result<Option<T>>) -> Option<Result<T>> {
+        let item = res.transpose();
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 
     fn read_sample(&mut self, format: &Format) -> Result<Option<Sample>> {
