@@ -2,7 +2,10 @@
 //! fixture: a new run never replaces an old one unasked, two runs never share a folder, and a
 //! kill at any moment of a checkpoint save leaves one to resume from.
 
+mod common;
+
 use assert_cmd::Command;
+use common::{copy_dir, summary};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,10 +74,6 @@ fn steps(out: &Path) -> Vec<(u64, u32, u32)> {
             (v["step"].as_u64().unwrap(), f("loss"), f("lr"))
         })
         .collect()
-}
-
-fn summary(out: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -244,18 +243,6 @@ fn the_state_a_kill_between_the_old_swaps_renames_left_still_resumes() {
         ["checkpoint", "checkpoint-4", "checkpoint-6"],
         "the old leftovers are gone once a new checkpoint stands"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 trait Mkdir {

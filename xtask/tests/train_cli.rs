@@ -1,7 +1,10 @@
 //! `cargo xtask train` as a user runs it: the real binary, on the tiny-llama-a fixture, with
 //! its output piped (as to a file). Each run takes a few steps of a few records.
 
+mod common;
+
 use assert_cmd::Command;
+use common::{copy_dir, summary};
 use predicates::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -89,24 +92,8 @@ fn metrics(out: &Path) -> (Vec<(u64, u32, u32)>, Vec<u64>) {
     (steps, evals)
 }
 
-fn summary(out: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
-}
-
 fn bytes(out: &Path, file: &str) -> Vec<u8> {
     std::fs::read(out.join(file)).unwrap_or_else(|e| panic!("{}: {e}", out.join(file).display()))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// The step numbers of `step k/N` progress lines.
