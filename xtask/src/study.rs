@@ -177,7 +177,7 @@ fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
     let study_dir = std::path::absolute(config.parent().unwrap_or(Path::new("")))
         .with_context(|| format!("{}: its folder", config.display()))?;
     for p in [&mut study.out, &mut study.eval.data] {
-        *p = study_dir.join(p.as_str()).display().to_string();
+        *p = echo_trainer::config::resolve_relative(&study_dir, p);
     }
     let base_path = study_dir.join(&study.base);
     let base_cfg = RunConfig::from_file(&base_path)

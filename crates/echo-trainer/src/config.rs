@@ -259,6 +259,35 @@ fn projections(key: &str, names: &[String]) -> Result<Vec<Proj>, String> {
         .collect()
 }
 
+/// `p` taken relative to the folder `base` (unchanged when absolute), as an absolute path. The
+/// folder is named as the file system names it (links and `..` resolved, when it exists) and
+/// the rest is cleaned lexically, so `../runs/x` reads `<parent>/runs/x` in every message.
+pub fn resolve_relative(base: &Path, p: &str) -> String {
+    if Path::new(p).is_absolute() {
+        return p.to_string();
+    }
+    let base =
+        std::fs::canonicalize(base).or_else(|_| std::path::absolute(base)).unwrap_or_else(|_| base.to_path_buf());
+    lexically_normal(&base.join(p)).display().to_string()
+}
+
+/// `path` with `.` dropped and each `..` taking off the component before it, without asking
+/// the file system (the part it applies to may not exist yet, such as an output folder).
+fn lexically_normal(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 impl RunConfig {
     /// Parses and validates a TOML file; errors name the file. Relative paths inside it are
     /// taken relative to the file's folder ([`RunConfig::resolve_paths`]).
@@ -275,12 +304,7 @@ impl RunConfig {
     /// files whatever the working directory. Absolute paths are kept, so resolving twice, or
     /// against a second folder for keys another file added, changes only what is still relative.
     pub fn resolve_paths(&mut self, base: &Path) {
-        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        let resolve = |p: &mut String| {
-            if !Path::new(p.as_str()).is_absolute() {
-                *p = base.join(p.as_str()).display().to_string();
-            }
-        };
+        let resolve = |p: &mut String| *p = resolve_relative(base, p);
         if !MODEL_ALIASES.contains(&self.model.path.as_str()) {
             resolve(&mut self.model.path);
         }
@@ -484,11 +508,12 @@ mod tests {
                     [adapter]\nfrom = \"prev\"\n[output]\ndir = \"../runs/x\"\n";
         std::fs::write(dir.join("run.toml"), text).unwrap();
         let c = RunConfig::from_file(&dir.join("run.toml")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
         let at = |p: &str| dir.join(p).display().to_string();
-        assert_eq!(c.model.path, at("../models/m"));
+        assert_eq!(c.model.path, dir.parent().unwrap().join("models/m").display().to_string());
         assert_eq!(c.data.train, vec!["synthetic".to_string(), at("d/a.json"), "/abs/b.json".into()]);
         assert_eq!(c.adapter.from.as_deref(), Some(at("prev").as_str()));
-        assert_eq!(c.output.dir, at("../runs/x"));
+        assert_eq!(c.output.dir, dir.parent().unwrap().join("runs/x").display().to_string());
         // Resolving again (elsewhere) changes nothing; an alias is never a path.
         let mut again = c.clone();
         again.resolve_paths(Path::new("/elsewhere"));
