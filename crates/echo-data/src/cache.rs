@@ -12,7 +12,6 @@
 //! dropped, each `u64 source, u64 record, u8 reason, u64 prompt_tokens, u64 tokens`, then the
 //! 32-byte checksum.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -197,22 +196,9 @@ impl MixedDataset {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// [`echo_io::write_atomic`] with this crate's error, naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, "cannot write", e));
-    }
-    Ok(())
+    echo_io::write_atomic(path, bytes).map_err(|e| Error::io(path, "cannot write", e))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -11,7 +11,6 @@ use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 struct Mapped {
@@ -277,20 +276,7 @@ pub fn save_safetensors(
     write_atomic(path, &bytes)
 }
 
-/// Writes bytes to `path` through a temporary file and a rename.
+/// [`echo_io::write_atomic`] with this crate's error, naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    echo_io::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }

@@ -193,7 +193,7 @@ fn sync_tree(dir: &Path) -> Result<(), String> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io(dir, e))
+    echo_io::sync_dir(dir).map_err(|e| io(dir, e))
 }
 
 /// A test-only kill: `ECHO_TRAIN_KILL_SAVE=<step>:<point>` ends the process without any

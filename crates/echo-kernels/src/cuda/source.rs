@@ -292,13 +292,10 @@ pub fn cubin_cached(src: &KernelSource, arch: &str) -> Result<Compiled> {
     Ok(Compiled { cubin, from_cache: false, cache_path: written })
 }
 
+/// The cache folder is made on first use; the write itself is the workspace's one atomic write.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp =
-        dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("k"), std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    echo_io::write_atomic(path, bytes)
 }
 
 /// The parameter types (`.u64`, `.u32`, `.f32`, ...) of `.entry name` in PTX text.
