@@ -216,6 +216,41 @@ fn drawing<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> St
     e.to_string()
 }
 
+/// One panel of the plot: titled, with room for the tick labels, on `x` by `y`.
+type Panel<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> PlotResult<Panel<'a, 'b>> {
+    ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .margin_right(24)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(drawing)
+}
+
+/// A panel's legend, upper right on a translucent box.
+fn legend<'a, 'b: 'a>(chart: &mut Panel<'a, 'b>, font: (&str, u32)) -> PlotResult<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(font)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(drawing)
+}
+
 /// The plot of a run's metrics lines, as SVG text. Panels, sharing the step axis:
 /// - **loss**: the train loss per step (faint) and its EMA (see [`ema_span`]), the validation
 ///   loss as marked points (the plain route: the deployed adapter);
@@ -243,14 +278,7 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
         // Loss.
         let span = ema_span(c.loss.len());
         let smooth = ema(&c.loss, span);
-        let mut chart = ChartBuilder::on(&panels[0])
-            .caption("loss", ("sans-serif", 16))
-            .margin(12)
-            .margin_right(24)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x.clone(), y_range([c.loss.as_slice(), c.val.as_slice()], false))
-            .map_err(drawing)?;
+        let mut chart = panel(&panels[0], "loss", x.clone(), y_range([c.loss.as_slice(), c.val.as_slice()], false))?;
         chart
             .configure_mesh()
             .x_desc("step")
@@ -278,14 +306,7 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
                 .label("validation loss (plain route)")
                 .legend(|(x, y)| Circle::new((x + 10, y), 4, VAL.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font(font)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(drawing)?;
+        legend(&mut chart, font)?;
 
         // The echo route's loss parts.
         if echo {
@@ -297,14 +318,8 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
             .into_iter()
             .filter(|p| p.2.iter().any(|q| q.1 != 0.0))
             .collect();
-            let mut chart = ChartBuilder::on(&panels[1])
-                .caption("echo route: loss parts", ("sans-serif", 16))
-                .margin(12)
-                .margin_right(24)
-                .x_label_area_size(36)
-                .y_label_area_size(64)
-                .build_cartesian_2d(x.clone(), y_range(parts.iter().map(|p| p.2), true))
-                .map_err(drawing)?;
+            let mut chart =
+                panel(&panels[1], "echo route: loss parts", x.clone(), y_range(parts.iter().map(|p| p.2), true))?;
             chart
                 .configure_mesh()
                 .x_desc("step")
@@ -321,25 +336,12 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
                     .label(name)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font(font)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .draw()
-                .map_err(drawing)?;
+            legend(&mut chart, font)?;
         }
 
         // Learning rate.
-        let mut chart = ChartBuilder::on(panels.last().expect("at least two panels"))
-            .caption("learning rate", ("sans-serif", 16))
-            .margin(12)
-            .margin_right(24)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d(x, y_range([c.lr.as_slice()], true))
-            .map_err(drawing)?;
+        let mut chart =
+            panel(panels.last().expect("at least two panels"), "learning rate", x, y_range([c.lr.as_slice()], true))?;
         chart
             .configure_mesh()
             .x_desc("step")
