@@ -3,9 +3,13 @@
 // Launch wrappers: cuda/ops.rs (the ATT_* constants are mirrored there).
 //
 // Layouts (as the twin): q, out, dout, dq are [B, T, Hq, D]; k, v, dk, dv are [B, T, Hkv, D];
-// key_valid is [B, T] bytes (0/1); lse and delta are [B, Hq, T]. Query i attends key j when
-// j <= i and key_valid[b, j]. A query with no key to attend gets a zero output, lse = +inf,
-// and a zero gradient. Scores are scale * q.k; D <= ATT_DMAX (any D, not only multiples of 32).
+// key_valid is [B, T] bytes (0/1) and key_start [B, T] ints; lse and delta are [B, Hq, T].
+// Query i attends key j when key_start[b, i] <= j <= i and key_valid[b, j]. key_start is 0 for
+// a padded batch and the first position of the query's own example in a packed row (several
+// examples one after the other), so attention stays inside each example; it never decreases
+// along a row (checked on the host), which lets every kernel skip the key tiles before the
+// first query's start and (dK/dV) the query tiles past the keys' examples. A query with no
+// key to attend gets a zero output, lse = +inf, and a zero gradient. Scores are scale * q.k; D <= ATT_DMAX (any D, not only multiples of 32).
 //
 // Scheme: a K/V tile of ATT_BK = 32 keys sits in shared memory, lane j of a warp owns key j
 // of the tile (its score), and the warp's 32 lanes own the head dims (d = lane + 32 c) of
@@ -53,7 +57,7 @@ __device__ __forceinline__ void att_load_tile(float* dst, int ld, const float* _
 // Forward. Grid: (ceil(T / ATT_FWD_BQ), Hq, B) blocks of ATT_THREADS.
 extern "C" __global__ void attention_fwd(const float* __restrict__ q, const float* __restrict__ k,
                                          const float* __restrict__ v, const unsigned char* __restrict__ key_valid,
-                                         float* __restrict__ out, float* __restrict__ lse, int B, int T, int Hq,
+                                         const int* __restrict__ key_start, float* __restrict__ out, float* __restrict__ lse, int B, int T, int Hq,
                                          int Hkv, int D, float scale) {
     __shared__ float qs[ATT_FWD_BQ][ATT_DMAX];
     __shared__ float ks[ATT_BK][ATT_DMAX + 1];
@@ -64,15 +68,19 @@ extern "C" __global__ void attention_fwd(const float* __restrict__ q, const floa
 
     att_load_tile(&qs[0][0], ATT_DMAX, q, b, q0, ATT_FWD_BQ, T, Hq, h, D);
     float m[ATT_FWD_QPW], l[ATT_FWD_QPW], o[ATT_FWD_QPW][ATT_DC];
+    int st[ATT_FWD_QPW];
 #pragma unroll
     for (int a = 0; a < ATT_FWD_QPW; ++a) {
+        const int i = q0 + warp * ATT_FWD_QPW + a;
+        st[a] = i < T ? key_start[(size_t)b * T + i] : T;
         m[a] = ATT_NEG_INF;
         l[a] = 0.0f;
 #pragma unroll
         for (int c = 0; c < ATT_DC; ++c) o[a][c] = 0.0f;
     }
     const int q_last = min(q0 + ATT_FWD_BQ, T) - 1;
-    for (int k0 = 0; k0 <= q_last; k0 += ATT_BK) {
+    const int k_begin = (key_start[(size_t)b * T + q0] / ATT_BK) * ATT_BK;  // the block's smallest start
+    for (int k0 = k_begin; k0 <= q_last; k0 += ATT_BK) {
         __syncthreads();  // the previous tile is consumed (and qs is loaded, first time)
         att_load_tile(&ks[0][0], ATT_DMAX + 1, k, b, k0, ATT_BK, T, Hkv, g, D);
         att_load_tile(&vs[0][0], ATT_DMAX + 1, v, b, k0, ATT_BK, T, Hkv, g, D);
@@ -85,7 +93,7 @@ extern "C" __global__ void attention_fwd(const float* __restrict__ q, const floa
             const int i = q0 + qi;
             if (i >= T) continue;  // uniform across the warp
             float s = ATT_NEG_INF;
-            if (kvalid && kj <= i) {
+            if (kvalid && kj <= i && kj >= st[a]) {
                 float dot = 0.0f;
                 for (int d = 0; d < D; ++d) dot += qs[qi][d] * ks[lane][d];
                 s = scale * dot;
@@ -145,8 +153,9 @@ extern "C" __global__ void attention_bwd_delta(const float* __restrict__ out, co
 // Grid: (ceil(T / ATT_DQ_BQ), Hq, B) blocks of ATT_THREADS.
 extern "C" __global__ void attention_bwd_dq(const float* __restrict__ q, const float* __restrict__ k,
                                             const float* __restrict__ v, const unsigned char* __restrict__ key_valid,
-                                            const float* __restrict__ lse, const float* __restrict__ delta,
-                                            const float* __restrict__ dout, float* __restrict__ dq, int B, int T,
+                                            const int* __restrict__ key_start, const float* __restrict__ lse,
+                                            const float* __restrict__ delta, const float* __restrict__ dout,
+                                            float* __restrict__ dq, int B, int T,
                                             int Hq, int Hkv, int D, float scale) {
     __shared__ float qs[ATT_DQ_BQ][ATT_DMAX];
     __shared__ float dos[ATT_DQ_BQ][ATT_DMAX];
@@ -159,16 +168,19 @@ extern "C" __global__ void attention_bwd_dq(const float* __restrict__ q, const f
     att_load_tile(&qs[0][0], ATT_DMAX, q, b, q0, ATT_DQ_BQ, T, Hq, h, D);
     att_load_tile(&dos[0][0], ATT_DMAX, dout, b, q0, ATT_DQ_BQ, T, Hq, h, D);
     float L[ATT_DQ_QPW], Di[ATT_DQ_QPW], acc[ATT_DQ_QPW][ATT_DC];
+    int st[ATT_DQ_QPW];
 #pragma unroll
     for (int a = 0; a < ATT_DQ_QPW; ++a) {
         const int i = q0 + warp * ATT_DQ_QPW + a;
+        st[a] = i < T ? key_start[(size_t)b * T + i] : T;
         L[a] = i < T ? lse[((size_t)b * Hq + h) * T + i] : ATT_INF;
         Di[a] = i < T ? delta[((size_t)b * Hq + h) * T + i] : 0.0f;
 #pragma unroll
         for (int c = 0; c < ATT_DC; ++c) acc[a][c] = 0.0f;
     }
     const int q_last = min(q0 + ATT_DQ_BQ, T) - 1;
-    for (int k0 = 0; k0 <= q_last; k0 += ATT_BK) {
+    const int k_begin = (key_start[(size_t)b * T + q0] / ATT_BK) * ATT_BK;
+    for (int k0 = k_begin; k0 <= q_last; k0 += ATT_BK) {
         __syncthreads();
         att_load_tile(&ks[0][0], ATT_DMAX + 1, k, b, k0, ATT_BK, T, Hkv, g, D);
         att_load_tile(&vs[0][0], ATT_DMAX + 1, v, b, k0, ATT_BK, T, Hkv, g, D);
@@ -181,7 +193,7 @@ extern "C" __global__ void attention_bwd_dq(const float* __restrict__ q, const f
             const int i = q0 + qi;
             if (i >= T) continue;  // uniform across the warp
             float ds = 0.0f;
-            if (kvalid && kj <= i && L[a] < ATT_INF) {
+            if (kvalid && kj <= i && kj >= st[a] && L[a] < ATT_INF) {
                 float dot = 0.0f, dp = 0.0f;
                 for (int d = 0; d < D; ++d) {
                     dot += qs[qi][d] * ks[lane][d];
@@ -220,8 +232,9 @@ extern "C" __global__ void attention_bwd_dq(const float* __restrict__ q, const f
 // Grid: (ceil(T / ATT_DKV_BK), Hkv, B) blocks of ATT_THREADS.
 extern "C" __global__ void attention_bwd_dkv(const float* __restrict__ q, const float* __restrict__ k,
                                              const float* __restrict__ v, const unsigned char* __restrict__ key_valid,
-                                             const float* __restrict__ lse, const float* __restrict__ delta,
-                                             const float* __restrict__ dout, float* __restrict__ dk,
+                                             const int* __restrict__ key_start, const float* __restrict__ lse,
+                                             const float* __restrict__ delta, const float* __restrict__ dout,
+                                             float* __restrict__ dk,
                                              float* __restrict__ dv, int B, int T, int Hq, int Hkv, int D,
                                              float scale) {
     __shared__ float qs[ATT_BK][ATT_DMAX + 1];
@@ -230,6 +243,7 @@ extern "C" __global__ void attention_bwd_dkv(const float* __restrict__ q, const 
     __shared__ float vs[ATT_DKV_BK][ATT_DMAX];
     __shared__ float lse_s[ATT_BK];
     __shared__ float delta_s[ATT_BK];
+    __shared__ int start_s[ATT_BK];
     const int b = blockIdx.z, g = blockIdx.y, k0 = blockIdx.x * ATT_DKV_BK;
     const int group = Hq / Hkv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -252,6 +266,9 @@ extern "C" __global__ void attention_bwd_dkv(const float* __restrict__ q, const 
     for (int hh = 0; hh < group; ++hh) {
         const int h = g * group + hh;
         for (int q0 = first_q_tile; q0 < T; q0 += ATT_BK) {
+            // Starts never decrease along a row: once a tile's first query starts after this
+            // block's last key, no later query attends any of its keys (uniform per block).
+            if (key_start[(size_t)b * T + q0] > min(k0 + ATT_DKV_BK, T) - 1) break;
             __syncthreads();  // the previous tile is consumed (and ks/vs are loaded, first time)
             att_load_tile(&qs[0][0], ATT_DMAX + 1, q, b, q0, ATT_BK, T, Hq, h, D);
             att_load_tile(&dos[0][0], ATT_DMAX + 1, dout, b, q0, ATT_BK, T, Hq, h, D);
@@ -259,17 +276,19 @@ extern "C" __global__ void attention_bwd_dkv(const float* __restrict__ q, const 
                 const int i = q0 + threadIdx.x;
                 lse_s[threadIdx.x] = i < T ? lse[((size_t)b * Hq + h) * T + i] : ATT_INF;
                 delta_s[threadIdx.x] = i < T ? delta[((size_t)b * Hq + h) * T + i] : 0.0f;
+                start_s[threadIdx.x] = i < T ? key_start[(size_t)b * T + i] : T;
             }
             __syncthreads();
             const int i = q0 + lane;
             const float L = lse_s[lane], Di = delta_s[lane];
+            const int st = start_s[lane];
 #pragma unroll
             for (int a = 0; a < ATT_DKV_KPW; ++a) {
                 const int kl = warp * ATT_DKV_KPW + a;
                 const int j = k0 + kl;
                 if (!jvalid[a]) continue;  // uniform across the warp (j depends on warp and a only)
                 float p = 0.0f, ds = 0.0f;
-                if (i < T && j <= i && L < ATT_INF) {
+                if (i < T && j <= i && j >= st && L < ATT_INF) {
                     float dot = 0.0f, dp = 0.0f;
                     for (int d = 0; d < D; ++d) {
                         dot += qs[lane][d] * ks[kl][d];

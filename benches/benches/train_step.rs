@@ -116,6 +116,7 @@ fn bench_train_step(c: &mut Criterion) {
     let (ids, mask, labels) = batch(model.config.vocab_size);
     let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
     let input = StepInput {
+        packed: None,
         input_ids: &ids,
         attention_mask: &mask,
         labels: &labels,
@@ -261,6 +262,7 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &v4.adapters, echo: None };
         let route = vec![false; half];
         let input = StepInput {
+            packed: None,
             input_ids: &ids[..half * SEQ],
             attention_mask: &mask[..half * SEQ],
             labels: &labels[..half * SEQ],
@@ -278,6 +280,7 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &ve.adapters, echo: ve.echo.as_ref() };
         let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
         let input = StepInput {
+            packed: None,
             input_ids: ids,
             attention_mask: mask,
             labels,
@@ -295,6 +298,7 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &v8.adapters, echo: None };
         let route = vec![false; BATCH];
         let input = StepInput {
+            packed: None,
             input_ids: ids,
             attention_mask: mask,
             labels,
@@ -348,7 +352,7 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         parts.push((format!("{} lora_linear", p.short_name()), lora));
         parts.push((format!("{} dora_linear", p.short_name()), dora));
     }
-    let valid = std::sync::Arc::new(vec![true; n_tok]);
+    let valid = std::sync::Arc::new(echo_tensor::nn::AttnMask::padding(vec![true; n_tok]));
     let qkv =
         [x(&[BATCH, SEQ, hq, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng), x(&[BATCH, SEQ, hkv, hd], &mut rng)];
     parts.push((

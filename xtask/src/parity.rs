@@ -107,6 +107,7 @@ pub fn run(a: LogitsArgs) -> Result<()> {
     };
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
     let step_in = StepInput {
+        packed: None,
         input_ids: &ids,
         attention_mask: &mask,
         labels: &labels,

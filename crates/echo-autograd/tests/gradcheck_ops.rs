@@ -139,6 +139,19 @@ fn rope_default_and_llama3() {
 }
 
 #[test]
+fn attention_packed_examples() {
+    let mut rng = Rng::new(19);
+    // Two rows of [B, T] = [2, 9]: row 0 packs examples of 3, 4 and 1 tokens (then one pad),
+    // row 1 examples of 5 and 4.
+    let (b, t, hq, hkv, d) = (2, 9, 4, 2, 3);
+    let q = randn(&[b, t, hq, d], &mut rng);
+    let k = randn(&[b, t, hkv, d], &mut rng);
+    let v = randn(&[b, t, hkv, d], &mut rng);
+    let mask = Arc::new(echo_tensor::nn::AttnMask::packed(&[vec![3, 4, 1], vec![5, 4]], t));
+    assert_gradients("attention packed", &[q, k, v], |x| ops::attention(&x[0], &x[1], &x[2], &mask), opts());
+}
+
+#[test]
 fn attention_gqa_padding_odd_lengths() {
     let mut rng = Rng::new(9);
     // (batch, seq, q heads, kv heads, head dim)
@@ -147,7 +160,9 @@ fn attention_gqa_padding_odd_lengths() {
         let k = randn(&[b, t, hkv, d], &mut rng);
         let v = randn(&[b, t, hkv, d], &mut rng);
         // Right padding on the last sample.
-        let mask = Arc::new((0..b * t).map(|i| !(i / t == b - 1 && i % t >= t - 2)).collect::<Vec<_>>());
+        let mask = Arc::new(echo_tensor::nn::AttnMask::padding(
+            (0..b * t).map(|i| !(i / t == b - 1 && i % t >= t - 2)).collect(),
+        ));
         assert_gradients(
             &format!("attention b{b} t{t} hq{hq} hkv{hkv} d{d}"),
             &[q, k, v],

@@ -1,5 +1,6 @@
-//! Batches: right-padded to the longest row, seeded shuffling per epoch, optional length
-//! bucketing, and a resumable position.
+//! Batches: right-padded to the longest row or packed (examples one after the other in a row,
+//! no padding between them), seeded shuffling per epoch, optional length bucketing, and a
+//! resumable position.
 //!
 //! An epoch's plan (which examples go in which batch, in which order) is a pure function of
 //! (seed, epoch, config, example lengths), so a checkpoint only has to store a
@@ -42,24 +43,33 @@ pub struct BatchPosition {
     pub index: usize,
 }
 
-/// A padded batch, every `[B, T]` array row-major (`row * seq_len + t`).
+/// A batch, every `[B, T]` array row-major (`row * seq_len + t`): padded (one example per
+/// row, `packed = None`) or packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
+    /// Rows.
     pub batch_size: usize,
     pub seq_len: usize,
+    /// Packed layout: per row, the lengths of the examples placed one after the other in it
+    /// (in example order); the model must keep attention inside each example and restart
+    /// positions at each (`echo_model::Batch::packed`). `None`: padded, one example per row.
+    pub packed: Option<Vec<Vec<usize>>>,
     /// Padded with the tokenizer's pad id.
     pub input_ids: Vec<u32>,
     /// 1 on real tokens, 0 on padding.
     pub attention_mask: Vec<u8>,
     /// HF style, not shifted: -100 on padding, and on the prompt under answer-only masking.
+    /// Packed, also -100 on each example's first token, so that under the shift no example's
+    /// last position is scored against the next example's first token (in a padded row the
+    /// first label is never a target either).
     pub labels: Vec<i64>,
     /// 1 on prompt tokens only (what the echo pools over: [`Example::prompt_mask`]), 0 on
     /// answer and padding.
     pub prompt_mask: Vec<u8>,
-    /// Real tokens per row.
+    /// Real tokens per example.
     pub lengths: Vec<usize>,
-    /// Prompt tokens per row (every unlearned token: in a multi-turn chat, the turns between
-    /// the assistant's too).
+    /// Prompt tokens per example (every unlearned token: in a multi-turn chat, the turns
+    /// between the assistant's too).
     pub prompt_lengths: Vec<usize>,
     /// Index of each row's example in the batcher's example list.
     pub example_indices: Vec<usize>,
@@ -75,6 +85,7 @@ impl Batch {
         let mut batch = Batch {
             batch_size: b,
             seq_len: t,
+            packed: None,
             input_ids: vec![pad_id; b * t],
             attention_mask: vec![0; b * t],
             labels: vec![IGNORE_INDEX; b * t],
@@ -96,6 +107,44 @@ impl Batch {
             batch.prompt_lengths.push(mask.iter().map(|&m| m as usize).sum());
         }
         batch
+    }
+
+    /// Packs `examples` one after the other into a single row (no padding at all). Every
+    /// per-example quantity stays per example: the prompt mask, the labels (the first token's
+    /// label dropped, see [`Batch::labels`]) and the lengths.
+    pub fn packed(examples: &[&Example]) -> Batch {
+        let t: usize = examples.iter().map(|e| e.len()).sum();
+        let mut batch = Batch {
+            batch_size: 1,
+            seq_len: t,
+            packed: Some(vec![examples.iter().map(|e| e.len()).collect()]),
+            input_ids: Vec::with_capacity(t),
+            attention_mask: vec![1; t],
+            labels: Vec::with_capacity(t),
+            prompt_mask: Vec::with_capacity(t),
+            lengths: Vec::with_capacity(examples.len()),
+            prompt_lengths: Vec::with_capacity(examples.len()),
+            example_indices: Vec::new(),
+            position: BatchPosition::default(),
+        };
+        for e in examples {
+            batch.input_ids.extend_from_slice(&e.input_ids);
+            let at = batch.labels.len();
+            batch.labels.extend(e.labels());
+            if !e.is_empty() {
+                batch.labels[at] = IGNORE_INDEX;
+            }
+            let mask = e.prompt_mask();
+            batch.prompt_lengths.push(mask.iter().map(|&m| m as usize).sum());
+            batch.prompt_mask.extend(mask);
+            batch.lengths.push(e.len());
+        }
+        batch
+    }
+
+    /// Examples in the batch.
+    pub fn examples(&self) -> usize {
+        self.lengths.len()
     }
 
     /// Positions whose label is not -100.

@@ -37,6 +37,31 @@ fn padding_layout_is_right_padded_row_major() {
     assert_eq!((b.tokens(), b.label_tokens()), (10, 6));
 }
 
+#[test]
+fn packed_layout_is_one_row_without_padding() {
+    // Plain-text style example (every token learned) in the middle: its first label must still
+    // be dropped, or the previous example's last position would be scored against it.
+    let mut plain = ex(1, 3, 0);
+    plain.train_on_inputs = true;
+    let es = [ex(0, 3, 1), plain, ex(2, 2, 1)];
+    let b = Batch::packed(&es.iter().collect::<Vec<_>>());
+    assert_eq!((b.batch_size, b.seq_len, b.examples()), (1, 8, 3));
+    assert_eq!(b.packed, Some(vec![vec![3, 3, 2]]));
+    assert_eq!(b.input_ids, vec![1000, 1001, 1002, 2000, 2001, 2002, 3000, 3001]);
+    assert_eq!(b.attention_mask, vec![1; 8]);
+    assert_eq!(b.labels, vec![-100, 1001, 1002, -100, 2001, 2002, -100, 3001]);
+    assert_eq!(b.prompt_mask, vec![1, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!((b.lengths, b.prompt_lengths), (vec![3, 3, 2], vec![1, 0, 1]));
+    // The padded batch of the same examples counts the same learned positions under the shift.
+    let p = Batch::from_examples(&es.iter().collect::<Vec<_>>(), 7);
+    assert_eq!(p.packed, None);
+    let shifted = |l: &[i64], rows: usize| {
+        let t = l.len() / rows;
+        (0..rows).map(|r| l[r * t + 1..(r + 1) * t].iter().filter(|&&x| x != -100).count()).sum::<usize>()
+    };
+    assert_eq!(shifted(&b.labels, 1), shifted(&p.labels, 3));
+}
+
 fn epoch(b: &mut Batcher) -> Vec<Batch> {
     (0..b.batches_per_epoch()).map(|_| b.next_batch()).collect()
 }

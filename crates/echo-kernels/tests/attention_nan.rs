@@ -3,7 +3,7 @@
 //! zeros. `finite_checksum` prints the bits of a finite case so a change to these kernels can
 //! be compared with the previous version's output bit for bit.
 
-use echo_kernels::cpu::attention::{attention_backward, attention_forward, AttnDims};
+use echo_kernels::cpu::attention::{attention_backward, attention_forward, AttnDims, AttnMask};
 use echo_kernels::cpu::decode::{cache_write, decode_attention, DecodeDims};
 
 /// Deterministic uniform values in [-1, 1) (splitmix64).
@@ -41,7 +41,16 @@ fn forward(c: &Case) -> (Vec<f32>, Vec<f32>) {
     let (b, t, hq, d) = (DIMS.batch, DIMS.seq, DIMS.q_heads, DIMS.head_dim);
     let mut out = vec![0.0; b * t * hq * d];
     let mut lse = vec![0.0; b * hq * t];
-    attention_forward(&DIMS, &c.q, &c.k, &c.v, &c.valid, 1.0 / (d as f32).sqrt(), &mut out, &mut lse);
+    attention_forward(
+        &DIMS,
+        &c.q,
+        &c.k,
+        &c.v,
+        &AttnMask::padding(c.valid.clone()),
+        1.0 / (d as f32).sqrt(),
+        &mut out,
+        &mut lse,
+    );
     (out, lse)
 }
 
@@ -105,7 +114,20 @@ fn a_query_with_no_key_still_outputs_zeros_and_zero_gradient() {
     let dout = values(4, n);
     let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; c.k.len()], vec![0.0; c.v.len()]);
     let scale = 1.0 / (DIMS.head_dim as f32).sqrt();
-    attention_backward(&DIMS, &c.q, &c.k, &c.v, &c.valid, scale, &out, &lse, &dout, &mut dq, &mut dk, &mut dv);
+    attention_backward(
+        &DIMS,
+        &c.q,
+        &c.k,
+        &c.v,
+        &AttnMask::padding(c.valid.clone()),
+        scale,
+        &out,
+        &lse,
+        &dout,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
     assert!(dq.iter().chain(&dk).chain(&dv).all(|x| x.is_finite()));
     for i in 0..2 {
         for h in 0..DIMS.q_heads {
@@ -124,7 +146,20 @@ fn a_nan_query_gives_a_nan_gradient() {
     let dout = values(4, n);
     let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; c.k.len()], vec![0.0; c.v.len()]);
     let scale = 1.0 / (d as f32).sqrt();
-    attention_backward(&DIMS, &c.q, &c.k, &c.v, &c.valid, scale, &out, &lse, &dout, &mut dq, &mut dk, &mut dv);
+    attention_backward(
+        &DIMS,
+        &c.q,
+        &c.k,
+        &c.v,
+        &AttnMask::padding(c.valid.clone()),
+        scale,
+        &out,
+        &lse,
+        &dout,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
     assert!(row(&dq, 0, 3, 1).iter().all(|x| x.is_nan()));
 }
 
@@ -169,7 +204,20 @@ fn finite_checksum() {
     let dout = values(4, n);
     let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; c.k.len()], vec![0.0; c.v.len()]);
     let scale = 1.0 / (DIMS.head_dim as f32).sqrt();
-    attention_backward(&DIMS, &c.q, &c.k, &c.v, &c.valid, scale, &out, &lse, &dout, &mut dq, &mut dk, &mut dv);
+    attention_backward(
+        &DIMS,
+        &c.q,
+        &c.k,
+        &c.v,
+        &AttnMask::padding(c.valid.clone()),
+        scale,
+        &out,
+        &lse,
+        &dout,
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    );
     let dec = decode(&c);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for x in out.iter().chain(&lse).chain(&dq).chain(&dk).chain(&dv).chain(&dec) {

@@ -11,6 +11,7 @@ mod llama;
 pub mod weights;
 
 pub use config::{bounds, LlamaConfig};
+pub use echo_tensor::nn::AttnMask;
 pub use error::{Error, Result};
 pub use generate::{generate, Decoder, GenerateOptions, Generation, InferProjector, PlainInfer, Sampling};
 pub use gguf::import_gguf;

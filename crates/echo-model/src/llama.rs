@@ -9,6 +9,7 @@ use crate::weights::WeightFiles;
 use crate::{Error, LlamaConfig, Result};
 use echo_autograd::ops;
 use echo_autograd::{Tape, Var};
+use echo_tensor::nn::AttnMask;
 use echo_tensor::{Device, RopeTable, Tensor, IGNORE_INDEX};
 use std::path::Path;
 use std::sync::Arc;
@@ -102,16 +103,65 @@ pub struct Llama {
     pub rope: Arc<RopeTable>,
 }
 
-/// One batch of token ids, `[B, T]` row-major, with its padding mask and position ids.
+/// One batch of token ids, `[B, T]` row-major, with its attention mask and position ids:
+/// either padded (one example per row) or packed (several examples one after the other in a
+/// row, attending only within themselves, positions restarting at each).
 pub struct Batch {
     pub batch: usize,
     pub seq: usize,
     pub input_ids: Vec<usize>,
-    pub key_valid: Arc<Vec<bool>>,
+    pub mask: Arc<AttnMask>,
     pub positions: Arc<Vec<usize>>,
 }
 
+fn check_ids(input_ids: &[i64], seq: usize, vocab: usize) -> Result<Vec<usize>> {
+    let mut ids = Vec::with_capacity(input_ids.len());
+    for (i, &t) in input_ids.iter().enumerate() {
+        if t < 0 || t as usize >= vocab {
+            return Err(Error::Input(format!(
+                "input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})",
+                i / seq,
+                i % seq
+            )));
+        }
+        ids.push(t as usize);
+    }
+    Ok(ids)
+}
+
 impl Batch {
+    /// Packed rows: `rows[b]` lists the lengths of the examples placed one after the other in
+    /// row `b` of `input_ids` (`[B, T]`, `T = seq`); what follows them is padding. Each example
+    /// attends only to itself and its positions start at 0, so its outputs equal those of the
+    /// same example alone in a padded batch.
+    pub fn packed(input_ids: &[i64], rows: &[Vec<usize>], seq: usize, vocab: usize) -> Result<Self> {
+        let batch = rows.len();
+        if input_ids.len() != batch * seq {
+            return Err(Error::Input(format!(
+                "input_ids has {} elements; {batch} packed rows of {seq} need {}",
+                input_ids.len(),
+                batch * seq
+            )));
+        }
+        if let Some((b, lens)) = rows.iter().enumerate().find(|(_, l)| l.iter().sum::<usize>() > seq) {
+            return Err(Error::Input(format!(
+                "packed row {b} holds {} tokens, more than its {seq}",
+                lens.iter().sum::<usize>()
+            )));
+        }
+        let ids = check_ids(input_ids, seq, vocab)?;
+        let mut positions = vec![0usize; batch * seq];
+        for (b, lens) in rows.iter().enumerate() {
+            let mut at = b * seq;
+            for &n in lens {
+                positions[at..at + n].iter_mut().enumerate().for_each(|(p, x)| *x = p);
+                at += n;
+            }
+        }
+        let mask = AttnMask::packed(rows, seq);
+        Ok(Batch { batch, seq, input_ids: ids, mask: Arc::new(mask), positions: Arc::new(positions) })
+    }
+
     /// Validates ids against the vocabulary and the mask's values; position ids are
     /// `0..T` on every row (HF's default; with right padding these are the real positions).
     pub fn new(input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize, vocab: usize) -> Result<Self> {
@@ -123,17 +173,7 @@ impl Batch {
                 batch * seq
             )));
         }
-        let mut ids = Vec::with_capacity(input_ids.len());
-        for (i, &t) in input_ids.iter().enumerate() {
-            if t < 0 || t as usize >= vocab {
-                return Err(Error::Input(format!(
-                    "input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})",
-                    i / seq,
-                    i % seq
-                )));
-            }
-            ids.push(t as usize);
-        }
+        let ids = check_ids(input_ids, seq, vocab)?;
         let mut valid = Vec::with_capacity(attention_mask.len());
         for (i, &m) in attention_mask.iter().enumerate() {
             match m {
@@ -149,7 +189,8 @@ impl Batch {
             }
         }
         let positions = (0..batch).flat_map(|_| 0..seq).collect();
-        Ok(Batch { batch, seq, input_ids: ids, key_valid: Arc::new(valid), positions: Arc::new(positions) })
+        let mask = Arc::new(AttnMask::padding(valid));
+        Ok(Batch { batch, seq, input_ids: ids, mask, positions: Arc::new(positions) })
     }
 }
 
@@ -316,15 +357,17 @@ impl Llama {
         if let Some(&l) = capture.iter().find(|&&l| l >= self.blocks.len()) {
             return Err(Error::Input(format!("cannot capture block {l}: the model has {} blocks", self.blocks.len())));
         }
-        if batch.seq > c.max_position_embeddings {
+        // Positions, not the row length, must fit: a packed row may be longer than the context.
+        let positions_used = batch.positions.iter().max().map_or(0, |&p| p + 1);
+        if positions_used > c.max_position_embeddings {
             return Err(Error::Input(format!(
-                "sequence length {} exceeds max_position_embeddings {}",
-                batch.seq, c.max_position_embeddings
+                "sequence length {positions_used} exceeds max_position_embeddings {}",
+                c.max_position_embeddings
             )));
         }
         let (b, t, d) = (batch.batch, batch.seq, c.hidden_size);
         let (hq, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let rope = self.rope_table(t);
+        let rope = self.rope_table(positions_used);
         let embed = tape.constant(self.embed.clone());
         let mut h = ops::reshape(&ops::index_select(&embed, &batch.input_ids)?, [b, t, d])?;
         let mut boundary = vec![None; capture.len()];
@@ -336,7 +379,7 @@ impl Llama {
             let q = ops::rope(&ops::reshape(&q, [b, t, hq, hd])?, &batch.positions, &rope)?;
             let k = ops::rope(&ops::reshape(&k, [b, t, hkv, hd])?, &batch.positions, &rope)?;
             let v = ops::reshape(&v, [b, t, hkv, hd])?;
-            let a = ops::reshape(&ops::attention(&q, &k, &v, &batch.key_valid)?, [b, t, hq * hd])?;
+            let a = ops::reshape(&ops::attention(&q, &k, &v, &batch.mask)?, [b, t, hq * hd])?;
             h = ops::add(&h, &proj.project(l, Proj::O, &a, blk.weight(Proj::O))?)?;
             let x = ops::rmsnorm(&h, Some(&tape.constant(blk.mlp_norm.clone())), c.rms_norm_eps)?;
             let gate = proj.project(l, Proj::Gate, &x, blk.weight(Proj::Gate))?;

@@ -15,7 +15,7 @@ fn cached_attention_matches_full_recompute() {
     // Left padding: row 0 none, row 1 three pad slots, row 2 five.
     let pads = [0usize, 3, 5];
     let valid: Vec<bool> = (0..b * t).map(|i| i % t >= pads[i / t]).collect();
-    let (full, _) = nn::attention_forward(&q, &k, &v, &valid).unwrap();
+    let (full, _) = nn::attention_forward(&q, &k, &v, &nn::AttnMask::padding(valid.clone())).unwrap();
     let full = full.to_vec_f32();
 
     let cap = t + 2; // spare slots must not matter

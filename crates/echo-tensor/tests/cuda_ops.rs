@@ -435,6 +435,7 @@ fn attention_gqa_with_padding() {
         // right padding on sample 0, left padding (a query with no key) on the last
         let valid: Vec<bool> =
             (0..b * t).map(|i| !((i / t == 0 && b > 1 && i % t >= t - 3) || (i / t == b - 1 && i % t == 0))).collect();
+        let valid = nn::AttnMask::padding(valid);
         let (qg, kg, vg, dg) = (up(&q, d), up(&k, d), up(&v, d), up(&dout, d));
         let what = format!("B={b} T={t} Hq={hq} Hkv={hkv} D={hd}");
         let (out, lse) = nn::attention_forward(&q, &k, &v, &valid).unwrap();
@@ -443,6 +444,35 @@ fn attention_gqa_with_padding() {
         close(&lseg, &lse, 2e-5, &format!("attention lse {what}"));
         let (dq, dk, dv) = nn::attention_backward(&q, &k, &v, &valid, &out, &lse, &dout).unwrap();
         let (dqg, dkg, dvg) = nn::attention_backward(&qg, &kg, &vg, &valid, &outg, &lseg, &dg).unwrap();
+        close(&dqg, &dq, 2e-5, &format!("attention dq {what}"));
+        close(&dkg, &dk, 2e-5, &format!("attention dk {what}"));
+        close(&dvg, &dv, 2e-5, &format!("attention dv {what}"));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
+fn attention_packed_examples() {
+    let d = require_gpu();
+    let mut rng = Rng::new(12);
+    // Examples packed one after the other, across the kernels' 32-key tiles, then padding.
+    for (rows, t, hq, hkv, hd) in
+        [(vec![vec![3usize, 40, 1, 29], vec![70]], 80, 4, 2, 16), (vec![vec![33, 31, 2]], 66, 3, 1, 64)]
+    {
+        let b = rows.len();
+        let q = Tensor::randn([b, t, hq, hd], 1.0, &mut rng);
+        let k = Tensor::randn([b, t, hkv, hd], 1.0, &mut rng);
+        let v = Tensor::randn([b, t, hkv, hd], 1.0, &mut rng);
+        let dout = Tensor::randn([b, t, hq, hd], 1.0, &mut rng);
+        let mask = nn::AttnMask::packed(&rows, t);
+        let (qg, kg, vg, dg) = (up(&q, d), up(&k, d), up(&v, d), up(&dout, d));
+        let what = format!("packed {rows:?} T={t} Hq={hq} Hkv={hkv} D={hd}");
+        let (out, lse) = nn::attention_forward(&q, &k, &v, &mask).unwrap();
+        let (outg, lseg) = nn::attention_forward(&qg, &kg, &vg, &mask).unwrap();
+        close(&outg, &out, 2e-5, &format!("attention out {what}"));
+        close(&lseg, &lse, 2e-5, &format!("attention lse {what}"));
+        let (dq, dk, dv) = nn::attention_backward(&q, &k, &v, &mask, &out, &lse, &dout).unwrap();
+        let (dqg, dkg, dvg) = nn::attention_backward(&qg, &kg, &vg, &mask, &outg, &lseg, &dg).unwrap();
         close(&dqg, &dq, 2e-5, &format!("attention dq {what}"));
         close(&dkg, &dk, 2e-5, &format!("attention dk {what}"));
         close(&dvg, &dv, 2e-5, &format!("attention dv {what}"));

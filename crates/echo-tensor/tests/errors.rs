@@ -34,10 +34,10 @@ fn shape_mismatches_name_both_shapes() {
 fn fused_op_mismatches() {
     let q = Tensor::zeros([1, 4, 4, 8]);
     let k = Tensor::zeros([1, 4, 3, 8]); // 4 query heads cannot share 3 kv heads
-    let e = err(nn::attention_forward(&q, &k, &k, &[true; 4]));
+    let e = err(nn::attention_forward(&q, &k, &k, &nn::AttnMask::padding(vec![true; 4])));
     assert!(e.contains("attention") && e.contains("[1, 4, 4, 8]") && e.contains("[1, 4, 3, 8]"), "{e}");
     let k = Tensor::zeros([1, 4, 2, 8]);
-    let e = err(nn::attention_forward(&q, &k, &k, &[true; 3]));
+    let e = err(nn::attention_forward(&q, &k, &k, &nn::AttnMask::padding(vec![true; 3])));
     assert!(e.contains("mask") && e.contains("3"), "{e}");
     let w = Tensor::zeros([6, 5]);
     let a = Tensor::zeros([2, 4]);

@@ -60,7 +60,7 @@ fn attention_matches_naive_with_gqa_and_padding() {
                 !((s == 0 && b > 1 && p >= t - 3) || (s == b - 1 && p == 0))
             })
             .collect();
-        let (out, lse) = nn::attention_forward(&q, &k, &v, &valid).unwrap();
+        let (out, lse) = nn::attention_forward(&q, &k, &v, &nn::AttnMask::padding(valid.clone())).unwrap();
         close(out.as_f32(), &naive_attention(&q, &k, &v, &valid), 1e-5, "attention");
         assert_eq!(lse.dims(), &[b, hq, t]);
     }

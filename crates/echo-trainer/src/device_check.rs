@@ -277,6 +277,7 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
     let b = s.batch;
     let input = StepInput {
+        packed: None,
         input_ids: &b.ids,
         attention_mask: &b.mask,
         labels: &b.labels,

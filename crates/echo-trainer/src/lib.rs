@@ -9,6 +9,7 @@ pub mod config;
 pub mod device;
 pub mod device_check;
 pub mod echo;
+pub mod layout;
 pub mod metrics;
 pub mod optim;
 pub mod parity;

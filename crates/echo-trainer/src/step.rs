@@ -4,20 +4,24 @@
 //! With the echo path absent or no sample routed, this is exactly a plain LoRA/DoRA step.
 
 use crate::echo::{prompt_mask, EchoPath};
+use crate::layout::Samples;
 use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamStore, Tape, Var};
-use echo_model::{shifted_targets, Batch, Llama};
+use echo_model::{shifted_targets, Llama};
 use echo_tensor::{Device, Rng, Tensor};
 
-/// A batch as the data pipeline produces it: `[B, T]` row-major, right-padded.
+/// A batch as the data pipeline produces it: `[B, T]` row-major, right-padded or packed.
 pub struct StepInput<'a> {
     pub input_ids: &'a [i64],
     pub attention_mask: &'a [i64],
     pub labels: &'a [i64],
     pub batch: usize,
     pub seq: usize,
-    /// Per sample: takes the echo route. Ignored without an echo path.
+    /// Per sample (example): takes the echo route. Ignored without an echo path.
     pub route: &'a [bool],
+    /// Packed: per row, the lengths of the examples placed one after the other in it
+    /// (`echo_data::Batch::packed`); `None`: padded, one sample per row.
+    pub packed: Option<&'a [Vec<usize>]>,
     /// `[B, T]` prompt tokens to pool over; `None` derives it from the labels
     /// (`attention_mask = 1` and `labels = -100`), which is only right for answer-only labels.
     pub prompt_mask: Option<&'a [f32]>,
@@ -90,10 +94,6 @@ impl Readback {
     }
 }
 
-fn rows_of(a: &[i64], rows: &[usize], seq: usize) -> Vec<i64> {
-    rows.iter().flat_map(|&b| a[b * seq..(b + 1) * seq].iter().copied()).collect()
-}
-
 fn all_logits(model: &Llama, hidden: &Var) -> echo_autograd::Result<Tensor> {
     let _g = hidden.tape().no_grad();
     let (b, t) = (hidden.dims()[0], hidden.dims()[1]);
@@ -117,23 +117,34 @@ pub fn forward_backward(
     let (b, t) = (input.batch, input.seq);
     let model = ctx.model;
     let fail = |e: &dyn std::fmt::Display| e.to_string();
-    let batch =
-        Batch::new(input.input_ids, input.attention_mask, b, t, model.config.vocab_size).map_err(|e| fail(&e))?;
-    if input.labels.len() != b * t || input.route.len() != b {
+    let samples = match input.packed {
+        None => Samples::padded(b, t),
+        Some(rows) if rows.len() == b => Samples::packed(rows, t)?,
+        Some(rows) => return Err(format!("{} packed rows listed for a batch of {b} rows", rows.len())),
+    };
+    if trace && samples.is_packed() {
+        return Err("tracing (the parity command) needs a padded batch".into());
+    }
+    let vocab = model.config.vocab_size;
+    let batch = samples.model_batch(input.input_ids, input.attention_mask, vocab).map_err(|e| fail(&e))?;
+    if input.labels.len() != b * t || input.route.len() != samples.count() {
         return Err(format!(
-            "labels ({}) or route ({}) do not match the batch [{b}, {t}]",
+            "labels ({}) or route ({}) do not match the batch [{b}, {t}] of {} samples",
             input.labels.len(),
-            input.route.len()
+            input.route.len(),
+            samples.count()
         ));
     }
-    let (rows, targets) = shifted_targets(input.labels, b, t);
+    let labels = samples.labels(input.labels);
+    let (rows, targets) = shifted_targets(&labels, b, t);
     let n = rows.len();
     if n == 0 {
         return Err("the batch has no labelled position (every label is -100 after the shift)".into());
     }
     let echo = ctx.echo.filter(|_| input.route.iter().any(|&r| r) || trace);
-    let routed: Vec<usize> = if echo.is_some() { (0..b).filter(|&i| input.route[i]).collect() } else { vec![] };
-    let is_routed = |row: usize| echo.is_some() && input.route[row / t];
+    let routed: Vec<usize> =
+        if echo.is_some() { (0..samples.count()).filter(|&i| input.route[i]).collect() } else { vec![] };
+    let is_routed = |flat: usize| echo.is_some() && input.route[samples.of(flat)];
     let (mut rows_p, mut tgt_p, mut rows_r, mut tgt_r) = (vec![], vec![], vec![], vec![]);
     for (&r, &tg) in rows.iter().zip(&targets) {
         if is_routed(r) {
@@ -164,31 +175,53 @@ pub fn forward_backward(
         }
         let mut trace_echo = None;
         if let Some(ep) = echo {
-            let pmask = input
-                .prompt_mask
-                .map(<[f32]>::to_vec)
-                .unwrap_or_else(|| prompt_mask(input.attention_mask, input.labels, t));
-            let values = ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t).map_err(|e| fail(&e))?;
+            let pmask =
+                input.prompt_mask.map(<[f32]>::to_vec).unwrap_or_else(|| prompt_mask(input.attention_mask, &labels, t));
+            let values = match samples.pooling_window(&pmask) {
+                None => ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t),
+                // Packed: each sample's prompt gathered into a row of its own, `[S, width, d]`.
+                Some((gather, mask, width)) => {
+                    let d = model.config.hidden_size;
+                    let windows = plain
+                        .boundary
+                        .iter()
+                        .map(|h| {
+                            ops::reshape(
+                                &ops::index_select(&ops::reshape(h, [b * t, d])?, &gather)?,
+                                [samples.count(), width, d],
+                            )
+                        })
+                        .collect::<echo_autograd::Result<Vec<Var>>>()
+                        .map_err(|e| fail(&e))?;
+                    ep.aggregate(&tape, store, &windows, &mask, samples.count(), width)
+                }
+            }
+            .map_err(|e| fail(&e))?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };
-            let inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows).map_err(|e| fail(&e))?;
-            let sub = Batch::new(
-                &rows_of(input.input_ids, &echo_rows, t),
-                &rows_of(input.attention_mask, &echo_rows, t),
-                echo_rows.len(),
-                t,
-                model.config.vocab_size,
-            )
-            .map_err(|e| fail(&e))?;
+            let sub = samples.select(input.input_ids, input.attention_mask, &echo_rows);
+            let mut inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows).map_err(|e| fail(&e))?;
+            if sub.samples.is_packed() {
+                // One injection row per token of the sub-batch (its sample's), since packed
+                // samples have different lengths.
+                let rows = sub.samples.token_rows();
+                for (g, p) in inject.values_mut() {
+                    *g = ops::index_select(g, &rows).map_err(|e| fail(&e))?;
+                    *p = ops::index_select(p, &rows).map_err(|e| fail(&e))?;
+                }
+            }
+            let sub_batch = sub.samples.model_batch(&sub.ids, &sub.attention_mask, vocab).map_err(|e| fail(&e))?;
             let hidden_echo = {
                 let mut proj = ctx.adapters.projector(store, dropout_rng, Some(&inject));
-                model.forward(&tape, &sub, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
+                model.forward(&tape, &sub_batch, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
             };
             if !rows_r.is_empty() {
                 let pos: Vec<usize> = rows_r
                     .iter()
                     .map(|&r| {
-                        echo_rows.iter().position(|&s| s == r / t).expect("routed sample in the echo batch") * t + r % t
+                        let s = samples.of(r);
+                        let k = echo_rows.iter().position(|&e| e == s).expect("routed sample in the echo batch");
+                        sub.position(k, samples.start(s), r)
                     })
                     .collect();
                 let logits_echo = model.logits_at(&hidden_echo, &pos).map_err(|e| fail(&e))?;

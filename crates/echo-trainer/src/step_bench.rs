@@ -199,6 +199,7 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
     let mask = vec![1i64; b * t];
     let route = vec![false; b];
     let input = StepInput {
+        packed: None,
         input_ids: &tokens,
         attention_mask: &mask,
         labels: &tokens,

@@ -189,6 +189,16 @@ struct Arrays {
     prompt: Vec<f32>,
     batch: usize,
     seq: usize,
+    packed: Option<Vec<Vec<usize>>>,
+}
+
+/// A micro-batch of `examples`: packed into one row (`train.packing`) or padded.
+fn micro_batch(examples: &[&Example], pad_id: u32, packing: bool) -> DataBatch {
+    if packing {
+        DataBatch::packed(examples)
+    } else {
+        DataBatch::from_examples(examples, pad_id)
+    }
 }
 
 fn arrays(b: &DataBatch) -> Arrays {
@@ -199,6 +209,7 @@ fn arrays(b: &DataBatch) -> Arrays {
         prompt: b.prompt_mask.iter().map(|&x| x as f32).collect(),
         batch: b.batch_size,
         seq: b.seq_len,
+        packed: b.packed.clone(),
     }
 }
 
@@ -207,7 +218,8 @@ fn counted(labels: &[i64], batch: usize, seq: usize) -> usize {
     echo_model::shifted_targets(labels, batch, seq).0.len()
 }
 
-/// Mean validation loss of the deployed (plain) route over `val`, batched by `micro`.
+/// Mean validation loss of the deployed (plain) route over `val`, batched by `micro`
+/// (packed into one row per micro-batch with `packing`).
 pub fn validation_loss(
     model: &Llama,
     adapters: &Adapters,
@@ -215,16 +227,22 @@ pub fn validation_loss(
     val: &[Example],
     pad_id: u32,
     micro: usize,
+    packing: bool,
 ) -> Result<Option<f32>, String> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in val.chunks(micro.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let a = arrays(&DataBatch::from_examples(&refs, pad_id));
+        let a = arrays(&micro_batch(&refs, pad_id, packing));
         let n = counted(&a.labels, a.batch, a.seq);
         if n == 0 {
             continue;
         }
-        let batch = Batch::new(&a.ids, &a.mask, a.batch, a.seq, model.config.vocab_size).map_err(|e| e.to_string())?;
+        let vocab = model.config.vocab_size;
+        let batch = match &a.packed {
+            Some(rows) => Batch::packed(&a.ids, rows, a.seq, vocab),
+            None => Batch::new(&a.ids, &a.mask, a.batch, a.seq, vocab),
+        }
+        .map_err(|e| e.to_string())?;
         let tape = Tape::inference();
         let mut proj = adapters.projector(store, None, None);
         let hidden = model.forward(&tape, &batch, &mut proj, &[]).map_err(|e| e.to_string())?.hidden;
@@ -238,13 +256,15 @@ pub fn validation_loss(
 /// The config a checkpoint must match, as stored in it: the keys that only say where a run
 /// computes, where it writes or how it reports are set to their defaults (`train.device`: a
 /// run may resume on another device; `output.dir`: a run folder may be moved, and `--out`
-/// overrides it anyway; `train.log_every`; `data.max_truncated_fraction`, a check before the
-/// first step), so changing them never blocks a resume.
+/// overrides it anyway; `train.log_every`; `train.packing`, exact either way;
+/// `data.max_truncated_fraction`, a check before the first step), so changing them never
+/// blocks a resume.
 fn identity(cfg: &RunConfig) -> RunConfig {
     let mut c = cfg.clone();
     let (t, d) = (TrainSection::default(), DataSection::default());
     c.train.device = t.device;
     c.train.log_every = t.log_every;
+    c.train.packing = t.packing;
     c.data.max_truncated_fraction = d.max_truncated_fraction;
     c.output = Default::default();
     c
@@ -619,7 +639,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let stop_at = opts.stop_after.map(|n| (state.step + n).min(total_steps)).unwrap_or(total_steps);
     let mut report = Reporter::new(opts.progress, t.log_every, total_steps, state.step, stop_at, started);
     if state.step == 0 {
-        let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size)?;
+        let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size, t.packing)?;
         state.first_val_loss = v;
         metrics.eval(0, v)?;
         report.validation(0, v, data.val.len(), false);
@@ -633,14 +653,14 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         let mut step_tokens = 0;
         for rows in batch.example_indices.chunks(t.micro_batch_size) {
             let refs: Vec<&Example> = rows.iter().map(|&i| &batcher.examples()[i]).collect();
-            let mb = DataBatch::from_examples(&refs, data.pad_id);
+            let mb = micro_batch(&refs, data.pad_id, t.packing);
             let a = arrays(&mb);
             let n = counted(&a.labels, a.batch, a.seq);
             if n == 0 {
                 continue;
             }
             let route: Vec<bool> =
-                (0..a.batch).map(|_| echo.is_some() && routing_rng.bernoulli(cfg.echo.p_route)).collect();
+                (0..mb.examples()).map(|_| echo.is_some() && routing_rng.bernoulli(cfg.echo.p_route)).collect();
             let input = StepInput {
                 input_ids: &a.ids,
                 attention_mask: &a.mask,
@@ -648,6 +668,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                 batch: a.batch,
                 seq: a.seq,
                 route: &route,
+                packed: a.packed.as_deref(),
                 prompt_mask: Some(&a.prompt),
             };
             let w = n as f32 / total_counted as f32;
@@ -706,7 +727,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
 
         let last = state.step == total_steps;
         if (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every)) || last {
-            let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size)?;
+            let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size, t.packing)?;
             metrics.eval(state.step, v)?;
             let mut best = false;
             if let Some(v) = v {

@@ -46,6 +46,7 @@ fn check(adapter: &str, reference_file: &str) {
 
     let ctx = StepContext { model: &model, adapters: &adapters, echo: Some(&echo) };
     let input = StepInput {
+        packed: None,
         input_ids: &ids,
         attention_mask: &mask,
         labels: &labels,

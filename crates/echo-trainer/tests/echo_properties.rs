@@ -53,6 +53,7 @@ fn grads(store: &ParamStore, adapters: &Adapters) -> Vec<Vec<u32>> {
 fn echo_off_or_unrouted_without_kd_is_exactly_a_plain_step() {
     let s = setup();
     let input = |route: &'static [bool]| StepInput {
+        packed: None,
         input_ids: &s.ids,
         attention_mask: &s.mask,
         labels: &s.labels,
@@ -89,6 +90,7 @@ fn zero_projections_make_the_echo_route_equal_the_plain_route() {
     }
     let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
     let input = StepInput {
+        packed: None,
         input_ids: &s.ids,
         attention_mask: &s.mask,
         labels: &s.labels,
@@ -121,6 +123,7 @@ fn answer_tokens_do_not_move_the_echo() {
         let (adapters, echo) = adapters_and_echo(&s, &mut store, cfg());
         let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
         let input = StepInput {
+            packed: None,
             input_ids: ids,
             attention_mask: &s.mask,
             labels: &s.labels,

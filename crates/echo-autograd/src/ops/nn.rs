@@ -33,11 +33,11 @@ pub fn rope(x: &Var, positions: &Arc<Vec<usize>>, table: &Arc<RopeTable>) -> Res
     x.tape().record(y, &[x], move |g, _| Ok(vec![Some(nn::rope(g, &positions, &table, true)?)]))
 }
 
-/// Causal grouped-query attention with a key padding mask (`[B*T]`, true = real token).
-pub fn attention(q: &Var, k: &Var, v: &Var, key_valid: &Arc<Vec<bool>>) -> Result<Var> {
-    let (out, lse) = nn::attention_forward(q.value(), k.value(), v.value(), key_valid)?;
+/// Causal grouped-query attention under a padding / packing mask ([`nn::AttnMask`]).
+pub fn attention(q: &Var, k: &Var, v: &Var, mask: &Arc<nn::AttnMask>) -> Result<Var> {
+    let (out, lse) = nn::attention_forward(q.value(), k.value(), v.value(), mask)?;
     let (qv, kv, vv, ov) = (q.value().clone(), k.value().clone(), v.value().clone(), out.clone());
-    let mask = key_valid.clone();
+    let mask = mask.clone();
     q.tape().record(out, &[q, k, v], move |g, _| {
         let (dq, dk, dv) = nn::attention_backward(&qv, &kv, &vv, &mask, &ov, &lse, g)?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])

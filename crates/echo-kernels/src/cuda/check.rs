@@ -20,7 +20,7 @@ use super::runtime::Gpu;
 use super::tensor_ops::{self, BinaryOp, ReduceOp, UnaryOp};
 use super::{blas, Result};
 use crate::cpu;
-use crate::cpu::attention::AttnDims;
+use crate::cpu::attention::{AttnDims, AttnMask};
 use crate::cpu::lowrank::{Inject, LoraDims, LoraGrads};
 
 type C<'g> = Checker<'g, Gpu>;
@@ -119,6 +119,8 @@ pub fn run_all(gpu: &Gpu) -> Vec<CheckResult> {
         (1, 128, 9, 3, 64, Padding::None),
         (2, 70, 2, 1, 128, Padding::Left),
         (1, 33, 3, 3, 40, Padding::Right),
+        (2, 150, 4, 2, 64, Padding::Packed),
+        (1, 97, 3, 1, 32, Padding::Packed),
     ] {
         attention(&mut c, AttnDims { batch: b, seq: t, q_heads: hq, kv_heads: hkv, head_dim: d }, padding);
     }
@@ -415,6 +417,9 @@ enum Padding {
     Right,
     /// The first keys of the last sample are padding: its first queries have no key at all.
     Left,
+    /// Examples of uneven lengths packed one after the other in each row, then padding:
+    /// attention stays inside each example (block-diagonal causal), over tile boundaries.
+    Packed,
 }
 
 fn attention(c: &mut C, d: AttnDims, padding: Padding) {
@@ -430,28 +435,51 @@ fn attention(c: &mut C, d: AttnDims, padding: Padding) {
         rng.vec(b * t * hq * hd, 1.0),
     );
     let mut valid = vec![true; b * t];
-    match padding {
-        Padding::None => {}
-        Padding::Right => valid[t - t / 3..t].iter_mut().for_each(|v| *v = false),
-        Padding::Left => valid[(b - 1) * t..(b - 1) * t + t / 4].iter_mut().for_each(|v| *v = false),
-    }
+    let mask = match padding {
+        Padding::None => AttnMask::padding(valid),
+        Padding::Right => {
+            valid[t - t / 3..t].iter_mut().for_each(|v| *v = false);
+            AttnMask::padding(valid)
+        }
+        Padding::Left => {
+            valid[(b - 1) * t..(b - 1) * t + t / 4].iter_mut().for_each(|v| *v = false);
+            AttnMask::padding(valid)
+        }
+        Padding::Packed => {
+            // Lengths 1, 2, 3, ... until the row is (nearly) full; the rest is padding.
+            let rows: Vec<Vec<usize>> = (0..b)
+                .map(|r| {
+                    let (mut lens, mut used, mut n) = (vec![], 0, 1 + r * 5);
+                    while used + n <= t {
+                        lens.push(n);
+                        used += n;
+                        n += 7;
+                    }
+                    lens
+                })
+                .collect();
+            AttnMask::packed(&rows, t)
+        }
+    };
+    let valid = &mask.key_valid;
     let scale = 1.0 / (hd as f32).sqrt();
     let cpu = || {
         let (mut oc, mut lc) = (vec![0.0; q.len()], vec![0.0; b * hq * t]);
-        cpu::attention::attention_forward(&d, &q, &k, &v, &valid, scale, &mut oc, &mut lc);
+        cpu::attention::attention_forward(&d, &q, &k, &v, &mask, scale, &mut oc, &mut lc);
         let (mut dqc, mut dkc, mut dvc) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-        cpu::attention::attention_backward(
-            &d, &q, &k, &v, &valid, scale, &oc, &lc, &dout, &mut dqc, &mut dkc, &mut dvc,
-        );
+        cpu::attention::attention_backward(&d, &q, &k, &v, &mask, scale, &oc, &lc, &dout, &mut dqc, &mut dkc, &mut dvc);
         vec![("out", oc), ("lse", lc), ("dq", dqc), ("dk", dkc), ("dv", dvc)]
     };
     c.run("attention", format!("B={b} T={t} Hq={hq} Hkv={hkv} D={hd} {padding:?}"), 2e-5, cpu, |g| {
         let (qg, kg, vg, dog) = (g.upload(&q)?, g.upload(&k)?, g.upload(&v)?, g.upload(&dout)?);
         let validg = g.upload(&valid.iter().map(|&v| v as u8).collect::<Vec<_>>())?;
+        let startg = g.upload(&mask.key_start.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
         let (mut o, mut lse) = (out(g, q.len())?, out(g, b * hq * t)?);
-        ops::attention_forward(g, &d, &qg, &kg, &vg, &validg, scale, &mut o, &mut lse)?;
+        ops::attention_forward(g, &d, &qg, &kg, &vg, &validg, &startg, scale, &mut o, &mut lse)?;
         let (mut dq, mut dk, mut dv) = (out(g, q.len())?, out(g, k.len())?, out(g, v.len())?);
-        ops::attention_backward(g, &d, &qg, &kg, &vg, &validg, scale, &o, &lse, &dog, &mut dq, &mut dk, &mut dv)?;
+        ops::attention_backward(
+            g, &d, &qg, &kg, &vg, &validg, &startg, scale, &o, &lse, &dog, &mut dq, &mut dk, &mut dv,
+        )?;
         Ok(vec![g.download(&o)?, g.download(&lse)?, g.download(&dq)?, g.download(&dk)?, g.download(&dv)?])
     });
 }

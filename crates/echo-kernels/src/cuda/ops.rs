@@ -585,7 +585,8 @@ fn attn_dims_args(op: &str, d: &crate::cpu::attention::AttnDims) -> Result<[Arg;
 }
 
 /// Causal GQA attention forward (attention.cu): writes `out` (`[B, T, Hq, D]`) and `lse`
-/// (`[B, Hq, T]`). `key_valid` is `[B, T]` bytes (0/1).
+/// (`[B, Hq, T]`). `key_valid` is `[B, T]` bytes (0/1), `key_start` `[B, T]` (the CPU twin's
+/// [`AttnMask`](crate::cpu::attention::AttnMask), checked there).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     gpu: &Gpu,
@@ -594,6 +595,7 @@ pub fn attention_forward(
     k: &GpuBuf<f32>,
     v: &GpuBuf<f32>,
     key_valid: &GpuBuf<u8>,
+    key_start: &GpuBuf<i32>,
     scale: f32,
     out: &mut GpuBuf<f32>,
     lse: &mut GpuBuf<f32>,
@@ -605,10 +607,11 @@ pub fn attention_forward(
     need(op, "k", k.len(), kn)?;
     need(op, "v", v.len(), kn)?;
     need(op, "key_valid", key_valid.len(), d.batch * d.seq)?;
+    need(op, "key_start", key_start.len(), d.batch * d.seq)?;
     need(op, "out", out.len(), qn)?;
     need(op, "lse", lse.len(), d.batch * d.q_heads * d.seq)?;
     let dims = attn_dims_args(op, d)?;
-    let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(out), ptr(lse)];
+    let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(key_start), ptr(out), ptr(lse)];
     args.extend(dims);
     args.push(Arg::F32(scale));
     gpu.launch(op, (blocks(op, d.seq, ATT_FWD_BQ)?, d.q_heads as u32, d.batch as u32), (ATT_THREADS, 1, 1), &args)
@@ -623,6 +626,7 @@ pub fn attention_backward(
     k: &GpuBuf<f32>,
     v: &GpuBuf<f32>,
     key_valid: &GpuBuf<u8>,
+    key_start: &GpuBuf<i32>,
     scale: f32,
     out: &GpuBuf<f32>,
     lse: &GpuBuf<f32>,
@@ -647,13 +651,15 @@ pub fn attention_backward(
         need(op, what, len, want)?;
     }
     need(op, "key_valid", key_valid.len(), d.batch * d.seq)?;
+    need(op, "key_start", key_start.len(), d.batch * d.seq)?;
     let rows = d.batch * d.q_heads * d.seq;
     need(op, "lse", lse.len(), rows)?;
     let dims = attn_dims_args(op, d)?;
     let delta = gpu.alloc::<f32>(rows)?;
     let args = [ptr(out), ptr(dout), ptr(&delta), dims[0], dims[1], dims[2], dims[4]];
     gpu.launch("attention_bwd_delta", (blocks(op, rows, ATT_WARPS)?, 1, 1), (ATT_THREADS, 1, 1), &args)?;
-    let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(lse), ptr(&delta), ptr(dout), ptr(dq)];
+    let mut args =
+        vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(key_start), ptr(lse), ptr(&delta), ptr(dout), ptr(dq)];
     args.extend(dims);
     args.push(Arg::F32(scale));
     gpu.launch(
@@ -662,7 +668,18 @@ pub fn attention_backward(
         (ATT_THREADS, 1, 1),
         &args,
     )?;
-    let mut args = vec![ptr(q), ptr(k), ptr(v), ptr(key_valid), ptr(lse), ptr(&delta), ptr(dout), ptr(dk), ptr(dv)];
+    let mut args = vec![
+        ptr(q),
+        ptr(k),
+        ptr(v),
+        ptr(key_valid),
+        ptr(key_start),
+        ptr(lse),
+        ptr(&delta),
+        ptr(dout),
+        ptr(dk),
+        ptr(dv),
+    ];
     args.extend(dims);
     args.push(Arg::F32(scale));
     // `delta` goes back to the pool here; whatever reuses it is queued after these kernels

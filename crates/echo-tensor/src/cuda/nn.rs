@@ -10,7 +10,7 @@ use super::ops::{gemm_into, linear_dx_into, linear_into};
 use super::{Cx, Weight};
 use crate::nn::{inject_rows, DoraSaved, Injection, LoraGradsOut, LoraParams, Want};
 use crate::{Error, Result, RopeTable, Shape, Tensor};
-use echo_kernels::cpu::attention::AttnDims;
+use echo_kernels::cpu::attention::{AttnDims, AttnMask};
 use echo_kernels::cpu::lowrank::LoraDims;
 use echo_kernels::cuda::alloc::GpuBuf;
 use echo_kernels::cuda::ops::{self as k, InjectGpu, RopeTableGpu};
@@ -74,9 +74,12 @@ pub(crate) fn rope(x: &Tensor, positions: &[usize], table: &RopeTable, inverse: 
     Ok(cx.tensor(y, x.shape().clone()))
 }
 
-fn key_mask(cx: &Cx, key_valid: &[bool]) -> Result<GpuBuf<u8>> {
-    let bytes: Vec<u8> = key_valid.iter().map(|&v| v as u8).collect();
-    cx.k(cx.gpu.upload(&bytes))
+/// The mask's two arrays on the device: valid flags as bytes, key starts as `i32` (positions
+/// fit: the launch wrappers check `T` against `i32`).
+fn key_mask(cx: &Cx, mask: &AttnMask) -> Result<(GpuBuf<u8>, GpuBuf<i32>)> {
+    let bytes: Vec<u8> = mask.key_valid.iter().map(|&v| v as u8).collect();
+    let starts: Vec<i32> = mask.key_start.iter().map(|&s| s as i32).collect();
+    Ok((cx.k(cx.gpu.upload(&bytes))?, cx.k(cx.gpu.upload(&starts))?))
 }
 
 /// Causal GQA attention: `(out [B, T, Hq, D], lse [B, Hq, T])`. `head_dim` up to 128.
@@ -85,14 +88,14 @@ pub(crate) fn attention_forward(
     q: &Tensor,
     k_: &Tensor,
     v: &Tensor,
-    key_valid: &[bool],
+    mask: &AttnMask,
 ) -> Result<(Tensor, Tensor)> {
     let cx = Cx::of("attention", [q, k_, v])?;
     let (qb, kb, vb) = (cx.f32(q)?, cx.f32(k_)?, cx.f32(v)?);
-    let valid = key_mask(&cx, key_valid)?;
+    let (valid, start) = key_mask(&cx, mask)?;
     let scale = 1.0 / (d.head_dim as f32).sqrt();
     let (mut out, mut lse) = (cx.alloc(qb.len())?, cx.alloc(d.batch * d.q_heads * d.seq)?);
-    cx.k(k::attention_forward(&cx.gpu, d, qb, kb, vb, &valid, scale, &mut out, &mut lse))?;
+    cx.k(k::attention_forward(&cx.gpu, d, qb, kb, vb, &valid, &start, scale, &mut out, &mut lse))?;
     Ok((cx.tensor(out, q.shape().clone()), cx.tensor(lse, [d.batch, d.q_heads, d.seq])))
 }
 
@@ -103,7 +106,7 @@ pub(crate) fn attention_backward(
     q: &Tensor,
     k_: &Tensor,
     v: &Tensor,
-    key_valid: &[bool],
+    mask: &AttnMask,
     out: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
@@ -111,10 +114,10 @@ pub(crate) fn attention_backward(
     let cx = Cx::of("attention_backward", [q, k_, v, out, lse, dout])?;
     let (qb, kb, vb) = (cx.f32(q)?, cx.f32(k_)?, cx.f32(v)?);
     let (ob, lb, db) = (cx.f32(out)?, cx.f32(lse)?, cx.f32(dout)?);
-    let valid = key_mask(&cx, key_valid)?;
+    let (valid, start) = key_mask(&cx, mask)?;
     let scale = 1.0 / (d.head_dim as f32).sqrt();
     let (mut dq, mut dk, mut dv) = (cx.alloc(qb.len())?, cx.alloc(kb.len())?, cx.alloc(vb.len())?);
-    cx.k(k::attention_backward(&cx.gpu, d, qb, kb, vb, &valid, scale, ob, lb, db, &mut dq, &mut dk, &mut dv))?;
+    cx.k(k::attention_backward(&cx.gpu, d, qb, kb, vb, &valid, &start, scale, ob, lb, db, &mut dq, &mut dk, &mut dv))?;
     Ok((cx.tensor(dq, q.shape().clone()), cx.tensor(dk, k_.shape().clone()), cx.tensor(dv, v.shape().clone())))
 }
 

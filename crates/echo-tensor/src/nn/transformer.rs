@@ -3,6 +3,7 @@
 use super::{expect_dims, expect_rank};
 use crate::cuda::{self, nn as gpu};
 use crate::{Error, Result, RopeTable, Shape, Tensor};
+pub use echo_kernels::cpu::attention::AttnMask;
 use echo_kernels::cpu::{activation, attention, norm, rope};
 
 /// RMSNorm over the last dimension, with an optional weight. Returns `(y, rstd)`.
@@ -76,7 +77,7 @@ pub fn rope(x: &Tensor, positions: &[usize], table: &RopeTable, inverse: bool) -
     Ok(x.with_data(out, x.shape().clone()))
 }
 
-fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<attention::AttnDims> {
+fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<attention::AttnDims> {
     let op = "attention";
     expect_rank(op, "q", q, 4)?;
     expect_rank(op, "k", k, 4)?;
@@ -88,27 +89,23 @@ fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<a
     if v.dims() != k.dims() {
         return Err(Error::ShapeMismatch { op, lhs: k.shape().clone(), rhs: v.shape().clone() });
     }
-    if key_valid.len() != b * t {
-        return Err(Error::BadShape {
-            op,
-            msg: format!("mask has {} entries, q {} needs {}", key_valid.len(), q.shape(), b * t),
-        });
-    }
+    mask.check(b, t).map_err(|msg| Error::BadShape { op, msg: format!("{msg} (q {})", q.shape()) })?;
     Ok(attention::AttnDims { batch: b, seq: t, q_heads: hq, kv_heads: hkv, head_dim: d })
 }
 
-/// Causal attention, `q` `[B, T, Hq, D]`, `k`/`v` `[B, T, Hkv, D]`, `key_valid` `[B*T]`,
+/// Causal attention, `q` `[B, T, Hq, D]`, `k`/`v` `[B, T, Hkv, D]`, `mask` over `[B, T]` (padding
+/// and packed examples: [`AttnMask`]),
 /// scores scaled by `1/sqrt(D)`. Returns `(out [B, T, Hq, D], lse [B, Hq, T])`.
-pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, key_valid: &[bool]) -> Result<(Tensor, Tensor)> {
-    let dims = attn_dims(q, k, v, key_valid)?;
+pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+    let dims = attn_dims(q, k, v, mask)?;
     if cuda::on_gpu([q, k, v]) {
-        return gpu::attention_forward(&dims, q, k, v, key_valid);
+        return gpu::attention_forward(&dims, q, k, v, mask);
     }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
     let mut out = vec![0.0f32; q.numel()];
     let mut lse = vec![0.0f32; dims.batch * dims.q_heads * dims.seq];
     let op = "attention";
-    attention::attention_forward(&dims, q.f32s(op)?, k.f32s(op)?, v.f32s(op)?, key_valid, scale, &mut out, &mut lse);
+    attention::attention_forward(&dims, q.f32s(op)?, k.f32s(op)?, v.f32s(op)?, mask, scale, &mut out, &mut lse);
     let lse_shape = Shape::new(vec![dims.batch, dims.q_heads, dims.seq]);
     Ok((q.with_data(out, q.shape().clone()), q.with_data(lse, lse_shape)))
 }
@@ -119,17 +116,17 @@ pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    key_valid: &[bool],
+    mask: &AttnMask,
     out: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let dims = attn_dims(q, k, v, key_valid)?;
+    let dims = attn_dims(q, k, v, mask)?;
     let op = "attention_backward";
     expect_dims(op, "dout", dout, q.dims())?;
     expect_dims(op, "out", out, q.dims())?;
     if cuda::on_gpu([q, k, v, out, lse, dout]) {
-        return gpu::attention_backward(&dims, q, k, v, key_valid, out, lse, dout);
+        return gpu::attention_backward(&dims, q, k, v, mask, out, lse, dout);
     }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; q.numel()], vec![0.0f32; k.numel()], vec![0.0f32; v.numel()]);
@@ -138,7 +135,7 @@ pub fn attention_backward(
         q.f32s(op)?,
         k.f32s(op)?,
         v.f32s(op)?,
-        key_valid,
+        mask,
         scale,
         out.f32s(op)?,
         lse.f32s(op)?,
