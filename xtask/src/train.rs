@@ -79,8 +79,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     let f = |x: Option<f32>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     let resumed = s.resumed_from.map(|r| format!(", resumed at step {r}")).unwrap_or_default();
+    let peak = s.peak_rss_bytes.map(|b| format!(", peak RSS {:.2} GB", b as f64 / 1e9)).unwrap_or_default();
     println!(
-        "done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}{resumed}",
+        "done: {}/{} steps in {:.0} s ({:.0} tokens/s) on {}{peak}{resumed}",
         s.steps, s.total_steps, s.wall_seconds, s.tokens_per_second, s.device
     );
     println!("  train loss: first step {} -> last step {}", f(s.first_loss), f(s.last_loss));

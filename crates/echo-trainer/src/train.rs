@@ -59,6 +59,17 @@ pub struct RunSummary {
     pub adapter_dir: PathBuf,
     /// Where the run computed (`cpu`, `cuda:0`, ...).
     pub device: String,
+    /// This process's peak resident memory in bytes (`VmHWM` of `/proc/self/status`;
+    /// `None` where the OS does not report it). Host memory only: a GPU's is not in it.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size (`VmHWM`), in bytes, on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The loaded data: train and validation examples.
@@ -769,6 +780,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         out_dir: out_dir.to_path_buf(),
         adapter_dir,
         device: device.to_string(),
+        peak_rss_bytes: peak_rss_bytes(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes()).map_err(|e| e.to_string())?;

@@ -103,10 +103,10 @@ pub const SOURCES: &[KernelSource] = kernels![
         "swiglu_bwd": [P, P, P, P, P, I64],
     ],
     "attention.cu" => [
-        "attention_fwd": [P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
+        "attention_fwd": [P, P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
         "attention_bwd_delta": [P, P, P, I32, I32, I32, I32],
-        "attention_bwd_dq": [P, P, P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
-        "attention_bwd_dkv": [P, P, P, P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
+        "attention_bwd_dq": [P, P, P, P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
+        "attention_bwd_dkv": [P, P, P, P, P, P, P, P, P, P, I32, I32, I32, I32, I32, F32],
     ],
     "loss.cu" => [
         "cross_entropy_fwd": [P, P, P, P, I32, I32],
