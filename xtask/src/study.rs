@@ -21,6 +21,15 @@ pub struct StudyArgs {
     /// Only (re)write the table from the arms already finished.
     #[arg(long)]
     report_only: bool,
+    /// Train for at most this many minutes in this invocation, then checkpoint and stop (the
+    /// table covers the arms finished so far); the same command continues. For studies that
+    /// run in pieces.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Train at most this many optimizer steps in this invocation (over all arms), then
+    /// checkpoint and stop.
+    #[arg(long)]
+    steps: Option<usize>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]
@@ -40,6 +49,22 @@ struct StudyConfig {
     eval_base: bool,
     eval: EvalSection,
     arm: Vec<Arm>,
+}
+
+/// Whether the arm's run trained all its steps (a run stopped in pieces also writes a
+/// `summary.json`, with fewer steps than its total).
+fn run_finished(dir: &Path) -> Result<bool> {
+    let path = dir.join("summary.json");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let s: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a run summary", path.display()))?;
+    match (s["steps"].as_u64(), s["total_steps"].as_u64()) {
+        (Some(done), Some(total)) => Ok(done >= total),
+        _ => bail!("{}: no `steps` / `total_steps` (expected a run summary)", path.display()),
+    }
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -244,9 +269,22 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let mut runs = Vec::new();
     let mut dataset_names: Option<Vec<String>> =
         base_report.as_ref().map(|r| r.datasets.iter().map(|d| d.name.clone()).collect());
+    let deadline = args.minutes.map(|m| std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0));
+    let mut steps_left = args.steps;
+    let mut stopped = false;
     for (i, (arm, seed, dir, cfg)) in plans.iter().enumerate() {
         let eval_path = dir.join("eval.json");
-        let finished = dir.join("summary.json").exists();
+        let finished = run_finished(dir)?;
+        let out_of_budget = steps_left == Some(0) || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+        if !args.report_only && (!finished || !eval_path.exists()) && (stopped || out_of_budget) {
+            stopped = true;
+            println!(
+                "== [{}/{}] {arm}, seed {seed}: not started in this piece (run the command again)",
+                i + 1,
+                plans.len()
+            );
+            continue;
+        }
         if !args.report_only {
             if !finished {
                 let resume = echo_trainer::checkpoint::exists(dir);
@@ -259,14 +297,28 @@ pub fn run(args: StudyArgs) -> Result<()> {
                 );
                 // An arm stopped before its first checkpoint starts again, its partial run
                 // moved aside (`<arm>.old-<unix time>`).
-                train(
+                let summary = train(
                     cfg,
                     &model_dir,
                     dir,
-                    &RunOptions { resume, overwrite: !resume, progress: true, stop_after: None },
+                    &RunOptions { resume, overwrite: !resume, progress: true, stop_after: steps_left, deadline },
                 )
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("arm `{arm}` seed {seed}"))?;
+                let done_here = summary.steps - summary.resumed_from.unwrap_or(0);
+                steps_left = steps_left.map(|n| n.saturating_sub(done_here));
+                if summary.steps < summary.total_steps {
+                    println!(
+                        "== [{}/{}] {arm}, seed {seed}: stopped at step {}/{} (checkpoint saved; run the command again \
+                         to continue)",
+                        i + 1,
+                        plans.len(),
+                        summary.steps,
+                        summary.total_steps
+                    );
+                    stopped = true;
+                    continue;
+                }
             }
             if !eval_path.exists() {
                 // The adapter with the best validation loss when validation ran, else the last.
@@ -276,7 +328,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
                 write_report(&eval_path, &run_eval(Some(&adapter))?)?;
             }
         }
-        if dir.join("summary.json").exists() && eval_path.exists() {
+        if run_finished(dir)? && eval_path.exists() {
             let report = read_report(&eval_path)?;
             let names: Vec<String> = report.datasets.iter().map(|d| d.name.clone()).collect();
             if dataset_names.get_or_insert_with(|| names.clone()) != &names {

@@ -70,7 +70,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         &cfg,
         &model_dir,
         &out,
-        &RunOptions { resume: args.resume, overwrite: args.overwrite, progress: true, stop_after: None },
+        &RunOptions {
+            resume: args.resume,
+            overwrite: args.overwrite,
+            progress: true,
+            stop_after: None,
+            deadline: None,
+        },
     )
     .map_err(anyhow::Error::msg)
     .with_context(|| match &args.config {

@@ -31,8 +31,12 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
-    /// Stop after this many optimizer steps in this invocation (testing resume).
+    /// Stop after this many optimizer steps in this invocation (a run in pieces; testing
+    /// resume). A checkpoint is written at the stop.
     pub stop_after: Option<usize>,
+    /// Stop at the first step that ends after this instant (a run in pieces that fit a time
+    /// slot), writing a checkpoint there.
+    pub deadline: Option<Instant>,
 }
 
 /// What a run reports at the end (also written to `summary.json`).
@@ -647,7 +651,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
 
     let (mut tokens_seen, mut compute_secs) = (0usize, 0.0f64);
-    let stop_at = opts.stop_after.map(|n| (state.step + n).min(total_steps)).unwrap_or(total_steps);
+    let mut stop_at = opts.stop_after.map(|n| (state.step + n).min(total_steps)).unwrap_or(total_steps);
     let mut report = Reporter::new(opts.progress, t.log_every, total_steps, state.step, stop_at, started);
     if state.step == 0 {
         let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size, t.packing)?;
@@ -751,6 +755,10 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                 }
             }
             report.validation(state.step, v, data.val.len(), best);
+        }
+        if opts.deadline.is_some_and(|d| Instant::now() >= d) && state.step < stop_at {
+            println!("stopping at step {} of {total_steps}: the time slot is over (resume to continue)", state.step);
+            stop_at = state.step;
         }
         if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || last || state.step == stop_at {
             state.dropout_rng = dropout_rng.state();
