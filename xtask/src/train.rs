@@ -54,7 +54,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let model_dir = crate::model::resolve_model(&cfg.model.path)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(&cfg.output.dir));
     let echo = if cfg.echo.enabled {
-        format!("echo on (p_route {}, lambda_kd {}, tau {})", cfg.echo.p_route, cfg.echo.lambda_kd, cfg.echo.tau)
+        let e = &cfg.echo;
+        format!(
+            "echo on (injection at the {}, p_route {}, lambda_kd {}, tau {})",
+            e.injection.name(),
+            e.p_route,
+            e.lambda_kd,
+            e.tau
+        )
     } else {
         "echo off".into()
     };

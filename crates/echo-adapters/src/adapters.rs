@@ -74,8 +74,36 @@ pub fn peft_key(layer: usize, proj: Proj, kind: Kind) -> String {
     format!("base_model.model.{}.{}", proj.module_path(layer), kind.suffix())
 }
 
-/// Per echo-target module, the gate and projection to inject (`[S, r]` each).
-pub type Injections = HashMap<(usize, Proj), (Var, Var)>;
+/// Where the echo path adds its gated term `g ⊙ p` in an adapted projection
+/// (docs/method.md sections 2 and 2a). `[echo] injection` in a run config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectionSite {
+    /// Into the low-rank bottleneck before `B`: `z = A drop(x) + g ⊙ p`, `g, p` of size `r`.
+    /// It reaches the output only through `B`, which starts at zero.
+    #[default]
+    Bottleneck,
+    /// After the whole adapter (DoRA's `m / n` scaling included): `y + g ⊙ p`, `g, p` of the
+    /// module's output size, so the echo has a gradient from the first step.
+    Output,
+}
+
+impl InjectionSite {
+    /// The config value (`bottleneck`, `output`).
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectionSite::Bottleneck => "bottleneck",
+            InjectionSite::Output => "output",
+        }
+    }
+}
+
+/// The echo path's injection for one forward: where it goes, and per echo-target module the
+/// gate and projection, `[S, r]` each at the bottleneck, `[S, out]` at the output.
+pub struct Injections {
+    pub site: InjectionSite,
+    pub modules: HashMap<(usize, Proj), (Var, Var)>,
+}
 
 /// All adapter sites of a model.
 pub struct Adapters {
@@ -223,10 +251,28 @@ impl Projector for AdapterProjector<'_> {
             (Some(rng), true) => Some(Dropout { p: cfg.dropout, rng }),
             _ => None,
         };
-        let inj = self.inject.and_then(|m| m.get(&(layer, proj))).map(|(g, p)| Inject { gate: g, proj: p });
-        match site.magnitude {
-            None => ops::lora_linear(x, w, &a, &b, cfg.scale(), dropout, inj),
-            Some(m) => ops::dora_linear(x, w, &a, &b, &tape.param(self.store, m), cfg.scale(), dropout, inj),
+        let inj = self.inject.and_then(|i| i.modules.get(&(layer, proj)).map(|(g, p)| (i.site, g, p)));
+        let bottleneck = match inj {
+            Some((InjectionSite::Bottleneck, g, p)) => Some(Inject { gate: g, proj: p }),
+            _ => None,
+        };
+        let y = match site.magnitude {
+            None => ops::lora_linear(x, w, &a, &b, cfg.scale(), dropout, bottleneck),
+            Some(m) => ops::dora_linear(x, w, &a, &b, &tape.param(self.store, m), cfg.scale(), dropout, bottleneck),
+        }?;
+        match inj {
+            Some((InjectionSite::Output, g, p)) => add_per_sample(&y, g, p),
+            _ => Ok(y),
         }
     }
+}
+
+/// The output site: `y + g ⊙ p` with `g, p` `[S, out]`, one row per sample, added to every
+/// token of that sample (`y`'s rows are the samples' tokens in order). The same node as the
+/// bottleneck injection (`gated_injection`, which has a device form), only on the module's
+/// output instead of inside the adapter, so both sites share one row-to-sample rule.
+fn add_per_sample(y: &Var, gate: &Var, proj: &Var) -> echo_autograd::Result<Var> {
+    let shape = y.shape().clone();
+    let flat = ops::reshape(y, [shape.rows(), shape.last()])?;
+    ops::reshape(&ops::gated_injection(&flat, gate, proj)?, shape)
 }

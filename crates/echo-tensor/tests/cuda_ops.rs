@@ -575,6 +575,32 @@ fn gated_injection_forward_backward() {
     close(&dpg, &dpc, 1e-5, "inject dproj");
 }
 
+/// The echo's output site adds the same per-sample term to a module's output: a width far
+/// above the adapter ranks (and `LR_MAX_RANK`), not a multiple of the 32-wide column blocks,
+/// and samples of more tokens than the backward's 8 row lanes.
+#[test]
+#[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
+fn gated_injection_at_a_module_output_width() {
+    let d = require_gpu();
+    let mut rng = Rng::new(15);
+    let (samples, tokens, width) = (3, 21, 331);
+    let z = Tensor::randn([samples * tokens, width], 1.0, &mut rng);
+    let dz = Tensor::randn([samples * tokens, width], 1.0, &mut rng);
+    let (g, p) = (Tensor::randn([samples, width], 1.0, &mut rng), Tensor::randn([samples, width], 1.0, &mut rng));
+    let (gg, pg) = (up(&g, d), up(&p, d));
+    let (inj, injg) = (Injection { gate: &g, proj: &p }, Injection { gate: &gg, proj: &pg });
+    close(
+        &nn::gated_inject_forward(&up(&z, d), &injg).unwrap(),
+        &nn::gated_inject_forward(&z, &inj).unwrap(),
+        1e-6,
+        "inject at the output",
+    );
+    let ((dgg, dpg), (dgc, dpc)) =
+        (nn::gated_inject_backward(&up(&dz, d), &injg).unwrap(), nn::gated_inject_backward(&dz, &inj).unwrap());
+    close(&dgg, &dgc, 1e-5, "inject at the output, dgate");
+    close(&dpg, &dpc, 1e-5, "inject at the output, dproj");
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU; device-bundle/run.sh runs it with --include-ignored"]
 fn dora_norm_forward_backward() {

@@ -2,7 +2,7 @@
 //! are range-checked with the key's full name in the message. `docs/method.md`'s ablation
 //! switches are all keys of `[echo]`.
 
-use crate::echo::{Aggregation, EchoConfig};
+use crate::echo::{Aggregation, EchoConfig, InjectionSite};
 use crate::optim::Schedule;
 use echo_adapters::{AdapterConfig, Method};
 use echo_model::Proj;
@@ -144,6 +144,9 @@ pub struct EchoSection {
     pub gate: bool,
     pub init_std: f32,
     pub rms_norm_eps: Option<f32>,
+    /// `bottleneck` (default; method.md section 2) or `output` (section 2a). A checkpoint
+    /// written before the key existed reads as `bottleneck`, which is what it trained with.
+    pub injection: InjectionSite,
 }
 
 impl Default for EchoSection {
@@ -163,6 +166,7 @@ impl Default for EchoSection {
             gate: d.gate,
             init_std: d.init_std,
             rms_norm_eps: None,
+            injection: d.injection,
         }
     }
 }
@@ -499,6 +503,7 @@ impl RunConfig {
             gate: e.gate,
             init_std: e.init_std,
             rms_norm_eps: e.rms_norm_eps,
+            injection: e.injection,
         }))
     }
 }
@@ -529,5 +534,29 @@ mod tests {
         alias.resolve_paths(&dir);
         assert_eq!(alias.model.path, "smollm2");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_injection_site_is_a_typed_key_that_resume_compares() {
+        let base = RunConfig::parse("[model]\npath = \"m\"\n").unwrap();
+        assert_eq!(base.echo.injection, InjectionSite::Bottleneck);
+        let out = RunConfig::parse("[model]\npath = \"m\"\n[echo]\ninjection = \"output\"\n").unwrap();
+        assert_eq!(out.echo_config(4).unwrap().unwrap().injection, InjectionSite::Output);
+        let e = RunConfig::parse("[model]\npath = \"m\"\n[echo]\ninjection = \"residual\"\n").unwrap_err();
+        assert!(e.contains("bottleneck") && e.contains("output"), "{e}");
+        // A checkpoint's config written before the key existed has no `injection` line: it
+        // trained at the bottleneck, so it resumes under the default and not under `output`.
+        let stored = toml::to_string(&base).unwrap();
+        let old: String = stored.lines().filter(|l| !l.starts_with("injection")).map(|l| format!("{l}\n")).collect();
+        assert_ne!(old, stored, "the serialised config names the site");
+        let old: RunConfig = toml::from_str(&old).unwrap();
+        assert!(crate::checkpoint::config_changes(&old, &base).is_empty());
+        let changes: Vec<String> =
+            crate::checkpoint::config_changes(&old, &out).iter().map(|c| c.to_string()).collect();
+        assert_eq!(changes, ["echo.injection: \"bottleneck\" -> \"output\""]);
+        // The name the CLI prints is the config's spelling.
+        for site in [InjectionSite::Bottleneck, InjectionSite::Output] {
+            assert_eq!(serde_json::to_string(&site).unwrap(), format!("\"{}\"", site.name()));
+        }
     }
 }

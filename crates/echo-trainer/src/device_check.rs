@@ -1,7 +1,8 @@
 //! The whole training step on a device against the same step on the CPU (the GPU check of
 //! issue 7): tiny-llama-a with its PEFT LoRA and DoRA adapters, with and without an echo
-//! path, on the fixture's batch and on a longer padded one; one `forward_backward` on each
-//! side from the same parameters, then clipping and one AdamW step, then a second forward.
+//! path (at either injection site), on the fixture's batch and on a longer padded one; one
+//! `forward_backward` on each side from the same parameters, then clipping and one AdamW
+//! step, then a second forward.
 //! Compared: the loss, every parameter gradient, the gradient norm, the AdamW update and the
 //! loss after the update. The device side runs twice and must give the same bits (every op
 //! is deterministic by design), so a race that lands near the right numbers still fails.
@@ -20,7 +21,7 @@
 //! gradients move by 10-20% of their largest element (and the layer mix's, at the echo
 //! fixture's own small init, by 50%).
 
-use crate::echo::{EchoConfig, EchoPath};
+use crate::echo::{EchoConfig, EchoPath, InjectionSite};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, Adapters};
@@ -147,16 +148,25 @@ impl fmt::Display for StepCheck {
 struct Case {
     name: &'static str,
     adapter: &'static str,
-    echo: bool,
+    /// The echo path's injection site; `None`: no echo path.
+    echo: Option<InjectionSite>,
     dropout: f32,
 }
 
-const CASES: [Case; 4] = [
-    Case { name: "lora", adapter: "peft-lora", echo: false, dropout: 0.0 },
-    Case { name: "dora", adapter: "peft-dora", echo: false, dropout: 0.0 },
+const CASES: [Case; 6] = [
+    Case { name: "lora", adapter: "peft-lora", echo: None, dropout: 0.0 },
+    Case { name: "dora", adapter: "peft-dora", echo: None, dropout: 0.0 },
     // Dropout masks are drawn on the host from the same seed on both sides.
-    Case { name: "echo-lora, dropout 0.1", adapter: "peft-lora", echo: true, dropout: 0.1 },
-    Case { name: "echo-dora", adapter: "peft-dora", echo: true, dropout: 0.0 },
+    Case { name: "echo-lora, dropout 0.1", adapter: "peft-lora", echo: Some(InjectionSite::Bottleneck), dropout: 0.1 },
+    Case { name: "echo-dora", adapter: "peft-dora", echo: Some(InjectionSite::Bottleneck), dropout: 0.0 },
+    // The output site: the echo term added after the adapter (after DoRA's scaling).
+    Case {
+        name: "echo-lora at the output, dropout 0.1",
+        adapter: "peft-lora",
+        echo: Some(InjectionSite::Output),
+        dropout: 0.1,
+    },
+    Case { name: "echo-dora at the output", adapter: "peft-dora", echo: Some(InjectionSite::Output), dropout: 0.0 },
 ];
 
 /// The echo path of the checks: the fixture's settings (layers 2, 3 into 0, 1, every module,
@@ -164,8 +174,9 @@ const CASES: [Case; 4] = [
 /// injection changes the echo route's logits clearly and every echo gradient is well above
 /// the bf16 noise (the fixture's own small init leaves the layer mix's gradient at 1e-5,
 /// formed by cancellation and 25% noisy in bf16).
-fn echo_config() -> EchoConfig {
+fn echo_config(injection: InjectionSite) -> EchoConfig {
     EchoConfig {
+        injection,
         source_layers: vec![2, 3],
         target_layers: vec![0, 1],
         target_modules: Proj::ALL.to_vec(),
@@ -424,10 +435,10 @@ fn check_case(
     let mut adapters = load_peft(&fixture.join(case.adapter), cpu_model, &mut store).map_err(|e| e.to_string())?;
     adapters.config.dropout = case.dropout;
     let echo = match case.echo {
-        true => {
+        Some(site) => {
             let c = &cpu_model.config;
             Some(EchoPath::init(
-                echo_config(),
+                echo_config(site),
                 &adapters,
                 c.num_hidden_layers,
                 c.hidden_size,
@@ -436,7 +447,7 @@ fn check_case(
                 &mut Rng::new(5),
             )?)
         }
-        false => None,
+        None => None,
     };
     let mut ids: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
     ids.extend(echo.as_ref().map(|e| e.param_ids()).unwrap_or_default());

@@ -1,9 +1,11 @@
 //! The echo path (docs/method.md sections 2 and 2b): deep boundary hidden states, pooled over
 //! prompt tokens only, mixed by learnable layer weights, RMS-normalised, sent through a shared
 //! SiLU trunk into a per-module projection `p` and gate `g`, which the adapters of the target
-//! modules add into their low-rank bottleneck. Training only: nothing here is exported.
+//! modules add into their low-rank bottleneck or onto their output (`injection`, section 2a).
+//! Training only: nothing here is exported.
 
-use echo_adapters::Adapters;
+pub use echo_adapters::InjectionSite;
+use echo_adapters::{Adapters, Injections};
 use echo_autograd::{ops, ParamId, ParamStore, Tape, Var};
 use echo_model::Proj;
 use echo_tensor::{Device, Rng, Tensor, IGNORE_INDEX};
@@ -40,6 +42,8 @@ pub struct EchoConfig {
     pub init_std: f32,
     /// The echo RMSNorm's eps; `None` uses the model's `rms_norm_eps`.
     pub rms_norm_eps: Option<f32>,
+    /// Where `g ⊙ p` goes: the bottleneck (`[r]`) or the module's output (`[out]`).
+    pub injection: InjectionSite,
 }
 
 impl Default for EchoConfig {
@@ -57,6 +61,7 @@ impl Default for EchoConfig {
             gate: true,
             init_std: 0.02,
             rms_norm_eps: None,
+            injection: InjectionSite::Bottleneck,
         }
     }
 }
@@ -77,9 +82,10 @@ pub fn resolve_layers(what: &str, layers: &[i64], n: usize) -> Result<Vec<usize>
 }
 
 /// The echo bottleneck's largest width: the trunk is `[d_echo, hidden]` and every target module
-/// holds two `[r, d_echo]` matrices, so `d_echo` sizes allocations. 65536 is the widest model
-/// width `echo_model::bounds` accepts; the echo is a compression of the hidden state (the paper
-/// uses 64..256), so anything wider is a typo, and 1e9 would be an allocation abort.
+/// holds two `[r, d_echo]` (output site: `[out, d_echo]`) matrices, so `d_echo` sizes
+/// allocations. 65536 is the widest model width `echo_model::bounds` accepts; the echo is a
+/// compression of the hidden state (the paper uses 64..256), so anything wider is a typo, and
+/// 1e9 would be an allocation abort.
 pub const MAX_D_ECHO: usize = echo_model::bounds::MAX_HIDDEN;
 
 /// The echo path's layer layout, resolved (`sources`, `targets`) from what the config wrote
@@ -214,21 +220,25 @@ impl EchoPath {
         let mut modules = Vec::new();
         for &layer in &targets {
             for &proj in &config.target_modules {
-                if adapters.site(layer, proj).is_none() {
+                let Some(site) = adapters.site(layer, proj) else {
                     return Err(format!(
                         "echo target `{}` has no adapter (add `{}` to the adapter's target modules or layers)",
                         proj.module_path(layer),
                         proj.short_name()
                     ));
-                }
-                let r = adapters.config.r;
+                };
+                let width = match config.injection {
+                    InjectionSite::Bottleneck => adapters.config.r,
+                    // The module's output features: the rows of its `B` (`[out, r]`).
+                    InjectionSite::Output => store.value(site.b).dims()[0],
+                };
                 let [pw, gw, gb] = echo_param_names(layer, proj);
                 modules.push(EchoModule {
                     layer,
                     proj,
-                    proj_w: add(store, &pw, &[r, config.d_echo])?,
-                    gate_w: add(store, &gw, &[r, config.d_echo])?,
-                    gate_b: add(store, &gb, &[r])?,
+                    proj_w: add(store, &pw, &[width, config.d_echo])?,
+                    gate_w: add(store, &gw, &[width, config.d_echo])?,
+                    gate_b: add(store, &gb, &[width])?,
                 });
             }
         }
@@ -311,14 +321,15 @@ impl EchoPath {
         Ok(EchoValues { pooled, layer_weights: ops::reshape(&layer_weights, [self.sources.len()])?, echo, trunk_u })
     }
 
-    /// Per target module, `(g, p)` for the samples in `rows` of the trunk output.
+    /// Per target module, `(g, p)` for the samples in `rows` of the trunk output, with the
+    /// configured site.
     pub fn injections(
         &self,
         tape: &Tape,
         store: &ParamStore,
         trunk_u: &Var,
         rows: &[usize],
-    ) -> echo_autograd::Result<HashMap<(usize, Proj), (Var, Var)>> {
+    ) -> echo_autograd::Result<Injections> {
         let u = if rows.len() == trunk_u.dims()[0] { trunk_u.clone() } else { ops::index_select(trunk_u, rows)? };
         let mut out = HashMap::new();
         for m in &self.modules {
@@ -331,6 +342,6 @@ impl EchoPath {
             };
             out.insert((m.layer, m.proj), (g, p));
         }
-        Ok(out)
+        Ok(Injections { site: self.config.injection, modules: out })
     }
 }

@@ -18,6 +18,6 @@ pub mod step_bench;
 pub mod train;
 
 pub use config::RunConfig;
-pub use echo::{Aggregation, EchoConfig, EchoPath};
+pub use echo::{Aggregation, EchoConfig, EchoPath, InjectionSite};
 pub use step::{forward_backward, StepContext, StepInput, StepStats, Trace};
 pub use train::{train, RunOptions, RunSummary};

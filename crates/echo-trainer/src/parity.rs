@@ -1,8 +1,9 @@
-//! The echo parity format of `fixtures/tiny-llama-a/echo/`: `echo-config.json`
-//! (keys map one-to-one to the `[echo]` section of a run config) and `echo-init.safetensors`
-//! (echo parameters under the spec's names).
+//! The echo parity format of `fixtures/tiny-llama-a/echo/` and `echo-output/`:
+//! `echo-config.json` (keys map one-to-one to the `[echo]` section of a run config; an absent
+//! `injection` is the bottleneck site) and `echo-init.safetensors` (echo parameters under the
+//! spec's names).
 
-use crate::echo::{Aggregation, EchoConfig, EchoPath};
+use crate::echo::{Aggregation, EchoConfig, EchoPath, InjectionSite};
 use echo_adapters::Adapters;
 use echo_autograd::ParamStore;
 use echo_model::weights::WeightFiles;
@@ -29,6 +30,8 @@ struct EchoJson {
     gate: Option<bool>,
     #[serde(default)]
     p_route: Option<f32>,
+    #[serde(default)]
+    injection: InjectionSite,
 }
 
 /// Reads `dir/echo-config.json` and `dir/echo-init.safetensors`, registering the echo
@@ -63,6 +66,7 @@ pub fn load_echo_dir(
         gate: j.gate.unwrap_or(true),
         init_std: 0.02,
         rms_norm_eps: j.rms_norm_eps,
+        injection: j.injection,
     };
     let route = j.route.map(|r| r.iter().map(|&x| x != 0).collect());
     let init_path = dir.join("echo-init.safetensors");

@@ -16,7 +16,7 @@ fn fixture() -> PathBuf {
 #[test]
 fn the_check_against_itself_on_the_cpu_is_exact() {
     let checks = step_checks(&fixture(), Device::Cpu).unwrap();
-    assert_eq!(checks.len(), 8, "four cases x two batches");
+    assert_eq!(checks.len(), 12, "six cases x two batches");
     for c in &checks {
         assert!(c.ok(), "{c}");
         assert_eq!(c.loss.0.to_bits(), c.loss.1.to_bits(), "{c}");
@@ -30,6 +30,9 @@ fn the_check_against_itself_on_the_cpu_is_exact() {
     let echo_dora = checks.iter().find(|c| c.case.starts_with("echo-dora")).unwrap();
     assert!(echo_dora.grads.iter().any(|g| g.name.ends_with("lora_magnitude_vector")));
     assert!(echo_dora.grads.iter().any(|g| g.name == "echo.layer_logits"));
+    // The output site's cases ran, and their echo parameters have gradients.
+    let output = checks.iter().find(|c| c.case.starts_with("echo-dora at the output")).unwrap();
+    assert!(output.grads.iter().any(|g| g.name == "echo.gate.model.layers.0.mlp.gate_proj.bias"));
 }
 
 #[test]

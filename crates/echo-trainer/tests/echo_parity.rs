@@ -1,11 +1,13 @@
 //! One Echo-LoRA and one Echo-DoRA step on tiny-llama-a against the independent PyTorch
-//! reference in `fixtures/tiny-llama-a/echo/`, at the tolerances its README suggests.
+//! references in `fixtures/tiny-llama-a/echo/` (injection into the bottleneck) and
+//! `echo-output/` (injection after the adapter), at the tolerances their READMEs suggest.
 
 use echo_adapters::load_peft;
 use echo_autograd::ParamStore;
 use echo_model::weights::WeightFiles;
 use echo_model::Llama;
 use echo_tensor::Tensor;
+use echo_trainer::echo::InjectionSite;
 use echo_trainer::parity::load_echo_dir;
 use echo_trainer::{forward_backward, StepContext, StepInput};
 use std::path::PathBuf;
@@ -27,13 +29,18 @@ fn max_diff_masked(got: &Tensor, want: &Tensor, mask: &[i64]) -> f32 {
     worst
 }
 
-fn check(adapter: &str, reference_file: &str) {
+/// One step of `adapter` with the echo path of the fixture folder `echo_dir`, whose
+/// `echo-config.json` must name `site`, against its `reference_file`.
+fn check(echo_dir: &str, site: InjectionSite, adapter: &str, reference_file: &str) {
     let dir = fixture();
     let model = Llama::load(&dir).unwrap();
     let mut store = ParamStore::new();
     let adapters = load_peft(&dir.join(adapter), &model, &mut store).unwrap();
-    let (echo, route) = load_echo_dir(&dir.join("echo"), &model, &adapters, &mut store).unwrap();
-    let reference = WeightFiles::open_files(&[dir.join("echo").join(reference_file)]).unwrap();
+    let (echo, route) = load_echo_dir(&dir.join(echo_dir), &model, &adapters, &mut store).unwrap();
+    assert_eq!(echo.config.injection, site, "{echo_dir}/echo-config.json");
+    let adapter = format!("{echo_dir}, {adapter}");
+    let adapter = adapter.as_str();
+    let reference = WeightFiles::open_files(&[dir.join(echo_dir).join(reference_file)]).unwrap();
     let (ids, shape) = reference.i64_tensor("input_ids").unwrap();
     let (mask, _) = reference.i64_tensor("attention_mask").unwrap();
     let (labels, _) = reference.i64_tensor("labels").unwrap();
@@ -121,10 +128,20 @@ fn check(adapter: &str, reference_file: &str) {
 
 #[test]
 fn echo_lora_step_matches_reference() {
-    check("peft-lora", "reference-echo-lora.safetensors");
+    check("echo", InjectionSite::Bottleneck, "peft-lora", "reference-echo-lora.safetensors");
 }
 
 #[test]
 fn echo_dora_step_matches_reference() {
-    check("peft-dora", "reference-echo-dora.safetensors");
+    check("echo", InjectionSite::Bottleneck, "peft-dora", "reference-echo-dora.safetensors");
+}
+
+#[test]
+fn echo_lora_step_at_the_output_matches_reference() {
+    check("echo-output", InjectionSite::Output, "peft-lora", "reference-echo-lora.safetensors");
+}
+
+#[test]
+fn echo_dora_step_at_the_output_matches_reference() {
+    check("echo-output", InjectionSite::Output, "peft-dora", "reference-echo-dora.safetensors");
 }

@@ -1,11 +1,11 @@
 //! The "properties a test can check" of docs/method.md, on tiny-llama-a.
 
-use echo_adapters::{load_peft, Adapters};
+use echo_adapters::{load_peft, AdapterConfig, Adapters, Method};
 use echo_autograd::ParamStore;
 use echo_model::weights::WeightFiles;
 use echo_model::Llama;
 use echo_tensor::{Rng, Tensor};
-use echo_trainer::{forward_backward, EchoConfig, EchoPath, StepContext, StepInput};
+use echo_trainer::{forward_backward, EchoConfig, EchoPath, InjectionSite, StepContext, StepInput};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
@@ -81,7 +81,14 @@ fn echo_off_or_unrouted_without_kd_is_exactly_a_plain_step() {
 
 #[test]
 fn zero_projections_make_the_echo_route_equal_the_plain_route() {
+    for site in [InjectionSite::Bottleneck, InjectionSite::Output] {
+        zero_projections_at(site);
+    }
+}
+
+fn zero_projections_at(injection: InjectionSite) {
     let s = setup();
+    let cfg = || EchoConfig { injection, ..cfg() };
     let mut store = ParamStore::new();
     let (adapters, echo) = adapters_and_echo(&s, &mut store, cfg());
     for m in &echo.modules {
@@ -104,7 +111,7 @@ fn zero_projections_make_the_echo_route_equal_the_plain_route() {
     let (p, e) = (t.logits_plain.as_f32(), t.logits_echo.unwrap());
     assert!(
         p.iter().zip(e.as_f32()).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "logits_echo != logits_plain with U_m = 0"
+        "{injection:?}: logits_echo != logits_plain with U_m = 0"
     );
     // Sanity: with non-zero projections the routes differ (the property is not vacuous).
     let mut store2 = ParamStore::new();
@@ -112,7 +119,58 @@ fn zero_projections_make_the_echo_route_equal_the_plain_route() {
     let ctx2 = StepContext { model: &s.model, adapters: &adapters2, echo: Some(&echo2) };
     let (_, t2) = forward_backward(&ctx2, &input, &mut store2, None, 1.0, true).unwrap();
     let t2 = t2.unwrap();
-    assert!(t2.logits_plain.max_abs_diff(t2.logits_echo.as_ref().unwrap()).unwrap() > 1e-4);
+    assert!(t2.logits_plain.max_abs_diff(t2.logits_echo.as_ref().unwrap()).unwrap() > 1e-4, "{injection:?}");
+}
+
+/// Section 2a's reason for the output site: with a fresh adapter (`B = 0`) the bottleneck
+/// injection reaches the loss only through `B`, so the echo parameters get exactly zero
+/// gradient, while at the output every one of them gets a gradient in the first step.
+#[test]
+fn only_the_output_site_trains_the_echo_while_b_is_zero() {
+    let s = setup();
+    let input = StepInput {
+        input_ids: &s.ids,
+        attention_mask: &s.mask,
+        labels: &s.labels,
+        batch: 2,
+        seq: 12,
+        route: &[true, false],
+        prompt_mask: None,
+    };
+    for site in [InjectionSite::Bottleneck, InjectionSite::Output] {
+        let mut store = ParamStore::new();
+        let c = &s.model.config;
+        let acfg = AdapterConfig {
+            method: Method::Lora,
+            r: 4,
+            alpha: 8.0,
+            use_rslora: false,
+            dropout: 0.0,
+            targets: EchoConfig::default().target_modules,
+            layers: None,
+        };
+        let adapters = Adapters::init(acfg, &s.model, &mut store, &mut Rng::new(3)).unwrap();
+        let echo = EchoPath::init(
+            EchoConfig { injection: site, ..cfg() },
+            &adapters,
+            4,
+            c.hidden_size,
+            c.rms_norm_eps,
+            &mut store,
+            &mut Rng::new(5),
+        )
+        .unwrap();
+        let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
+        forward_backward(&ctx, &input, &mut store, None, 1.0, false).unwrap();
+        for id in echo.param_ids() {
+            let name = &store.get(id).name;
+            let largest = store.grad(id).map_or(0.0, |g| g.as_f32().iter().fold(0f32, |m, x| m.max(x.abs())));
+            match site {
+                InjectionSite::Bottleneck => assert_eq!(largest, 0.0, "bottleneck site, B = 0: {name} moved"),
+                InjectionSite::Output => assert!(largest > 1e-6, "output site, B = 0: {name} has no gradient"),
+            }
+        }
+    }
 }
 
 #[test]

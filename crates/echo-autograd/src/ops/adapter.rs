@@ -115,7 +115,8 @@ pub fn dora_linear(
     })
 }
 
-/// `z + g ⊙ p`, broadcast over each sample's rows of `z` `[N, r]`.
+/// `z + g ⊙ p`, broadcast over each sample's rows of `z` `[N, k]` (`g, p` `[S, k]`). Any
+/// width `k`: the echo's bottleneck (`r`) or a module's output (`out`, the output site).
 pub fn gated_injection(z: &Var, gate: &Var, proj: &Var) -> Result<Var> {
     let y = nn::gated_inject_forward(z.value(), &Injection { gate: gate.value(), proj: proj.value() })?;
     let inj = Some((gate.value().clone(), proj.value().clone()));

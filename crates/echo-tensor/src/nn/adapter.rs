@@ -225,7 +225,9 @@ fn lora_backward_bf16(
     })
 }
 
-/// `z + g ⊙ p` broadcast over each sample's rows; `z` is `[N, r]`.
+/// `z + g ⊙ p` broadcast over each sample's rows; `z` is `[N, r]` (or `[N, out]`: the echo's
+/// output site adds the same per-sample term to a module's output; nothing here depends on
+/// the width).
 pub fn gated_inject_forward(z: &Tensor, inj: &Injection<'_>) -> Result<Tensor> {
     let op = "gated_injection";
     if z.rank() != 2 {
