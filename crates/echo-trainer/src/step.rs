@@ -205,7 +205,7 @@ pub fn forward_backward(
                 // One injection row per token of the sub-batch (its sample's), since packed
                 // samples have different lengths.
                 let rows = sub.samples.token_rows();
-                for (g, p) in inject.values_mut() {
+                for (g, p) in inject.modules.values_mut() {
                     *g = ops::index_select(g, &rows).map_err(|e| fail(&e))?;
                     *p = ops::index_select(p, &rows).map_err(|e| fail(&e))?;
                 }

@@ -129,6 +129,7 @@ fn zero_projections_at(injection: InjectionSite) {
 fn only_the_output_site_trains_the_echo_while_b_is_zero() {
     let s = setup();
     let input = StepInput {
+        packed: None,
         input_ids: &s.ids,
         attention_mask: &s.mask,
         labels: &s.labels,

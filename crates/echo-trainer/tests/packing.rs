@@ -1,13 +1,14 @@
 //! Packing is exact: a micro-batch packed into one row (examples one after the other,
 //! attention inside each, positions restarting) gives the same loss terms and the same
 //! gradient of every trainable parameter as the same examples padded, to f32 rounding, for
-//! LoRA, DoRA, Echo-LoRA and Echo-DoRA (dropout off; routing fixed per example).
+//! LoRA, DoRA, Echo-LoRA and Echo-DoRA at both injection sites (dropout off; routing fixed
+//! per example).
 
 use echo_adapters::{load_peft, Adapters};
 use echo_autograd::ParamStore;
 use echo_model::Llama;
 use echo_tensor::{Rng, IGNORE_INDEX};
-use echo_trainer::{forward_backward, EchoConfig, EchoPath, StepContext, StepInput, StepStats};
+use echo_trainer::{forward_backward, EchoConfig, EchoPath, InjectionSite, StepContext, StepInput, StepStats};
 
 /// One example: token ids and how many of them are prompt (unlabelled).
 struct Ex {
@@ -78,13 +79,19 @@ fn packed(exs: &[Ex]) -> Arrays {
 }
 
 /// Runs one step; returns its stats and every parameter's gradient by name.
-fn step(model: &Llama, dora: bool, echo: bool, a: &Arrays, route: &[bool]) -> (StepStats, Vec<(String, Vec<f32>)>) {
+fn step(
+    model: &Llama,
+    dora: bool,
+    echo: Option<InjectionSite>,
+    a: &Arrays,
+    route: &[bool],
+) -> (StepStats, Vec<(String, Vec<f32>)>) {
     let dir = echo_testdata::tiny_llama_a();
     let mut store = ParamStore::new();
     let adapters: Adapters =
         load_peft(&dir.join(if dora { "peft-dora" } else { "peft-lora" }), model, &mut store).unwrap();
     let c = &model.config;
-    let path = echo.then(|| {
+    let path = echo.map(|injection| {
         let cfg = EchoConfig {
             source_layers: vec![2, 3],
             target_layers: vec![0, 1],
@@ -92,6 +99,7 @@ fn step(model: &Llama, dora: bool, echo: bool, a: &Arrays, route: &[bool]) -> (S
             init_std: 0.5,
             lambda_kd: 0.7,
             tau: 2.0,
+            injection,
             ..Default::default()
         };
         let mut rng = Rng::new(5);
@@ -159,12 +167,18 @@ fn packed_steps_equal_padded_steps() {
     let exs = examples(model.config.vocab_size);
     let (pad, pack) = (padded(&exs), packed(&exs));
     let route = [true, false, true, true, false];
-    for (what, dora, echo) in
-        [("LoRA", false, false), ("DoRA", true, false), ("Echo-LoRA", false, true), ("Echo-DoRA", true, true)]
-    {
+    let (bottleneck, output) = (Some(InjectionSite::Bottleneck), Some(InjectionSite::Output));
+    for (what, dora, echo) in [
+        ("LoRA", false, None),
+        ("DoRA", true, None),
+        ("Echo-LoRA", false, bottleneck),
+        ("Echo-DoRA", true, bottleneck),
+        ("Echo-LoRA (output site)", false, output),
+        ("Echo-DoRA (output site)", true, output),
+    ] {
         let a = step(&model, dora, echo, &pad, &route);
         let b = step(&model, dora, echo, &pack, &route);
-        if echo {
+        if echo.is_some() {
             assert!(a.0.routed_samples == 3 && a.0.ce_echo > 0.0, "{what}: the echo route is exercised");
             assert!(a.1.iter().any(|(n, g)| n.starts_with("echo.proj") && g.iter().any(|&x| x != 0.0)));
         }
