@@ -1,6 +1,6 @@
 // Causal self-attention with grouped-query heads and a key padding mask, flash-style: no
 // T x T matrix ever reaches global memory. CPU twin: crates/echo-kernels/src/cpu/attention.rs.
-// Launch wrappers: cuda/ops.rs (the ATT_* constants are mirrored there).
+// Launch wrappers: cuda/ops.rs; tile sizes: cuda/tiles.rs.
 //
 // Layouts (as the twin): q, out, dout, dq are [B, T, Hq, D]; k, v, dk, dv are [B, T, Hkv, D];
 // key_valid is [B, T] bytes (0/1) and key_start [B, T] ints; lse and delta are [B, Hq, T].
@@ -15,16 +15,14 @@
 // of the tile (its score), and the warp's 32 lanes own the head dims (d = lane + 32 c) of
 // the accumulators; probabilities move from the key lanes to the dim lanes by shuffles.
 
-#define ATT_DMAX 128
+// Tile sizes come from the compiler options (echo_kernels::cuda::tiles, -D flags).
+#ifndef ATT_BK
+#error "compile with the -D options of echo_kernels::cuda::tiles::defines()"
+#endif
 #define ATT_DC (ATT_DMAX / 32)
-#define ATT_BK 32
-#define ATT_WARPS 4
 #define ATT_THREADS (ATT_WARPS * 32)
-#define ATT_FWD_QPW 4                         // queries per warp, forward
-#define ATT_FWD_BQ (ATT_WARPS * ATT_FWD_QPW)  // queries per block, forward
-#define ATT_DQ_QPW 2
+#define ATT_FWD_BQ (ATT_WARPS * ATT_FWD_QPW)  // queries per block, forward (ATT_FWD_QPW per warp)
 #define ATT_DQ_BQ (ATT_WARPS * ATT_DQ_QPW)
-#define ATT_DKV_KPW 2                          // keys per warp, dK/dV
 #define ATT_DKV_BK (ATT_WARPS * ATT_DKV_KPW)  // keys per block, dK/dV
 #define ATT_FULL 0xffffffffu
 // No <math.h> under NVRTC: spell the infinities out.

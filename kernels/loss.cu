@@ -7,7 +7,10 @@
 // one pass for the log-sum-exp and no scratch memory. Callers pass only the labelled rows (the
 // LM head never runs on the others), rows with target -100 give 0 and a zero gradient.
 
-#define LOSS_THREADS 256
+// Tile sizes come from the compiler options (echo_kernels::cuda::tiles, -D flags).
+#ifndef LOSS_THREADS
+#error "compile with the -D options of echo_kernels::cuda::tiles::defines()"
+#endif
 #define IGNORE_INDEX (-100LL)
 #define LOSS_NEG_INF __uint_as_float(0xff800000u)
 #define LOSS_NAN __uint_as_float(0x7fc00000u)

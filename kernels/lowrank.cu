@@ -2,8 +2,8 @@
 //
 // CPU twins: crates/echo-kernels/src/cpu/lowrank.rs (lora_forward / lora_backward,
 // gated_inject_forward / gated_inject_backward, dora_scale_forward / dora_scale_backward).
-// Launch wrappers: crates/echo-kernels/src/cuda/ops.rs. The tile constants below are
-// mirrored there (LR_*); change both together.
+// Launch wrappers: crates/echo-kernels/src/cuda/ops.rs. Tile constants (LR_*, SHRINK_*,
+// EXPAND_*, WG_*): crates/echo-kernels/src/cuda/tiles.rs, given to the compiler as -D options.
 //
 // Shapes as in the twin: x [N, in], A [r, in], B [out, r], bottleneck z [N, r], the N rows
 // grouped by sample (rows_per_sample each). Everything here is fp32 (adapters are fp32);
@@ -11,16 +11,10 @@
 //
 // No headers: NVRTC compiles this file as is, with the options in cuda/source.rs.
 
-#define LR_THREADS 256
-#define SHRINK_ROWS 16
-#define SHRINK_KT 32
-#define LR_MAX_RANK 128
-// Outputs per thread in lowrank_shrink: SHRINK_ROWS * LR_MAX_RANK / LR_THREADS.
-#define SHRINK_PER_THREAD 8
-#define EXPAND_ROWS 8
-#define EXPAND_COLS 256
-#define WG_TILE 64
-#define WG_KT 16
+// Tile sizes come from the compiler options (echo_kernels::cuda::tiles, -D flags).
+#ifndef LR_THREADS
+#error "compile with the -D options of echo_kernels::cuda::tiles::defines()"
+#endif
 
 // c[M, n] = alpha * sum_k x[m, k] * mat(k, j), mat(k, j) = mat[k * mat_ks + j * mat_js],
 // then, when gate != nullptr, c[m, j] += gate[b, j] * proj[b, j] with b = m / rows_per_sample

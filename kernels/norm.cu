@@ -2,7 +2,10 @@
 // CPU twin: crates/echo-kernels/src/cpu/norm.rs. Launch wrappers: cuda/ops.rs.
 // w == nullptr: the parameter-free RMSNorm of the echo path.
 
-#define NORM_THREADS 256
+// Tile sizes come from the compiler options (echo_kernels::cuda::tiles, -D flags).
+#ifndef NORM_THREADS
+#error "compile with the -D options of echo_kernels::cuda::tiles::defines()"
+#endif
 
 __device__ __forceinline__ float norm_warp_sum(float v) {
 #pragma unroll

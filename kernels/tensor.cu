@@ -9,10 +9,12 @@
 // launches use one to three of the six. Sums accumulate in double, reductions combine in a
 // fixed order without atomics: results are the same run to run.
 
-#define TS_THREADS 256     // every kernel here; one block per row for the row kernels
-#define TS_MAX_DIMS 6
-#define TS_COL_TILE 32     // tensor_reduce_cols: adjacent columns per block (one warp wide)
-#define TS_COL_GROUPS 8    // tensor_reduce_cols: row groups per block (TS_COL_TILE * TS_COL_GROUPS = TS_THREADS)
+// Tile sizes come from the compiler options (echo_kernels::cuda::tiles, -D flags).
+#ifndef TS_THREADS
+#error "compile with the -D options of echo_kernels::cuda::tiles::defines()"
+#endif
+// TS_THREADS: every kernel here (one block per row for the row kernels); TS_COL_TILE adjacent
+// columns (one warp wide) and TS_COL_GROUPS row groups per block of tensor_reduce_cols.
 #define TS_NEG_INF __uint_as_float(0xff800000u)
 #define TS_NAN __uint_as_float(0x7fc00000u)
 

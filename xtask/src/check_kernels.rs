@@ -4,7 +4,8 @@
 //!    caches it) with NVIDIA's PyPI packages pinned to one CUDA 13.0 release: nvcc, NVRTC, the
 //!    crt and runtime headers, NVVM, and CCCL (headers nvcc's host pass wants).
 //! 2. nvcc compiles each file to a cubin per architecture with exactly the options NVRTC gets
-//!    at run time (`echo_kernels::cuda::source::NVRTC_OPTIONS`), so register or shared-memory
+//!    at run time (`echo_kernels::cuda::source::compile_options`: the flags and the tile sizes as
+//!    `-D` definitions), so register or shared-memory
 //!    overflows surface here as they would on the GPU.
 //! 3. NVRTC itself (the venv's libnvrtc, loaded the way the runtime loads it) compiles the
 //!    sources embedded in this binary, and the parameter lists in the PTX are checked against
@@ -86,7 +87,7 @@ pub fn run(args: CheckKernelsArgs) -> Result<()> {
         let out = out_dir.join(format!("{name}.{arch}.cubin"));
         let result = Command::new(&nvcc)
             .arg("-cubin")
-            .args(source::NVRTC_OPTIONS)
+            .args(source::compile_options())
             .arg(source::arch_option(arch))
             .arg("-o")
             .arg(&out)

@@ -11,7 +11,8 @@
 //! | module | job |
 //! | --- | --- |
 //! | [`libs`] | finding libcuda / NVRTC / cuBLAS (incl. pip-installed NVIDIA wheels) |
-//! | [`source`] | the embedded `.cu` sources, [`source::NVRTC_OPTIONS`], NVRTC compilation and the cubin cache |
+//! | [`source`] | the embedded `.cu` sources, [`source::compile_options`], NVRTC compilation and the cubin cache |
+//! | [`tiles`] | the kernels' tile sizes, defined once: `-D` options for the compilers, constants for the launch wrappers |
 //! | [`runtime`] | [`runtime::Gpu`]: context, stream, cuBLAS handle, loaded modules, launching |
 //! | [`alloc`] | the caching allocator and [`alloc::GpuBuf`] |
 //! | [`blas`] | row-major GEMM through cuBLAS (bf16 in, fp32 accumulate and out; fp32) |
@@ -31,6 +32,7 @@ pub mod ops;
 pub mod runtime;
 pub mod source;
 pub mod tensor_ops;
+pub mod tiles;
 
 use std::fmt;
 use std::str::FromStr;

@@ -11,23 +11,11 @@ use super::runtime::{Arg, Gpu};
 use super::{CudaError, Result};
 use crate::cpu::lowrank::LoraDims;
 
-// lowrank.cu
-const LR_THREADS: u32 = 256;
-const SHRINK_ROWS: usize = 16;
-pub const LR_MAX_RANK: usize = 128;
-const EXPAND_ROWS: usize = 8;
-const EXPAND_COLS: usize = 256;
-const WG_TILE: usize = 64;
-// norm.cu, loss.cu
-const NORM_THREADS: u32 = 256;
-const LOSS_THREADS: u32 = 256;
-// attention.cu
-pub const ATT_DMAX: usize = 128;
-const ATT_THREADS: u32 = 128;
-const ATT_WARPS: usize = 4;
-const ATT_FWD_BQ: usize = 16;
-const ATT_DQ_BQ: usize = 8;
-const ATT_DKV_BK: usize = 8;
+use super::tiles::{
+    ATT_DKV_BK, ATT_DQ_BQ, ATT_FWD_BQ, ATT_THREADS, ATT_WARPS, EXPAND_COLS, EXPAND_ROWS, LOSS_THREADS, LR_THREADS,
+    NORM_THREADS, SHRINK_ROWS, WG_TILE,
+};
+pub use super::tiles::{ATT_DMAX, LR_MAX_RANK};
 // element-wise kernels
 const EW: u32 = 256;
 

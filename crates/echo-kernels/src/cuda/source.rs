@@ -6,7 +6,7 @@
 //! to a cubin (`--gpu-architecture=sm_XY`), which is cached on disk under a key made of the
 //! source's SHA-256, the options, the architecture and the NVRTC version: a changed kernel,
 //! option, GPU or toolkit compiles afresh, anything else loads in milliseconds.
-//! `cargo xtask check-kernels` compiles the same files with nvcc using [`NVRTC_OPTIONS`].
+//! `cargo xtask check-kernels` compiles the same files with nvcc using [`compile_options`].
 //!
 //! [`SOURCES`] also declares every kernel's parameter list ([`Param`]); launches are checked
 //! against it, and `check-kernels` checks it against the parameters NVRTC actually emits in
@@ -21,6 +21,14 @@ use std::path::{Path, PathBuf};
 /// accept these spellings). No fast math: the kernels are compared with their CPU twins.
 pub const NVRTC_OPTIONS: &[&str] =
     &["--std=c++17", "--fmad=true", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"];
+
+/// Every option the kernels are compiled with: [`NVRTC_OPTIONS`] and the tile sizes of
+/// [`super::tiles`] as `-D` definitions (the same list for NVRTC and nvcc).
+pub fn compile_options() -> Vec<String> {
+    let mut o: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    o.extend(super::tiles::defines());
+    o
+}
 
 /// The architecture option for `arch` (`sm_90`), the same for NVRTC and nvcc.
 pub fn arch_option(arch: &str) -> String {
@@ -187,13 +195,13 @@ pub enum Output {
 }
 
 /// Compiles `src` with NVRTC for `arch` (`sm_90` for a cubin, `compute_90` for PTX) with
-/// [`NVRTC_OPTIONS`]. Call only after [`super::libs::nvrtc_present`].
+/// [`compile_options`]. Call only after [`super::libs::nvrtc_present`].
 pub fn nvrtc_compile(src: &KernelSource, arch: &str, output: Output) -> Result<Vec<u8>> {
     use cudarc::nvrtc::{result as nr, sys};
     let code = CString::new(src.src).map_err(|_| CudaError::Unsupported(format!("{} holds a NUL byte", src.file)))?;
     let name = CString::new(src.file).expect("file names have no NUL");
     let prog = nr::create_program(&code, Some(&name))?;
-    let mut options: Vec<String> = NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect();
+    let mut options = compile_options();
     options.push(arch_option(arch));
     // SAFETY: `prog` is live until destroy_program below; the buffers are sized by NVRTC.
     let out = unsafe {
@@ -253,7 +261,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub fn cache_key(src: &KernelSource, arch: &str, version: (i32, i32)) -> String {
     let mut h = Sha256::new();
     h.update(src.src.as_bytes());
-    for o in NVRTC_OPTIONS {
+    for o in compile_options() {
         h.update([0u8]);
         h.update(o.as_bytes());
     }

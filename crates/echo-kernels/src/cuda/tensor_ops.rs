@@ -17,11 +17,11 @@ pub use crate::cpu::tensor_ref::{BinaryOp, ReduceOp, UnaryOp};
 
 /// The most dimensions a shape may have after merging (see [`binary`]); kernel parameters
 /// hold six.
-pub const MAX_DIMS: usize = 6;
+pub const MAX_DIMS: usize = super::tiles::TS_MAX_DIMS;
 
 // tensor.cu's #defines.
-const TS_THREADS: u32 = 256;
-const TS_COL_TILE: usize = 32;
+use super::tiles::TS_COL_TILE;
+use super::tiles::TS_THREADS;
 
 /// Reduced axes up to this long run one thread per output (`tensor_reduce_strided`): a block
 /// per output row would leave most of its threads idle.
