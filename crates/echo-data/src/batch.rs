@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encode::{Example, IGNORE_INDEX};
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use echo_rng::Rng;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchConfig {

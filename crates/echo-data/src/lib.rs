@@ -91,7 +91,7 @@ pub mod encode;
 pub mod error;
 pub mod mix;
 pub mod record;
-pub mod rng;
+pub use echo_rng as rng;
 pub mod synthetic;
 pub mod template;
 pub mod tokenizer;

@@ -16,15 +16,14 @@ mod error;
 mod mixed;
 pub mod nn;
 mod ops;
-mod rng;
 mod shape;
 mod tensor;
 
 pub use device::Device;
 pub use dtype::DType;
+pub use echo_rng::Rng;
 pub use error::{Error, Result};
 pub use ops::broadcast_shape;
-pub use rng::Rng;
 pub use shape::Shape;
 pub use tensor::{Buffer, Tensor, WeakTensor};
 

@@ -25,30 +25,26 @@ use crate::cpu::lowrank::{Inject, LoraDims, LoraGrads};
 
 type C<'g> = Checker<'g, Gpu>;
 
-/// xorshift64*: a small deterministic generator for test data (no dependency on echo-tensor).
-pub struct TestRng(u64);
+/// The checks' inputs: the workspace's one generator ([`echo_rng::Rng`]) with the two helpers
+/// the checks want (symmetric uniforms, vectors of them).
+pub struct TestRng(echo_rng::Rng);
 
 impl TestRng {
     pub fn new(seed: u64) -> Self {
-        TestRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        TestRng(echo_rng::Rng::derive(seed, "kernel checks"))
     }
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
     /// Uniform in [-1, 1).
     pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        self.0.uniform() * 2.0 - 1.0
     }
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.uniform() * scale).collect()
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
+        self.0.below(n)
     }
 }
 
