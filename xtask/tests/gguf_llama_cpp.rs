@@ -2,7 +2,9 @@
 //!
 //! * always: `import-gguf` of the exported file gives back the merged model (the tiny-llama-a
 //!   fixture with its PEFT LoRA adapter): bit for bit at f32, within f16 rounding at f16, and
-//!   the tokenizer encodes sample text as the original does;
+//!   the tokenizer encodes sample text as the original does; and flags that cannot work (an
+//!   unmerged --gguf, a DoRA --lora-gguf, an output inside the model's or adapter's folder)
+//!   are user errors;
 //! * against llama.cpp itself (ignored unless asked: it needs the venv that
 //!   `scripts/llama_cpp_venv.sh` builds, with llama-cpp-python compiled from PyPI): llama.cpp's
 //!   logits for the exported f16 file on a fixed token sequence against ours for the merged
@@ -262,4 +264,37 @@ fn llama_cpp_agrees_with_merged_smollm2() {
     };
     // Measured 0.053 over 72 positions with a 3-step default-config adapter: bound 0.2.
     check_against_llama_cpp("smollm2", &model, &adapter, 0.2);
+}
+
+/// Runs `xtask ARGS`, expecting failure; returns stderr.
+fn xtask_fails(args: &[&str]) -> String {
+    let mut c = Command::cargo_bin("xtask").unwrap();
+    c.env("ECHO_LORA_CACHE", std::env::temp_dir().join("echo-lora-cli-tests-no-cache"));
+    let out = c.args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "xtask {args:?} should fail as a user error");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn export_flags_that_cannot_work_are_user_errors() {
+    let dir = scratch("flags");
+    let m = fixture();
+    let (lora, dora) = (m.join("peft-lora"), m.join("peft-dora"));
+    let out = dir.join("x.gguf");
+    let (model_file, adapter_file) = (m.join("config.json"), lora.join("adapter_model.safetensors"));
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--adapter", path(&lora), "--gguf", path(&out)], "add --merge"),
+        (vec!["--adapter", path(&dora), "--lora-gguf", path(&out)], "llama.cpp has no DoRA"),
+        (vec!["--gguf", path(&out), "--quant", "q3_k"], "--quant `q3_k`: unknown"),
+        (vec!["--adapter", path(&lora), "--merge", "--gguf", path(&model_file)], "refusing to overwrite"),
+        (vec!["--adapter", path(&lora), "--lora-gguf", path(&adapter_file)], "adapter's folder"),
+        (vec!["--adapter", path(&lora)], "nothing to write"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["export", "--model", path(&m)];
+        full.extend(args.iter().copied());
+        let err = xtask_fails(&full);
+        assert!(err.contains(needle), "{full:?}: {err:?} lacks {needle:?}");
+    }
+    assert!(!out.exists());
 }
