@@ -28,7 +28,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Parity: logits, loss and gradients for a batch file (the fixtures' layout).
     Logits(parity::LogitsArgs),
-    /// Export an adapter (PEFT folder) or, with --merge, a merged model folder.
+    /// Export an adapter (PEFT folder, llama.cpp LoRA GGUF) or, with --merge, a merged model (HF folder or GGUF).
     Export(export::ExportArgs),
     /// Run the benchmarks side by side with their reference implementations.
     Bench(bench::BenchArgs),

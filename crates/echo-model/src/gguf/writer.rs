@@ -1,9 +1,10 @@
-//! A minimal GGUF v3 writer: enough to build test files and small fixtures (metadata of any
-//! type, tensors already encoded in their ggml type). Not a converter.
+//! A minimal GGUF v3 writer: metadata of any type, tensors encoded in their ggml type. The
+//! converter built on it is [`super::export`]; tests use it directly to build files.
 
 use super::dequant::{quantize, GgmlType};
 use super::reader::{Value, GGUF_MAGIC};
-use crate::{Error, Result};
+use crate::weights::write_atomic;
+use crate::Result;
 use std::path::Path;
 
 pub struct GgufWriter {
@@ -120,7 +121,10 @@ impl GgufWriter {
         out
     }
 
-    pub fn write(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_bytes()).map_err(|e| Error::io(path, e))
+    /// Writes the file atomically (temporary name, fsync, rename); returns its size in bytes.
+    pub fn write(&self, path: &Path) -> Result<u64> {
+        let bytes = self.to_bytes();
+        write_atomic(path, &bytes)?;
+        Ok(bytes.len() as u64)
     }
 }
