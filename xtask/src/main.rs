@@ -8,6 +8,7 @@ mod eval;
 mod export;
 mod gpu_check;
 mod model;
+mod paired;
 mod parity;
 mod study;
 mod train;

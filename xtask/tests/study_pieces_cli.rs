@@ -64,11 +64,11 @@ fn a_study_in_pieces_ends_where_one_run_ends() {
     assert!(text.contains("Echo-LoRA, seed 42: not started in this piece"), "{text}");
     let lora = pieces.path().join("study/lora-seed42");
     assert_eq!(summary(&lora)["steps"], 3);
-    assert!(!lora.join("eval.json").exists(), "a stopped arm is not evaluated");
+    assert!(!lora.join("eval-loglik.json").exists(), "a stopped arm is not evaluated");
     // Piece 2: the last 2 steps of LoRA, its evaluation, then 2 of Echo-LoRA.
     let text = study(&cfg, &["--steps", "4"]);
     assert!(text.contains("LoRA, seed 42: resuming"), "{text}");
-    assert!(lora.join("eval.json").exists());
+    assert!(lora.join("eval-loglik.json").exists());
     assert!(text.contains("stopped at step 2/5"), "{text}");
     // Piece 3: no budget given: the rest.
     study(&cfg, &[]);
