@@ -107,8 +107,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     println!("  adapter (HF PEFT): {}", s.adapter_dir.display());
     println!("  best adapter: {}", s.out_dir.join("best-adapter").display());
+    // The echo diagnostics' plot exists only for a run that measured the echo path.
+    let echo_svg = s.out_dir.join("echo.svg");
+    let echo_plot =
+        if echo_svg.is_file() { format!(", echo diagnostics: {}", echo_svg.display()) } else { String::new() };
     println!(
-        "  metrics: {}, plot: {}",
+        "  metrics: {}, plot: {}{echo_plot}",
         s.out_dir.join("metrics.jsonl").display(),
         s.out_dir.join("loss.svg").display()
     );

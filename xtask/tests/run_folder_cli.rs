@@ -68,7 +68,8 @@ fn steps(out: &Path) -> Vec<(u64, u32, u32)> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v.get("val_loss").is_none())
+        // Step lines only: not validation lines, nor echo diagnostics lines.
+        .filter(|v| v.get("val_loss").is_none() && v.get("echo").is_none())
         .map(|v| {
             let f = |k: &str| (v[k].as_f64().unwrap() as f32).to_bits();
             (v["step"].as_u64().unwrap(), f("loss"), f("lr"))

@@ -84,7 +84,7 @@ fn metrics(out: &Path) -> (Vec<(u64, u32, u32)>, Vec<u64>) {
         let step = v["step"].as_u64().unwrap();
         if v.get("val_loss").is_some() {
             evals.push(step);
-        } else {
+        } else if v.get("echo").is_none() {
             let f = |k: &str| (v[k].as_f64().unwrap() as f32).to_bits();
             steps.push((step, f("loss"), f("lr")));
         }

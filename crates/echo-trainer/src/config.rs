@@ -199,6 +199,14 @@ pub struct TrainSection {
     pub eval_every: usize,
     /// Write a checkpoint every N steps (0: only at the end).
     pub save_every: usize,
+    /// With the echo path on, measure it on a fixed probe batch (docs/method.md,
+    /// "Diagnostics") before training, every N steps and at the end, into `metrics.jsonl`
+    /// (`0`: never). Unset: at the validation steps (`eval_every`; with `eval_every = 0`,
+    /// before training and at the end). Measures and changes nothing of the training, so it is
+    /// not part of a run's identity. Written out only when set, so configs serialised before
+    /// the key existed read the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics_every: Option<usize>,
     /// When stdout is not a terminal (or no progress bar is drawn), print a progress line
     /// every N steps (0: automatic, `max(1, total / 50)`, so a run prints 50-100 lines).
     pub log_every: usize,
@@ -234,6 +242,7 @@ impl Default for TrainSection {
             max_grad_norm: 1.0,
             eval_every: 200,
             save_every: 200,
+            diagnostics_every: None,
             log_every: 0,
             device: "auto".into(),
         }
@@ -480,6 +489,17 @@ impl RunConfig {
 
     /// The echo path's config, `None` when `echo.enabled = false`. Empty target layers mean
     /// the first quarter of the blocks (at least one).
+    /// The echo diagnostics' schedule for [`crate::diagnostics::due`]: `None` (off) without the
+    /// echo path or with `train.diagnostics_every = 0`, else the steps between measurements
+    /// (`train.eval_every` when unset; `0`: only before training and at the end).
+    pub fn diagnostics_schedule(&self) -> Option<usize> {
+        match (self.echo.enabled, self.train.diagnostics_every) {
+            (false, _) | (true, Some(0)) => None,
+            (true, Some(n)) => Some(n),
+            (true, None) => Some(self.train.eval_every),
+        }
+    }
+
     pub fn echo_config(&self, n_layers: usize) -> Result<Option<EchoConfig>, String> {
         let e = &self.echo;
         if !e.enabled {

@@ -1,13 +1,14 @@
 //! The Echo-LoRA trainer: the echo path ([`echo`]), one training step ([`step`]), AdamW and
 //! schedules ([`optim`]), the run config ([`config`]), checkpoints, metrics and the loop
-//! ([`train`]). [`device`] picks where a run computes; [`device_check`] compares the whole
-//! step on a GPU with the CPU and [`step_bench`] times the LLaMA-7B LoRA step (both for
-//! `cargo xtask gpu-check`).
+//! ([`train`]), the echo diagnostics ([`diagnostics`]). [`device`] picks where a run
+//! computes; [`device_check`] compares the whole step on a GPU with the CPU and
+//! [`step_bench`] times the LLaMA-7B LoRA step (both for `cargo xtask gpu-check`).
 
 pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod device_check;
+pub mod diagnostics;
 pub mod echo;
 pub mod layout;
 pub mod metrics;

@@ -1,7 +1,9 @@
-//! The metrics JSONL (one line per optimizer step, one per evaluation) and an SVG plot of the
-//! curves drawn from it (`loss.svg`, by plotters' SVG backend: text is written as SVG `<text>`
-//! elements, so no font files are read and no font library is linked).
+//! The metrics JSONL (one line per optimizer step, one per evaluation, one per echo
+//! diagnostics measurement) and SVG plots of the curves drawn from it (`loss.svg`, and
+//! `echo.svg` for a run with diagnostics lines; by plotters' SVG backend: text is written as
+//! SVG `<text>` elements, so no font files are read and no font library is linked).
 
+use crate::diagnostics::{EchoDiagnostics, EchoLine};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -22,7 +24,10 @@ pub struct StepLine {
     pub tokens_per_s: f64,
 }
 
+/// An evaluation line. Unknown fields are refused so that no other kind of line with a
+/// `step` (a diagnostics line) reads as an evaluation without a loss.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EvalLine {
     step: usize,
     val_loss: Option<f32>,
@@ -96,6 +101,12 @@ impl Metrics {
 
     pub fn eval(&mut self, step: usize, val_loss: Option<f32>) -> Result<(), String> {
         self.line(serde_json::to_string(&EvalLine { step, val_loss }).expect("serialises"))
+    }
+
+    /// A diagnostics line, `{"step": s, "echo": {...}}` (trimmed by [`Metrics::resume`] like
+    /// every line with a step).
+    pub fn echo(&mut self, step: usize, echo: &EchoDiagnostics) -> Result<(), String> {
+        self.line(serde_json::to_string(&EchoLine { step, echo: echo.clone() }).expect("serialises"))
     }
 }
 
@@ -359,6 +370,175 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
     Ok(svg)
 }
 
+/// Writes `out`, the plot of the echo diagnostics lines in `metrics` (see
+/// [`render_echo_svg`]), atomically; a run without such lines gets no file (`false`).
+pub fn plot_echo_svg(metrics: &Path, out: &Path) -> Result<bool, String> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    match render_echo_svg(&lines).map_err(|e| format!("{}: drawing the plot: {e}", out.display()))? {
+        None => Ok(false),
+        Some(svg) => echo_model::weights::write_atomic(out, svg.as_bytes()).map(|_| true).map_err(|e| e.to_string()),
+    }
+}
+
+/// Line colours of the per-layer series (matplotlib's tab10), taken in turn.
+const SERIES: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One named series of an echo panel.
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+
+/// The per-index series of a list-valued diagnostic (`pick` takes the list from a line),
+/// named by `label(index)`; non-finite and missing values draw no point.
+fn list_series(
+    lines: &[EchoLine],
+    count: usize,
+    label: impl Fn(usize) -> String,
+    pick: impl Fn(&EchoDiagnostics) -> Vec<Option<f64>>,
+) -> Vec<Series> {
+    (0..count)
+        .map(|i| {
+            let points = lines
+                .iter()
+                .filter_map(|l| pick(&l.echo).get(i).copied().flatten().map(|y| (l.step as f64, y)))
+                .filter(|p| p.1.is_finite())
+                .collect();
+            (label(i), SERIES[i % SERIES.len()], points)
+        })
+        .collect()
+}
+
+/// A tick label with three significant digits (scientific outside 0.001..10000): the echo
+/// numbers range from a KL of 1e-6 to norms of 10, and a slowly moving gate needs its digits.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let mag = v.abs().log10().floor();
+    if (-3.0..4.0).contains(&mag) {
+        format!("{v:.*}", (2.0 - mag).max(0.0) as usize)
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// How an echo panel's y axis is drawn.
+#[derive(Clone, Copy, PartialEq)]
+enum Axis {
+    /// Linear, from zero (a KL, a norm).
+    FromZero,
+    /// Linear, around the values (a gate near 0.12, mixing weights near 1/|S|, whose
+    /// movements are small).
+    Around,
+    /// `log10` of the values (a ratio spanning orders of magnitude), ticks labelled in the
+    /// values; non-positive values draw no point.
+    Log,
+}
+
+/// One echo panel: its series as lines with a marker at each measurement (they are sparse),
+/// and a legend.
+fn echo_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    x: std::ops::Range<f64>,
+    series: &[Series],
+    axis: Axis,
+) -> PlotResult<()> {
+    let log = axis == Axis::Log;
+    let font = ("sans-serif", 13);
+    let series: Vec<Series> = if log {
+        series
+            .iter()
+            .map(|(n, c, p)| (n.clone(), *c, p.iter().filter(|q| q.1 > 0.0).map(|&(x, y)| (x, y.log10())).collect()))
+            .collect()
+    } else {
+        series.to_vec()
+    };
+    let mut chart = panel(area, title, x, y_range(series.iter().map(|s| s.2.as_slice()), axis == Axis::FromZero))?;
+    let log_label = |v: &f64| significant(10f64.powf(*v));
+    let plain_label = |v: &f64| significant(*v);
+    let y_label: &dyn Fn(&f64) -> String = if log { &log_label } else { &plain_label };
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&step_label)
+        .y_desc(y_desc)
+        .y_labels(6)
+        .y_label_formatter(y_label)
+        .label_style(font)
+        .light_line_style(BLACK.mix(0.04))
+        .draw()
+        .map_err(drawing)?;
+    for (name, color, points) in series {
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 2, color.filled()))).map_err(drawing)?;
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(drawing)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    legend(&mut chart, font)
+}
+
+/// The plot of a run's echo diagnostics lines (`None` when it has none), as SVG text. Panels,
+/// sharing the step axis: the gate mean per target layer, rms(g ⊙ p) over the adapter's own
+/// term per target layer (log scale; the site decides which term), KL(echo ‖ plain) on the
+/// probe, the layer-mix weights per source layer, and the echo parameters' norms (trunk,
+/// and all target modules' projection and gate weights together). Other lines, and lines
+/// that do not parse, are passed over.
+pub fn render_echo_svg(lines: &[String]) -> PlotResult<Option<String>> {
+    let echo: Vec<EchoLine> = lines.iter().filter_map(|l| serde_json::from_str::<EchoLine>(l).ok()).collect();
+    let Some(first) = echo.first().map(|l| &l.echo) else { return Ok(None) };
+    let (targets, sources) = (first.target_layers.clone(), first.source_layers.clone());
+    let last = echo.iter().map(|l| l.step as f64).fold(0.0f64, f64::max);
+    let x = 0.0..last.max(1.0);
+    let some = |v: &[f32]| v.iter().map(|&y| Some(y as f64)).collect::<Vec<_>>();
+    let layer = |i: usize| format!("layer {}", targets[i]);
+    let gate = list_series(&echo, targets.len(), layer, |d| some(&d.gate_mean));
+    let ratio = list_series(&echo, targets.len(), layer, |d| d.rms_ratio.iter().map(|r| r.map(f64::from)).collect());
+    let mix = list_series(&echo, sources.len(), |i| format!("source layer {}", sources[i]), |d| some(&d.layer_mix));
+    // Single series: one value per line (`None`, or non-finite: no point).
+    let one = |f: &dyn Fn(&EchoDiagnostics) -> Option<f64>| -> Vec<(f64, f64)> {
+        echo.iter().filter_map(|l| f(&l.echo).map(|y| (l.step as f64, y))).filter(|p| p.1.is_finite()).collect()
+    };
+    let kl: Vec<Series> = vec![("KL(echo ‖ plain)".into(), SERIES[0], one(&|d| d.kl.map(f64::from)))];
+    let total = |v: &[f32]| Some(v.iter().map(|&n| n as f64 * n as f64).sum::<f64>().sqrt());
+    let norms: Vec<Series> = vec![
+        ("trunk D".into(), SERIES[0], one(&|d| Some(d.trunk_norm as f64))),
+        ("projections U, all targets".into(), SERIES[1], one(&|d| total(&d.proj_norm))),
+        ("gate weights G, all targets".into(), SERIES[2], one(&|d| total(&d.gate_weight_norm))),
+    ];
+    let against = match first.site {
+        crate::echo::InjectionSite::Bottleneck => "rms(g⊙p) / rms(A x), bottleneck site",
+        crate::echo::InjectionSite::Output => "rms(g⊙p) / rms(adapter delta), output site",
+    };
+    let (width, h) = (840u32, 260u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, 5 * h)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing)?;
+        let panels = root.split_evenly((5, 1));
+        echo_panel(&panels[0], "echo gate: mean g per target layer", "gate mean", x.clone(), &gate, Axis::Around)?;
+        echo_panel(&panels[1], against, "ratio", x.clone(), &ratio, Axis::Log)?;
+        echo_panel(&panels[2], "KL(echo ‖ plain) on the probe batch", "KL", x.clone(), &kl, Axis::FromZero)?;
+        echo_panel(&panels[3], "layer mix: softmax(echo.layer_logits)", "weight", x.clone(), &mix, Axis::Around)?;
+        echo_panel(&panels[4], "echo parameter norms (Frobenius)", "norm", x, &norms, Axis::FromZero)?;
+        root.present().map_err(drawing)?;
+    }
+    Ok(Some(svg))
+}
+
 #[cfg(test)]
 mod plot_tests {
     use super::*;
@@ -465,6 +645,100 @@ mod plot_tests {
         assert!(std::fs::read_dir(&dir).unwrap().count() == 2, "no temporary file left");
         let e = plot_svg(&dir.join("missing.jsonl"), &out).unwrap_err();
         assert!(e.contains("missing.jsonl"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn echo_line(step: usize, site: crate::echo::InjectionSite, ratio: Option<f32>) -> String {
+        let d = EchoDiagnostics {
+            site,
+            probe_samples: 8,
+            probe_positions: 40,
+            target_layers: vec![0, 1],
+            source_layers: vec![26, 27, 28, 29],
+            gate_mean: vec![0.12 + 0.001 * step as f32, 0.12],
+            inject_rms: vec![0.01, 0.02],
+            adapter_rms: vec![1.0, 0.5],
+            rms_ratio: vec![ratio, Some(0.04)],
+            proj_norm: vec![0.5, 0.5],
+            gate_weight_norm: vec![0.5, 0.5 + 0.01 * step as f32],
+            gate_bias_mean: vec![-2.0, -2.0],
+            trunk_norm: 4.0,
+            layer_mix: vec![0.25; 4],
+            kl: Some(0.001 * step as f32),
+            seconds: 0.1,
+        };
+        serde_json::to_string(&EchoLine { step, echo: d }).unwrap()
+    }
+
+    #[test]
+    fn the_echo_plot_has_its_panels_and_one_series_per_layer() {
+        use crate::echo::InjectionSite;
+        let mut lines = run(true);
+        for s in (0..=40).step_by(10) {
+            // No ratio at step 0 (the output site's fresh B): that point is left out.
+            lines.push(echo_line(s, InjectionSite::Output, (s > 0).then_some(5.0 / s as f32)));
+        }
+        let svg = render_echo_svg(&lines).unwrap().expect("a run with diagnostics lines");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+        let t = texts(&doc);
+        for want in [
+            "echo gate: mean g per target layer",
+            "rms(g⊙p) / rms(adapter delta), output site",
+            "KL(echo ‖ plain) on the probe batch",
+            "layer mix: softmax(echo.layer_logits)",
+            "echo parameter norms (Frobenius)",
+            "layer 0",
+            "layer 1",
+            "source layer 26",
+            "source layer 29",
+            "KL(echo ‖ plain)",
+            "trunk D",
+        ] {
+            assert!(t.iter().any(|x| x == want), "no text {want:?} in {t:?}");
+        }
+        assert_eq!(t.iter().filter(|x| *x == "step").count(), 5, "each panel labels its step axis");
+        // Markers: 5 points per series, but layer 0's ratio has 4; 2 + 2 + 1 + 4 + 3 series.
+        let circles = doc.descendants().filter(|n| n.has_tag_name("circle")).count();
+        assert_eq!(circles, 5 * (2 + 2 + 1 + 4 + 3) - 1);
+        // The loss plot is untouched by these lines, and a run without them has no echo plot.
+        assert_eq!(render_svg(&lines).unwrap(), render_svg(&run(true)).unwrap());
+        assert!(render_echo_svg(&run(true)).unwrap().is_none());
+        let bottleneck = render_echo_svg(&[echo_line(0, InjectionSite::Bottleneck, Some(0.01))]).unwrap().unwrap();
+        assert!(bottleneck.contains("rms(g⊙p) / rms(A x), bottleneck site"));
+    }
+
+    #[test]
+    fn echo_ticks_keep_three_significant_digits() {
+        assert_eq!(significant(0.1192), "0.119");
+        assert_eq!(significant(0.5), "0.500");
+        assert_eq!(significant(12.345), "12.3");
+        assert_eq!(significant(2.5e-6), "2.50e-6");
+        assert_eq!(significant(0.0), "0");
+    }
+
+    #[test]
+    fn resume_trims_diagnostics_lines_and_keeps_the_first_validation() {
+        use crate::echo::InjectionSite;
+        let dir = std::env::temp_dir().join(format!("echo-metrics-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        // Step 0's diagnostics line follows its validation line, as the loop writes them.
+        let mut lines = vec![val(0, 2.6), echo_line(0, InjectionSite::Bottleneck, Some(0.1))];
+        for s in 1..=6 {
+            lines.push(step(s, 2.0, 0.0, 0.0));
+            if s % 3 == 0 {
+                lines.push(echo_line(s, InjectionSite::Bottleneck, Some(0.1)));
+            }
+        }
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (_, start) = Metrics::resume(&path, 4).unwrap();
+        assert_eq!(start.first_val_loss, Some(2.6), "a diagnostics line at step 0 is no evaluation");
+        assert_eq!(start.first_loss, Some(2.0));
+        let kept = std::fs::read_to_string(&path).unwrap();
+        let echo_steps: Vec<u64> =
+            kept.lines().filter_map(|l| serde_json::from_str::<EchoLine>(l).ok()).map(|l| l.step as u64).collect();
+        assert_eq!(echo_steps, [0, 3], "the line of step 6 is past the checkpoint");
+        assert_eq!(kept.lines().count(), 1 + 1 + 4 + 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,6 +4,7 @@
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::{DataSection, RunConfig, TrainSection};
+use crate::diagnostics::Probe;
 use crate::echo::EchoPath;
 use crate::metrics::{Metrics, StepLine};
 use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
@@ -271,14 +272,15 @@ pub fn validation_loss(
 /// The config a checkpoint must match, as stored in it: the keys that only say where a run
 /// computes, where it writes or how it reports are set to their defaults (`train.device`: a
 /// run may resume on another device; `output.dir`: a run folder may be moved, and `--out`
-/// overrides it anyway; `train.log_every`; `train.packing`, exact either way;
-/// `data.max_truncated_fraction`, a check before the first step), so changing them never
-/// blocks a resume.
+/// overrides it anyway; `train.log_every`; `train.diagnostics_every`, which only measures;
+/// `train.packing`, exact either way; `data.max_truncated_fraction`, a check before the first
+/// step), so changing them never blocks a resume.
 fn identity(cfg: &RunConfig) -> RunConfig {
     let mut c = cfg.clone();
     let (t, d) = (TrainSection::default(), DataSection::default());
     c.train.device = t.device;
     c.train.log_every = t.log_every;
+    c.train.diagnostics_every = t.diagnostics_every;
     c.train.packing = t.packing;
     c.data.max_truncated_fraction = d.max_truncated_fraction;
     c.output = Default::default();
@@ -653,11 +655,24 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let (mut tokens_seen, mut compute_secs) = (0usize, 0.0f64);
     let mut stop_at = opts.stop_after.map(|n| (state.step + n).min(total_steps)).unwrap_or(total_steps);
     let mut report = Reporter::new(opts.progress, t.log_every, total_steps, state.step, stop_at, started);
+    // The echo diagnostics' probe: fixed for the whole run (the first validation examples).
+    let schedule = cfg.diagnostics_schedule().filter(|_| echo.is_some());
+    let probe = schedule.and_then(|_| Probe::new(&data.val, data.pad_id));
+    if schedule.is_some() && probe.is_none() {
+        println!("echo diagnostics: off, no validation example to probe with (data.val_count = 0)");
+    }
+    let diagnose = |metrics: &mut Metrics, store: &ParamStore, step: usize| -> Result<(), String> {
+        if let Some(probe) = probe.as_ref().filter(|_| crate::diagnostics::due(schedule, step, step == total_steps)) {
+            metrics.echo(step, &crate::diagnostics::measure(&ctx, store, probe)?)?;
+        }
+        Ok(())
+    };
     if state.step == 0 {
         let v = validation_loss(&model, &adapters, &store, &data.val, data.pad_id, t.micro_batch_size, t.packing)?;
         state.first_val_loss = v;
         metrics.eval(0, v)?;
         report.validation(0, v, data.val.len(), false);
+        diagnose(&mut metrics, &store, 0)?;
     }
     report.start_steps();
     while state.step < stop_at {
@@ -756,6 +771,9 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             }
             report.validation(state.step, v, data.val.len(), best);
         }
+        // Before the checkpoint, so that a resume from it keeps this line and one from an
+        // earlier checkpoint drops it (and measures again).
+        diagnose(&mut metrics, &store, state.step)?;
         if opts.deadline.is_some_and(|d| Instant::now() >= d) && state.step < stop_at {
             println!("stopping at step {} of {total_steps}: the time slot is over (resume to continue)", state.step);
             stop_at = state.step;
@@ -772,6 +790,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let adapter_dir = out_dir.join("adapter");
     save_peft(&adapter_dir, &adapters, &store, &base_name).map_err(|e| e.to_string())?;
     crate::metrics::plot_svg(&metrics_path, &out_dir.join("loss.svg"))?;
+    crate::metrics::plot_echo_svg(&metrics_path, &out_dir.join("echo.svg"))?;
     let summary = RunSummary {
         steps: state.step,
         total_steps,
@@ -832,7 +851,8 @@ impl RunLock {
 /// What in `dir` makes it a run's folder (what a run writes), by name.
 fn run_files(dir: &Path) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
-    let fixed = ["metrics.jsonl", "summary.json", "loss.svg", "adapter", "best-adapter", checkpoint::POINTER];
+    let fixed =
+        ["metrics.jsonl", "summary.json", "loss.svg", "echo.svg", "adapter", "best-adapter", checkpoint::POINTER];
     let mut found: Vec<String> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -872,11 +892,12 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_ignores_device_logging_and_the_cutoff_check_but_not_the_length() {
+    fn the_identity_ignores_device_logging_diagnostics_and_the_cutoff_check_but_not_the_length() {
         let mut a = RunConfig::parse("[model]\npath = \"m\"\n").unwrap();
         let mut b = a.clone();
         b.train.device = "cpu".into();
         b.train.log_every = 7;
+        b.train.diagnostics_every = Some(3);
         b.data.max_truncated_fraction = 0.5;
         b.output.dir = "elsewhere".into();
         assert_eq!(identity(&a), identity(&b));
