@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The model folder is found as the step bench finds it (ECHO_SMOLLM2_DIR, else the cache).
+from peft_step import model_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-ref"
 PACKAGES = ["torch", "transformers", "peft", "safetensors", "numpy", "tokenizers"]
@@ -58,18 +61,6 @@ WITHOUT_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
     "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
-
-
-def model_dir() -> Path:
-    if os.environ.get("ECHO_SMOLLM2_DIR"):
-        return Path(os.environ["ECHO_SMOLLM2_DIR"])
-    if os.environ.get("ECHO_LORA_CACHE"):
-        root = Path(os.environ["ECHO_LORA_CACHE"])
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]) / "echo-lora"
-    else:
-        root = Path.home() / ".cache" / "echo-lora"
-    return root / "models" / "smollm2-135m-instruct"
 
 
 def subset(k: int) -> list:

@@ -4,19 +4,10 @@
 
 use echo_kernels::cpu::attention::{attention_backward, attention_forward, AttnDims, AttnMask};
 
-/// Deterministic uniform values in [-1, 1) (splitmix64).
+/// Deterministic uniform values in [-1, 1), from the workspace's generator.
 fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = echo_rng::Rng::new(seed);
+    (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
 }
 
 struct Grads {

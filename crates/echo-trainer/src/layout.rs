@@ -23,6 +23,16 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// The layout a step input names: packed rows (`packed`, one list of example lengths per
+    /// row of the `[batch, seq]` arrays) or, with `None`, padded.
+    pub fn from_input(packed: Option<&[Vec<usize>]>, batch: usize, seq: usize) -> Result<Samples, String> {
+        match packed {
+            None => Ok(Samples::padded(batch, seq)),
+            Some(rows) if rows.len() == batch => Samples::packed(rows, seq),
+            Some(rows) => Err(format!("{} packed rows listed for a batch of {batch} rows", rows.len())),
+        }
+    }
+
     /// Padded `[batch, seq]`: sample `b` is row `b`.
     pub fn padded(batch: usize, seq: usize) -> Samples {
         let spans = (0..batch).map(|b| (b * seq, seq)).collect();

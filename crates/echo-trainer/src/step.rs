@@ -117,11 +117,7 @@ pub fn forward_backward(
     let (b, t) = (input.batch, input.seq);
     let model = ctx.model;
     let fail = |e: &dyn std::fmt::Display| e.to_string();
-    let samples = match input.packed {
-        None => Samples::padded(b, t),
-        Some(rows) if rows.len() == b => Samples::packed(rows, t)?,
-        Some(rows) => return Err(format!("{} packed rows listed for a batch of {b} rows", rows.len())),
-    };
+    let samples = Samples::from_input(input.packed, b, t)?;
     if trace && samples.is_packed() {
         return Err("tracing (the parity command) needs a padded batch".into());
     }

@@ -14,7 +14,7 @@ use echo_autograd::{ParamId, ParamStore, Tape};
 use echo_data::{
     Batch as DataBatch, BatchConfig, Batcher, EncodeConfig, Example, Overlong, Progress, Report, Template, Tokenizer,
 };
-use echo_model::{Batch, Llama};
+use echo_model::Llama;
 use echo_tensor::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -253,12 +253,9 @@ pub fn validation_loss(
         if n == 0 {
             continue;
         }
-        let vocab = model.config.vocab_size;
-        let batch = match &a.packed {
-            Some(rows) => Batch::packed(&a.ids, rows, a.seq, vocab),
-            None => Batch::new(&a.ids, &a.mask, a.batch, a.seq, vocab),
-        }
-        .map_err(|e| e.to_string())?;
+        let batch = crate::layout::Samples::from_input(a.packed.as_deref(), a.batch, a.seq)?
+            .model_batch(&a.ids, &a.mask, model.config.vocab_size)
+            .map_err(|e| e.to_string())?;
         let tape = Tape::inference();
         let mut proj = adapters.projector(store, None, None);
         let hidden = model.forward(&tape, &batch, &mut proj, &[]).map_err(|e| e.to_string())?.hidden;
