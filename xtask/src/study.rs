@@ -101,6 +101,11 @@ struct EvalSection {
     batch: usize,
     #[serde(default = "default_new_tokens")]
     max_new_tokens: usize,
+    /// The expected length of one evaluation, in minutes: in a study run in pieces
+    /// (`--minutes`), an evaluation starts only if this much of the piece is left, since it
+    /// cannot be interrupted. Default 0: any evaluation starts before the deadline.
+    #[serde(default)]
+    expected_minutes: f64,
 }
 
 impl EvalSection {
@@ -372,6 +377,13 @@ fn plan(config: &Path) -> Result<(StudyConfig, Vec<Plan>)> {
     let base = toml::Table::try_from(&base_cfg).with_context(|| format!("{}", base_path.display()))?;
     let out = PathBuf::from(&study.out);
     study.eval.modes().with_context(|| format!("{}", config.display()))?;
+    if !(study.eval.expected_minutes.is_finite() && study.eval.expected_minutes >= 0.0) {
+        bail!(
+            "{}: [eval] expected_minutes = {}: expected a number of minutes >= 0",
+            config.display(),
+            study.eval.expected_minutes
+        );
+    }
     study.eval.reference(&study.arm).with_context(|| format!("{}", config.display()))?;
 
     // Every arm's run config, built and validated before anything runs.
@@ -426,20 +438,90 @@ pub fn run(args: StudyArgs) -> Result<()> {
         .map(|&mode| ModeRuns { mode, datasets: None, base: None, rows: Vec::new(), reports: Vec::new() })
         .collect();
 
+    // Pass 1, training: every unfinished arm trains (or resumes) in order until the piece's
+    // budget is spent. Training stops cleanly at any step, so it fills a piece; evaluations
+    // cannot be interrupted, so they come after all training.
+    let mut steps_left = args.steps;
+    if !args.report_only {
+        for (i, (arm, seed, dir, cfg)) in plans.iter().enumerate() {
+            let tag = format!("[{}/{}] {arm}, seed {seed}", i + 1, plans.len());
+            if run_finished(dir)? {
+                continue;
+            }
+            if steps_left == Some(0) || past_deadline() {
+                println!("== {tag}: not started in this piece (run the command again)");
+                continue;
+            }
+            let resume = echo_trainer::checkpoint::exists(dir);
+            println!("== {tag}: {} ({})", if resume { "resuming" } else { "training" }, dir.display());
+            // An arm stopped before its first checkpoint starts again, its partial run
+            // moved aside (`<arm>.old-<unix time>`).
+            let model_dir = model_dir.as_deref().context("training needs the model")?;
+            let summary = train(
+                cfg,
+                model_dir,
+                dir,
+                &RunOptions { resume, overwrite: !resume, progress: true, stop_after: steps_left, deadline },
+            )
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("arm `{arm}` seed {seed}"))?;
+            let done_here = summary.steps - summary.resumed_from.unwrap_or(0);
+            steps_left = steps_left.map(|n| n.saturating_sub(done_here));
+            if summary.steps < summary.total_steps {
+                println!(
+                    "== {tag}: stopped at step {}/{} (checkpoint saved; run the command again to continue)",
+                    summary.steps, summary.total_steps
+                );
+            }
+        }
+    }
+
+    // Pass 2, evaluation: each finished arm, then the base model, in every mode. An evaluation
+    // starts only if it fits in what is left of the piece (`[eval] expected_minutes`), as it
+    // runs to its end once started.
+    let fits = || {
+        let need = std::time::Duration::from_secs_f64(study.eval.expected_minutes * 60.0);
+        deadline.is_none_or(|d| std::time::Instant::now() + need <= d)
+    };
+    let mut to_evaluate: Vec<(String, Option<PathBuf>, PathBuf)> = Vec::new();
+    for (i, (arm, seed, dir, _)) in plans.iter().enumerate() {
+        if run_finished(dir)? {
+            // The adapter with the best validation loss when validation ran, else the last.
+            let best = dir.join("best-adapter");
+            let adapter = if best.join("adapter_config.json").exists() { best } else { dir.join("adapter") };
+            to_evaluate.push((format!("[{}/{}] {arm}, seed {seed}", i + 1, plans.len()), Some(adapter), dir.clone()));
+        }
+    }
+    if study.eval_base {
+        to_evaluate.push(("base model (no adapter)".into(), None, out.join("base")));
+    }
+    if !args.report_only {
+        for (tag, adapter, dir) in &to_evaluate {
+            for &mode in &modes {
+                if report_file(dir, mode)?.is_some() {
+                    continue;
+                }
+                if !fits() {
+                    println!(
+                        "== {tag}: the {} evaluation is left to the next piece (run the command again)",
+                        mode.name()
+                    );
+                    continue;
+                }
+                match adapter {
+                    Some(a) => println!("== {tag}: evaluating {}, mode {}", a.display(), mode.name()),
+                    None => println!("== {tag}: evaluating, mode {}", mode.name()),
+                }
+                write_report(&new_report_file(dir, mode), &run_eval(adapter.as_deref(), mode)?)?;
+            }
+        }
+    }
+
+    // The tables: every evaluation on disk.
+    let mut runs = Vec::new();
     if study.eval_base {
         let dir = out.join("base");
         for m in &mut per_mode {
-            if report_file(&dir, m.mode)?.is_none() && !args.report_only {
-                if past_deadline() {
-                    println!(
-                        "== base model, mode {}: not evaluated in this piece (run the command again)",
-                        m.mode.name()
-                    );
-                } else {
-                    println!("== base model (no adapter): evaluating, mode {}", m.mode.name());
-                    write_report(&new_report_file(&dir, m.mode), &run_eval(None, m.mode)?)?;
-                }
-            }
             if let Some(path) = report_file(&dir, m.mode)? {
                 let r = read_report(&path, m.mode)?;
                 m.check_datasets(&path, &r)?;
@@ -451,81 +533,22 @@ pub fn run(args: StudyArgs) -> Result<()> {
             }
         }
     }
-    let mut runs = Vec::new();
-    let mut steps_left = args.steps;
-    let mut stopped = false;
-    for (i, (arm, seed, dir, cfg)) in plans.iter().enumerate() {
-        let tag = format!("[{}/{}] {arm}, seed {seed}", i + 1, plans.len());
-        let finished = run_finished(dir)?;
-        let mut missing = Vec::new();
-        for &mode in &modes {
-            if report_file(dir, mode)?.is_none() {
-                missing.push(mode);
-            }
-        }
-        let out_of_budget = steps_left == Some(0) || past_deadline();
-        if !args.report_only && (!finished || !missing.is_empty()) && (stopped || out_of_budget) {
-            stopped = true;
-            println!("== {tag}: not started in this piece (run the command again)");
+    for (arm, seed, dir, _) in &plans {
+        if !run_finished(dir)? {
             continue;
         }
-        if !args.report_only {
-            if !finished {
-                let resume = echo_trainer::checkpoint::exists(dir);
-                println!("== {tag}: {} ({})", if resume { "resuming" } else { "training" }, dir.display());
-                // An arm stopped before its first checkpoint starts again, its partial run
-                // moved aside (`<arm>.old-<unix time>`).
-                let model_dir = model_dir.as_deref().context("training needs the model")?;
-                let summary = train(
-                    cfg,
-                    model_dir,
-                    dir,
-                    &RunOptions { resume, overwrite: !resume, progress: true, stop_after: steps_left, deadline },
-                )
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("arm `{arm}` seed {seed}"))?;
-                let done_here = summary.steps - summary.resumed_from.unwrap_or(0);
-                steps_left = steps_left.map(|n| n.saturating_sub(done_here));
-                if summary.steps < summary.total_steps {
-                    println!(
-                        "== {tag}: stopped at step {}/{} (checkpoint saved; run the command again to continue)",
-                        summary.steps, summary.total_steps
-                    );
-                    stopped = true;
-                    continue;
-                }
-            }
-            // The adapter with the best validation loss when validation ran, else the last.
-            let best = dir.join("best-adapter");
-            let adapter = if best.join("adapter_config.json").exists() { best } else { dir.join("adapter") };
-            for &mode in &missing {
-                // An evaluation is not interrupted: past the piece's time, it waits for the next.
-                if past_deadline() {
-                    println!(
-                        "== {tag}: the {} evaluation is left to the next piece (run the command again)",
-                        mode.name()
-                    );
-                    stopped = true;
-                    break;
-                }
-                println!("== {tag}: evaluating {}, mode {}", adapter.display(), mode.name());
-                write_report(&new_report_file(dir, mode), &run_eval(Some(&adapter), mode)?)?;
+        let mut evaluated = false;
+        for m in &mut per_mode {
+            if let Some(path) = report_file(dir, m.mode)? {
+                let report = read_report(&path, m.mode)?;
+                m.check_datasets(&path, &report)?;
+                m.rows.push(EvalRow::new(arm, *seed, &path, &report));
+                m.reports.push((arm.clone(), *seed, path, report));
+                evaluated = true;
             }
         }
-        if run_finished(dir)? {
-            let mut evaluated = false;
-            for m in &mut per_mode {
-                if let Some(path) = report_file(dir, m.mode)? {
-                    let report = read_report(&path, m.mode)?;
-                    m.check_datasets(&path, &report)?;
-                    m.rows.push(EvalRow::new(arm, *seed, &path, &report));
-                    m.reports.push((arm.clone(), *seed, path, report));
-                    evaluated = true;
-                }
-            }
-            if evaluated {
-                runs.push(read_run(arm, *seed, dir)?);
-            }
+        if evaluated {
+            runs.push(read_run(arm, *seed, dir)?);
         }
     }
     let mut tables = Vec::new();

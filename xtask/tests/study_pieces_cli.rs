@@ -7,6 +7,11 @@ use assert_cmd::Command;
 use std::path::Path;
 
 fn write_study(dir: &Path) -> std::path::PathBuf {
+    write_study_with(dir, "")
+}
+
+/// The study, with `eval_extra` added to its `[eval]` section.
+fn write_study_with(dir: &Path, eval_extra: &str) -> std::path::PathBuf {
     let model = format!("{:?}", echo_testdata::tiny_llama_a().display().to_string());
     let base = format!(
         "[model]\npath = {model}\n\
@@ -21,7 +26,7 @@ fn write_study(dir: &Path) -> std::path::PathBuf {
     let data = format!("{:?}", echo_testdata::commonsense().display().to_string());
     let study = format!(
         "base = \"base.toml\"\nout = \"study\"\neval_base = false\n\
-         [eval]\ndata = {data}\ndatasets = [\"ARC-Easy\"]\nmode = \"loglik\"\nlimit = 4\nbatch = 4\n\
+         [eval]\ndata = {data}\ndatasets = [\"ARC-Easy\"]\nmode = \"loglik\"\nlimit = 4\nbatch = 4\n{eval_extra}\n\
          [[arm]]\nname = \"LoRA\"\nset = {{ \"echo.enabled\" = false }}\n\
          [[arm]]\nname = \"Echo-LoRA\"\nset = {{ \"echo.enabled\" = true }}\n"
     );
@@ -65,7 +70,7 @@ fn a_study_in_pieces_ends_where_one_run_ends() {
     let lora = pieces.path().join("study/lora-seed42");
     assert_eq!(summary(&lora)["steps"], 3);
     assert!(!lora.join("eval-loglik.json").exists(), "a stopped arm is not evaluated");
-    // Piece 2: the last 2 steps of LoRA, its evaluation, then 2 of Echo-LoRA.
+    // Piece 2: the last 2 steps of LoRA, 2 of Echo-LoRA, then the evaluation of LoRA.
     let text = study(&cfg, &["--steps", "4"]);
     assert!(text.contains("LoRA, seed 42: resuming"), "{text}");
     assert!(lora.join("eval-loglik.json").exists());
@@ -81,4 +86,36 @@ fn a_study_in_pieces_ends_where_one_run_ends() {
     // A piece with an expired time slot trains nothing and says so.
     let text = study(&cfg, &["--minutes", "0"]);
     assert!(!text.contains("training"), "{text}");
+}
+
+#[test]
+fn all_arms_train_before_any_evaluation_and_an_evaluation_starts_only_if_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    // One evaluation is expected to take far longer than the piece: both arms train in it,
+    // neither is evaluated.
+    let cfg = write_study_with(dir.path(), "expected_minutes = 100000");
+    let text = study(&cfg, &["--minutes", "600"]);
+    for arm in ["lora-seed42", "echo-lora-seed42"] {
+        let run = dir.path().join("study").join(arm);
+        assert_eq!(summary(&run)["steps"], 5, "{arm} trained to its end");
+        assert!(!run.join("eval-loglik.json").exists(), "{arm}: an evaluation that does not fit is not started");
+    }
+    assert!(text.contains("LoRA, seed 42: the loglik evaluation is left to the next piece"), "{text}");
+    let (train_echo, eval_lora) = (text.find("Echo-LoRA, seed 42: training"), text.find("evaluating"));
+    assert!(train_echo.is_some() && eval_lora.is_none(), "{text}");
+    // Without a time slot, every evaluation runs.
+    let text = study(&cfg, &[]);
+    assert!(!text.contains("training"), "{text}");
+    for arm in ["lora-seed42", "echo-lora-seed42"] {
+        assert!(dir.path().join("study").join(arm).join("eval-loglik.json").exists(), "{arm}");
+    }
+}
+
+#[test]
+fn a_negative_expected_evaluation_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_study_with(dir.path(), "expected_minutes = -1");
+    let out = Command::cargo_bin("xtask").unwrap().current_dir(dir.path()).arg("study").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("expected_minutes = -1"), "{err}");
 }
