@@ -3,6 +3,7 @@
 mod bench;
 mod bench_paired;
 mod check_kernels;
+mod compare;
 mod data;
 mod eval;
 mod export;
@@ -43,6 +44,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train several arms on the same data and budget, evaluate each, print one table.
     Study(study::StudyArgs),
+    /// Compare two PEFT adapters module by module: update norms, cosine, output-subspace overlap.
+    CompareAdapters(compare::CompareArgs),
     /// Show what the model will see: tokenised data, masks and counts.
     Data(data::DataArgs),
     /// Compile every kernels/*.cu for sm_80 and sm_90 with nvcc and NVRTC (no GPU needed).
@@ -56,13 +59,44 @@ enum Command {
 /// would print the one it captured if `main` returned the error). A panic is a bug: the
 /// default hook still prints its message and, when asked, its backtrace (exit code 101).
 fn main() {
-    if let Err(e) = run(Cli::parse().command) {
+    let result = run(Cli::parse().command);
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+    if echo_trainer::interrupt::stop_requested() {
+        eprintln!(
+            "interrupted: stopped cleanly; run the same command with --resume (a study: the same command) to continue"
+        );
+        std::process::exit(130);
+    }
+}
+
+/// For the commands that train (`train`, `study`): Ctrl-C (or SIGTERM, SIGHUP) asks the run to
+/// stop cleanly: the step in progress finishes and a checkpoint is written, then the command
+/// exits with 130. A second one quits at once (the last checkpoint stays, as after a kill).
+/// Other commands keep the default: an interrupt quits at once.
+fn stop_cleanly_on_interrupt() {
+    let handler = ctrlc::set_handler(|| {
+        if echo_trainer::interrupt::stop_requested() {
+            eprintln!("\ninterrupted again: quitting now (the last checkpoint is kept)");
+            std::process::exit(130);
+        }
+        echo_trainer::interrupt::request_stop();
+        eprintln!(
+            "\ninterrupted: stopping at the end of this training step, with a checkpoint (an evaluation runs to \
+             its end); Ctrl-C again to quit at once"
+        );
+    });
+    if let Err(e) = handler {
+        eprintln!("warning: no Ctrl-C handler ({e}); an interrupt quits at once, keeping the last checkpoint");
     }
 }
 
 fn run(command: Command) -> Result<()> {
+    if matches!(command, Command::Train(_) | Command::Study(_)) {
+        stop_cleanly_on_interrupt();
+    }
     match command {
         Command::Train(args) => train::run(args),
         Command::Logits(args) => parity::run(args),
@@ -76,5 +110,6 @@ fn run(command: Command) -> Result<()> {
         Command::GpuCheck(args) => gpu_check::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Study(args) => study::run(args),
+        Command::CompareAdapters(args) => compare::run(args),
     }
 }

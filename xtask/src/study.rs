@@ -432,7 +432,9 @@ pub fn run(args: StudyArgs) -> Result<()> {
         })
     };
     let deadline = args.minutes.map(|m| std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0));
-    let past_deadline = || deadline.is_some_and(|d| std::time::Instant::now() >= d);
+    // An interrupt (Ctrl-C) ends the piece as its deadline does.
+    let past_deadline =
+        || deadline.is_some_and(|d| std::time::Instant::now() >= d) || echo_trainer::interrupt::stop_requested();
     let mut per_mode: Vec<ModeRuns> = modes
         .iter()
         .map(|&mode| ModeRuns { mode, datasets: None, base: None, rows: Vec::new(), reports: Vec::new() })
@@ -481,7 +483,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
     // runs to its end once started.
     let fits = || {
         let need = std::time::Duration::from_secs_f64(study.eval.expected_minutes * 60.0);
-        deadline.is_none_or(|d| std::time::Instant::now() + need <= d)
+        !echo_trainer::interrupt::stop_requested() && deadline.is_none_or(|d| std::time::Instant::now() + need <= d)
     };
     let mut to_evaluate: Vec<(String, Option<PathBuf>, PathBuf)> = Vec::new();
     for (i, (arm, seed, dir, _)) in plans.iter().enumerate() {

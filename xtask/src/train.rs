@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// Where to compute: auto, cpu, cuda or cuda:N (overrides `train.device`; auto takes the
     /// first CUDA device when one is usable, else the CPU, and says which and why).
     #[arg(long)]
-    device: Option<String>,
+    device: Option<echo_kernels::cuda::DeviceSpec>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -49,7 +49,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     if let Some(d) = args.device {
         cfg.train.device = d;
-        cfg.validate().map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     }
     let model_dir = crate::model::resolve_model(&cfg.model.path)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(&cfg.output.dir));

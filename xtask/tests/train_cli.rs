@@ -358,3 +358,58 @@ fn a_user_error_prints_its_message_and_exits_1_without_a_backtrace() {
         .stderr(predicate::str::contains("no checkpoint to resume from"))
         .stderr(no_backtrace());
 }
+
+/// Ctrl-C (SIGINT) during training: the step in progress finishes, a checkpoint is written and
+/// the command exits with 130; `--resume` then ends where an uninterrupted run ends, bit for
+/// bit, every step logged once.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_stops_cleanly_and_resumes_to_the_uninterrupted_end() {
+    use std::time::{Duration, Instant};
+    let set = [("train.max_steps", "300"), ("train.eval_every", "0"), ("train.log_every", "50")];
+    let whole = tempfile::tempdir().unwrap();
+    let cfg = write_config(whole.path(), "run.toml", &set);
+    let out = xtask(whole.path()).arg("train").arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "run.toml", &set);
+    let run = dir.path().join("out");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("xtask"))
+        .current_dir(dir.path())
+        .env("ECHO_LORA_CACHE", dir.path().join("cache"))
+        .arg("train")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two steps done, then the signal: most of the run is still ahead.
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let steps_logged = || {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count())
+            .unwrap_or(0)
+    };
+    while steps_logged() < 2 {
+        assert!(Instant::now() < give_up, "no training step within 300 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on the pid of our own child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out) + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted (resume to continue)"), "{text}");
+    let summary: Value = serde_json::from_str(&String::from_utf8(bytes(&run, "summary.json")).unwrap()).unwrap();
+    let stopped = summary["steps"].as_u64().unwrap();
+    assert!((2..300).contains(&stopped), "stopped at step {stopped}");
+    let state: Value = serde_json::from_str(&String::from_utf8(bytes(&run, "checkpoint/state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64(), Some(stopped), "the checkpoint is the step it stopped at");
+
+    let out = xtask(dir.path()).arg("train").arg(&cfg).arg("--resume").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(metrics(&run).0, metrics(&whole.path().join("out")).0, "every step once, the same losses");
+    let weights = "adapter/adapter_model.safetensors";
+    assert!(bytes(&run, weights) == bytes(&whole.path().join("out"), weights), "the uninterrupted run's adapter");
+}

@@ -7,10 +7,28 @@ use echo_model::{Llama, Proj, Projector};
 use echo_tensor::{Rng, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The adapter method, as `[adapter] method` spells it (`lora`, `dora`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     Lora,
     Dora,
+}
+
+impl Method {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Dora => "dora",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What to adapt and how. `layers: None` means every layer.

@@ -107,5 +107,5 @@ pub use error::{Error, Result};
 pub use mix::{split_validation, MixSource, MixSpec};
 pub use record::{read_records, write_records_json, Layout, Record, RecordStream, Sample};
 pub use synthetic::{synthetic_records, SyntheticSpec};
-pub use template::{Format, Template, TEMPLATE_NAMES};
+pub use template::{Format, Template, TemplateKind, TEMPLATE_NAMES};
 pub use tokenizer::Tokenizer;

@@ -63,6 +63,31 @@ pub struct Template {
 /// The template names [`Template::from_config`] knows.
 pub const TEMPLATE_NAMES: &str = "alpaca, chat, completion, plain, custom";
 
+/// The templates by name, as `[data] template` spells them ([`TEMPLATE_NAMES`]); which of
+/// them needs what is [`Template::from_config`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateKind {
+    Alpaca,
+    Chat,
+    Completion,
+    Plain,
+    Custom,
+}
+
+impl TemplateKind {
+    /// The config's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateKind::Alpaca => "alpaca",
+            TemplateKind::Chat => "chat",
+            TemplateKind::Completion => "completion",
+            TemplateKind::Plain => "plain",
+            TemplateKind::Custom => "custom",
+        }
+    }
+}
+
 pub const ALPACA_WITH_INPUT: &str = "Below is an instruction that describes a task, paired with \
 an input that provides further context. Write a response that appropriately completes the \
 request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";

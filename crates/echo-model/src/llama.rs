@@ -65,6 +65,23 @@ impl Proj {
     }
 }
 
+/// In configs a projection is its short name (`q_proj`).
+impl serde::Serialize for Proj {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.short_name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Proj {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Proj::from_short_name(&name).ok_or_else(|| {
+            let known: Vec<&str> = Proj::ALL.iter().map(|p| p.short_name()).collect();
+            serde::de::Error::custom(format!("unknown module `{name}`, expected one of {}", known.join(", ")))
+        })
+    }
+}
+
 /// Computes `x W^T` for one projection, possibly plus an adapter's contribution.
 pub trait Projector {
     fn project(&mut self, layer: usize, proj: Proj, x: &Var, w: &Tensor) -> echo_autograd::Result<Var>;

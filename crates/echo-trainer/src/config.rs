@@ -5,6 +5,8 @@
 use crate::echo::{Aggregation, EchoConfig, InjectionSite};
 use crate::optim::Schedule;
 use echo_adapters::{AdapterConfig, Method};
+use echo_data::{Overlong, TemplateKind};
+use echo_kernels::cuda::DeviceSpec;
 use echo_model::Proj;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -52,11 +54,11 @@ pub struct DataSection {
     pub val_count: usize,
     pub cutoff: usize,
     /// `truncate` or `drop` over-long samples.
-    pub overlong: String,
+    pub overlong: Overlong,
     /// `alpaca` (LLM-Adapters records), `chat` (`{"messages": [...]}` through the model's
     /// chat_template), `completion` (`{"prompt", "completion"}`), `plain` (`{"text"}`, every
     /// token learned) or `custom` (LLM-Adapters records through `prompt_format`).
-    pub template: String,
+    pub template: TemplateKind,
     /// With `template = "custom"`: the prompt of a record without `input`, with
     /// `{instruction}` once (the output follows it directly).
     pub prompt_format: Option<String>,
@@ -81,8 +83,8 @@ impl Default for DataSection {
             synthetic_records: 2000,
             val_count: 64,
             cutoff: 256,
-            overlong: "truncate".into(),
-            template: "alpaca".into(),
+            overlong: Overlong::Truncate,
+            template: TemplateKind::Alpaca,
             prompt_format: None,
             prompt_format_with_input: None,
             train_on_inputs: false,
@@ -96,12 +98,13 @@ impl Default for DataSection {
 #[serde(deny_unknown_fields, default)]
 pub struct AdapterSection {
     /// `lora` or `dora`.
-    pub method: String,
+    pub method: Method,
     pub r: usize,
     pub alpha: f32,
     pub rslora: bool,
     pub dropout: f32,
-    pub targets: Vec<String>,
+    /// The projections to adapt, by short name (`q_proj`, ...).
+    pub targets: Vec<Proj>,
     /// Layer indices to adapt (negative: from the end); empty: all layers.
     pub layers: Vec<i64>,
     /// Start from this PEFT adapter folder (continued training) instead of a fresh init; its
@@ -112,12 +115,12 @@ pub struct AdapterSection {
 impl Default for AdapterSection {
     fn default() -> Self {
         AdapterSection {
-            method: "lora".into(),
+            method: Method::Lora,
             r: 32,
             alpha: 64.0,
             rslora: false,
             dropout: 0.05,
-            targets: ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
+            targets: vec![Proj::Q, Proj::K, Proj::V, Proj::Up, Proj::Down],
             layers: vec![],
             from: None,
         }
@@ -134,7 +137,7 @@ pub struct EchoSection {
     pub source_layers: Vec<i64>,
     /// Empty: the first quarter of the blocks.
     pub target_layers: Vec<i64>,
-    pub target_modules: Vec<String>,
+    pub target_modules: Vec<Proj>,
     pub d_echo: usize,
     pub tau: f32,
     pub lambda_kd: f32,
@@ -156,7 +159,7 @@ impl Default for EchoSection {
             enabled: true,
             source_layers: d.source_layers,
             target_layers: vec![],
-            target_modules: d.target_modules.iter().map(|p| p.short_name().to_string()).collect(),
+            target_modules: d.target_modules,
             d_echo: d.d_echo,
             tau: d.tau,
             lambda_kd: d.lambda_kd,
@@ -215,12 +218,27 @@ pub struct TrainSection {
     /// `cargo xtask train --device` overrides it. Not part of a run's identity: a checkpoint
     /// may be resumed on another device. Written out only when it is not `auto`, so configs
     /// serialised before the key existed read the same.
-    #[serde(skip_serializing_if = "is_auto")]
-    pub device: String,
+    #[serde(with = "device_spec", skip_serializing_if = "is_auto")]
+    pub device: DeviceSpec,
 }
 
-fn is_auto(device: &str) -> bool {
-    device == "auto"
+fn is_auto(device: &DeviceSpec) -> bool {
+    *device == DeviceSpec::Auto
+}
+
+/// `train.device` as its string (`auto`, `cpu`, `cuda:N`), read by [`DeviceSpec`]'s own rules.
+mod device_spec {
+    use echo_kernels::cuda::DeviceSpec;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &DeviceSpec, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceSpec, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e| serde::de::Error::custom(format!("train.device: {e}")))
+    }
 }
 
 impl Default for TrainSection {
@@ -244,7 +262,7 @@ impl Default for TrainSection {
             save_every: 200,
             diagnostics_every: None,
             log_every: 0,
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
         }
     }
 }
@@ -265,18 +283,32 @@ fn bad(key: &str, expected: &str, got: impl std::fmt::Display) -> String {
     format!("key `{key}`: expected {expected}, got {got}")
 }
 
-fn projections(key: &str, names: &[String]) -> Result<Vec<Proj>, String> {
-    if names.is_empty() {
+/// The dotted key (`adapter.method`) of the `key = value` line holding byte `offset` of a TOML
+/// text, so that a value refused while it is read (an unknown enum name) is named as the range
+/// checks name theirs. `None` where the line is not a simple `key = value` (a value on a later
+/// line of a multi-line array, say): the parser's own line and column still say where.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split('=').next()?.trim();
+    let bare = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !line.contains('=') || !bare(key) {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'));
+    Some(match section {
+        Some(s) => format!("{}.{key}", s.trim()),
+        None => key.to_string(),
+    })
+}
+
+/// A module list must name at least one (each name was checked when it was read).
+fn some_modules(key: &str, modules: &[Proj]) -> Result<(), String> {
+    if modules.is_empty() {
         return Err(bad(key, "at least one module", "an empty list"));
     }
-    let allowed: Vec<&str> = Proj::ALL.iter().map(|p| p.short_name()).collect();
-    names
-        .iter()
-        .map(|n| {
-            Proj::from_short_name(n)
-                .ok_or_else(|| bad(key, &format!("one of {}", allowed.join(", ")), format!("`{n}`")))
-        })
-        .collect()
+    Ok(())
 }
 
 /// `p` taken relative to the folder `base` (unchanged when absolute), as an absolute path. The
@@ -334,7 +366,10 @@ impl RunConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let c: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let c: RunConfig = toml::from_str(text).map_err(|e| match e.span().and_then(|s| key_at(text, s.start)) {
+            Some(key) => format!("key `{key}`: {e}"),
+            None => e.to_string(),
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -351,41 +386,29 @@ impl RunConfig {
         if d.cutoff < 8 {
             return Err(bad("data.cutoff", "at least 8 tokens", d.cutoff));
         }
-        if !["truncate", "drop"].contains(&d.overlong.as_str()) {
-            return Err(bad("data.overlong", "\"truncate\" or \"drop\"", format!("\"{}\"", d.overlong)));
-        }
         if !(0.0..=1.0).contains(&d.max_truncated_fraction) {
             return Err(bad("data.max_truncated_fraction", "a fraction in [0, 1]", d.max_truncated_fraction));
         }
-        if !["alpaca", "chat", "completion", "plain", "custom"].contains(&d.template.as_str()) {
-            return Err(bad(
-                "data.template",
-                "\"alpaca\", \"chat\", \"completion\", \"plain\" or \"custom\"",
-                format!("\"{}\"", d.template),
-            ));
-        }
-        match (d.template.as_str(), &d.prompt_format, &d.prompt_format_with_input) {
-            ("custom", None, _) => {
+        match (d.template, &d.prompt_format, &d.prompt_format_with_input) {
+            (TemplateKind::Custom, None, _) => {
                 return Err(bad(
                     "data.prompt_format",
                     "a format string with {instruction} (template = \"custom\")",
                     "none",
                 ))
             }
-            ("custom", Some(f), fi) => {
+            (TemplateKind::Custom, Some(f), fi) => {
                 echo_data::Template::new("custom", fi.as_deref().unwrap_or(""), f)
                     .map_err(|e| format!("data.prompt_format / data.prompt_format_with_input: {e}"))?;
             }
             (t, Some(_), _) | (t, None, Some(_)) => {
                 return Err(format!(
                     "data.prompt_format / data.prompt_format_with_input: only read with data.template = \"custom\", \
-                     found data.template = \"{t}\""
+                     found data.template = \"{}\"",
+                    t.name()
                 ))
             }
             _ => {}
-        }
-        if !["lora", "dora"].contains(&a.method.as_str()) {
-            return Err(bad("adapter.method", "\"lora\" or \"dora\"", format!("\"{}\"", a.method)));
         }
         if a.r == 0 || a.r > 4096 {
             return Err(bad("adapter.r", "1..=4096", a.r));
@@ -396,8 +419,8 @@ impl RunConfig {
         if !(0.0..1.0).contains(&a.dropout) {
             return Err(bad("adapter.dropout", "a value in [0, 1)", a.dropout));
         }
-        projections("adapter.targets", &a.targets)?;
-        projections("echo.target_modules", &e.target_modules)?;
+        some_modules("adapter.targets", &a.targets)?;
+        some_modules("echo.target_modules", &e.target_modules)?;
         if e.source_layers.is_empty() {
             return Err(bad("echo.source_layers", "at least one layer", "an empty list"));
         }
@@ -433,9 +456,6 @@ impl RunConfig {
             if !(0.0..1.0).contains(&v) {
                 return Err(bad(k, "a value in [0, 1)", v));
             }
-        }
-        if t.device.parse::<echo_kernels::cuda::DeviceSpec>().is_err() {
-            return Err(bad("train.device", "auto, cpu, cuda or cuda:N", format!("\"{}\"", t.device)));
         }
         if !(t.adam_eps > 0.0) || !(t.weight_decay >= 0.0) || !(t.max_grad_norm >= 0.0) {
             return Err(bad(
@@ -477,12 +497,12 @@ impl RunConfig {
             Some(crate::echo::resolve_layers("adapter.layers", &a.layers, n_layers)?)
         };
         Ok(AdapterConfig {
-            method: if a.method == "dora" { Method::Dora } else { Method::Lora },
+            method: a.method,
             r: a.r,
             alpha: a.alpha,
             use_rslora: a.rslora,
             dropout: a.dropout,
-            targets: projections("adapter.targets", &a.targets)?,
+            targets: a.targets.clone(),
             layers,
         })
     }
@@ -513,7 +533,7 @@ impl RunConfig {
         Ok(Some(EchoConfig {
             source_layers: e.source_layers.clone(),
             target_layers,
-            target_modules: projections("echo.target_modules", &e.target_modules)?,
+            target_modules: e.target_modules.clone(),
             d_echo: e.d_echo,
             tau: e.tau,
             lambda_kd: e.lambda_kd,
@@ -554,6 +574,36 @@ mod tests {
         alias.resolve_paths(&dir);
         assert_eq!(alias.model.path, "smollm2");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn values_refused_while_reading_name_their_key_and_the_allowed_values() {
+        let cases = [
+            ("[adapter]\nmethod = \"lorax\"\n", "adapter.method", "dora"),
+            ("[adapter]\ntargets = [\"q_proj\", \"qkv\"]\n", "adapter.targets", "down_proj"),
+            ("[echo]\ntarget_modules = [\"mlp\"]\n", "echo.target_modules", "q_proj"),
+            ("[data]\noverlong = \"cut\"\n", "data.overlong", "truncate"),
+            ("[data]\ntemplate = \"vicuna\"\n", "data.template", "custom"),
+            ("[train]\ndevice = \"tpu\"\n", "train.device", "cuda:N"),
+        ];
+        for (section, key, allowed) in cases {
+            let e = RunConfig::parse(&format!("[model]\npath = \"m\"\n{section}")).unwrap_err();
+            assert!(e.contains(&format!("key `{key}`")) && e.contains(allowed), "{section}: {e}");
+        }
+        // Typed values read back as the names a config writes.
+        let c = RunConfig::parse(
+            "[model]\npath = \"m\"\n[adapter]\nmethod = \"dora\"\ntargets = [\"o_proj\"]\n\
+             [data]\noverlong = \"drop\"\ntemplate = \"plain\"\n[train]\ndevice = \"cuda\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.adapter.method, c.adapter.targets.clone()), (Method::Dora, vec![Proj::O]));
+        assert_eq!((c.data.overlong, c.data.template), (Overlong::Drop, TemplateKind::Plain));
+        assert_eq!(c.train.device, DeviceSpec::Cuda(0));
+        let text = toml::to_string(&c).unwrap();
+        for line in ["method = \"dora\"", "targets = [\"o_proj\"]", "overlong = \"drop\"", "device = \"cuda:0\""] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(RunConfig::parse(&text).unwrap(), c);
     }
 
     #[test]

@@ -7,8 +7,7 @@ use echo_kernels::cuda::{self, DeviceSpec};
 use echo_tensor::Device;
 
 /// The device `spec` names on this machine, and one line saying which and why.
-pub fn resolve(spec: &str) -> Result<(Device, String), String> {
-    let parsed: DeviceSpec = spec.parse().map_err(|e| format!("device: {e}"))?;
+pub fn resolve(parsed: DeviceSpec) -> Result<(Device, String), String> {
     let (picked, why_not) = cuda::Device::resolve_explained(parsed).map_err(|e| format!("device {parsed}: {e}"))?;
     let device = match picked {
         cuda::Device::Cpu => Device::Cpu,
@@ -30,8 +29,8 @@ mod tests {
 
     #[test]
     fn cpu_is_always_available_and_bad_names_are_errors() {
-        assert_eq!(resolve("cpu").unwrap(), (Device::Cpu, "device: cpu (as requested)".to_string()));
-        let e = resolve("tpu").unwrap_err();
+        assert_eq!(resolve(DeviceSpec::Cpu).unwrap(), (Device::Cpu, "device: cpu (as requested)".to_string()));
+        let e = "tpu".parse::<DeviceSpec>().unwrap_err().to_string();
         assert!(e.contains("expected auto, cpu, cuda or cuda:N"), "{e}");
     }
 
@@ -39,17 +38,17 @@ mod tests {
     /// explicit GPU is an error. With one, both pick it.
     #[test]
     fn auto_falls_back_with_a_reason() {
-        let (d, notice) = resolve("auto").unwrap();
+        let (d, notice) = resolve(DeviceSpec::Auto).unwrap();
         match cuda::probe().unusable() {
             Some(why) => {
                 assert_eq!(d, Device::Cpu);
                 assert!(notice.contains("auto") && notice.contains(&why.to_string()), "{notice}");
-                let e = resolve("cuda:0").unwrap_err();
+                let e = resolve(DeviceSpec::Cuda(0)).unwrap_err();
                 assert!(e.contains("cuda:0") && e.contains(&why.to_string()), "{e}");
             }
             None => {
                 assert_eq!(d, Device::Cuda(0));
-                assert_eq!(resolve("cuda:0").unwrap().0, Device::Cuda(0));
+                assert_eq!(resolve(DeviceSpec::Cuda(0)).unwrap().0, Device::Cuda(0));
             }
         }
     }

@@ -3,6 +3,7 @@
 //! ([`train`]), the echo diagnostics ([`diagnostics`]). [`device`] picks where a run
 //! computes; [`device_check`] compares the whole step on a GPU with the CPU and
 //! [`step_bench`] times the LLaMA-7B LoRA step (both for `cargo xtask gpu-check`).
+//! [`interrupt`] carries a stop asked for by a signal to the loop.
 
 pub mod checkpoint;
 pub mod config;
@@ -10,6 +11,8 @@ pub mod device;
 pub mod device_check;
 pub mod diagnostics;
 pub mod echo;
+pub mod error;
+pub mod interrupt;
 pub mod layout;
 pub mod metrics;
 pub mod optim;
@@ -20,5 +23,6 @@ pub mod train;
 
 pub use config::RunConfig;
 pub use echo::{Aggregation, EchoConfig, EchoPath, InjectionSite};
+pub use error::TrainError;
 pub use step::{forward_backward, StepContext, StepInput, StepStats, Trace};
 pub use train::{train, RunOptions, RunSummary};

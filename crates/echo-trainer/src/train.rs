@@ -6,6 +6,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::{DataSection, RunConfig, TrainSection};
 use crate::diagnostics::Probe;
 use crate::echo::EchoPath;
+use crate::error::TrainError;
 use crate::metrics::{Metrics, StepLine};
 use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
@@ -92,17 +93,13 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
     let d = &cfg.data;
     // The same templates as `cargo xtask data --template` (chat reads the tokenizer's folder).
     let template = Template::from_config(
-        &d.template,
+        d.template.name(),
         d.prompt_format.as_deref(),
         d.prompt_format_with_input.as_deref(),
         tok.path(),
     )
     .map_err(|e| format!("data.template: {e}"))?;
-    let enc = EncodeConfig {
-        cutoff: Some(d.cutoff),
-        overlong: if d.overlong == "drop" { Overlong::Drop } else { Overlong::Truncate },
-        train_on_inputs: d.train_on_inputs,
-    };
+    let enc = EncodeConfig { cutoff: Some(d.cutoff), overlong: d.overlong, train_on_inputs: d.train_on_inputs };
     let prog = if progress { Progress::Auto } else { Progress::Hidden };
     let (examples, report) = if d.train == ["synthetic"] {
         let spec = echo_data::SyntheticSpec { count: d.synthetic_records, seed: cfg.train.seed, ..Default::default() };
@@ -140,7 +137,7 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
 /// `data.max_truncated_fraction` of the records (under `overlong = "truncate"`).
 fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
     let cut = r.answers_cut();
-    if d.overlong != "truncate" || r.records == 0 || cut as f64 <= d.max_truncated_fraction * r.records as f64 {
+    if d.overlong != Overlong::Truncate || r.records == 0 || cut as f64 <= d.max_truncated_fraction * r.records as f64 {
         return Ok(());
     }
     Err(format!(
@@ -428,7 +425,7 @@ impl Reporter {
 }
 
 /// Trains as `cfg` says on the model in `model_dir`, writing into `out_dir`.
-pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOptions) -> Result<RunSummary, String> {
+pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOptions) -> Result<RunSummary, TrainError> {
     let started = Instant::now();
     // The run folder is this process's until it ends (the OS releases the lock of a process
     // that dies); a folder holding a run is continued, moved aside or refused.
@@ -437,13 +434,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         let found = run_files(out_dir);
         if !found.is_empty() {
             if !opts.overwrite {
-                return Err(format!(
-                    "{}: this folder holds a run ({}); pass --resume to continue it, or --overwrite to move it aside \
-                     (to {}.old-<unix time>) and start a new run there",
-                    out_dir.display(),
-                    found.join(", "),
-                    out_dir.display()
-                ));
+                return Err(TrainError::RunFolderInUse { dir: out_dir.to_path_buf(), found });
             }
             let aside = move_aside(out_dir)?;
             println!("--overwrite: the run that was in {} is now in {}", out_dir.display(), aside.display());
@@ -451,7 +442,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         }
     }
     checkpoint::remove_stale(out_dir)?;
-    let (device, notice) = crate::device::resolve(&cfg.train.device)?;
+    let (device, notice) = crate::device::resolve(cfg.train.device)?;
     println!("{notice}");
     // The config a checkpoint must match (see `identity`), checked before anything slow.
     let ident = identity(cfg);
@@ -464,7 +455,8 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                     "{}: no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into \
                      its output folder; run without --resume to start one)",
                     ckpt_dir.display()
-                ))
+                )
+                .into())
             }
             Some(found) => {
                 for note in &found.notes {
@@ -483,14 +475,11 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         let (length, other): (Vec<_>, Vec<_>) =
             checkpoint::config_changes(&old, &ident).into_iter().partition(|c| LENGTH_KEYS.contains(&c.key.as_str()));
         if !other.is_empty() {
-            let list: Vec<String> = other.iter().map(|c| c.to_string()).collect();
-            return Err(format!(
-                "{}: the checkpoint was written under a different config ({}). Resume with the config it was written \
-                 under, or start a new output folder; only the run's length ({}) may change on resume",
-                ckpt_dir.display(),
-                list.join("; "),
-                LENGTH_KEYS.join(", ")
-            ));
+            return Err(TrainError::ConfigMismatch {
+                checkpoint: ckpt_dir.clone(),
+                changes: other,
+                length_keys: LENGTH_KEYS.map(String::from).to_vec(),
+            });
         }
         if !length.is_empty() {
             length_change = Some((old, length));
@@ -600,7 +589,8 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                 l.state.step,
                 t.max_steps,
                 t.epochs
-            ));
+            )
+            .into());
         }
         if let Some((old, keys)) = &length_change {
             let old_total = run_length(&old.train, per_epoch);
@@ -701,12 +691,12 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             let w = n as f32 / total_counted as f32;
             let (s, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout_rng), w, false)?;
             if !s.loss.is_finite() {
-                return Err(format!(
-                    "step {}: the loss is {} (non-finite); stopping. The last checkpoint ({}) is untouched.",
-                    state.step + 1,
-                    s.loss,
-                    ckpt_dir.display()
-                ));
+                return Err(TrainError::NonFinite {
+                    step: state.step + 1,
+                    what: "loss",
+                    value: s.loss,
+                    checkpoint: ckpt_dir.clone(),
+                });
             }
             agg.loss += w * s.loss;
             agg.ce_plain += w * s.ce_plain;
@@ -719,11 +709,12 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         }
         let grad_norm = global_grad_norm(&store, &trainable)?;
         if !grad_norm.is_finite() {
-            return Err(format!(
-                "step {}: the gradient norm is {grad_norm} (non-finite); stopping. The last checkpoint ({}) is untouched.",
-                state.step + 1,
-                ckpt_dir.display()
-            ));
+            return Err(TrainError::NonFinite {
+                step: state.step + 1,
+                what: "gradient norm",
+                value: grad_norm,
+                checkpoint: ckpt_dir.clone(),
+            });
         }
         let clip = clip_factor(grad_norm, t.max_grad_norm);
         let lr = lr_at(t.schedule, t.lr, state.step, t.warmup_steps, total_steps);
@@ -773,6 +764,10 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         diagnose(&mut metrics, &store, state.step)?;
         if opts.deadline.is_some_and(|d| Instant::now() >= d) && state.step < stop_at {
             println!("stopping at step {} of {total_steps}: the time slot is over (resume to continue)", state.step);
+            stop_at = state.step;
+        }
+        if crate::interrupt::stop_requested() && state.step < stop_at {
+            println!("stopping at step {} of {total_steps}: interrupted (resume to continue)", state.step);
             stop_at = state.step;
         }
         if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || last || state.step == stop_at {
@@ -892,7 +887,7 @@ mod tests {
     fn the_identity_ignores_device_logging_diagnostics_and_the_cutoff_check_but_not_the_length() {
         let mut a = RunConfig::parse("[model]\npath = \"m\"\n").unwrap();
         let mut b = a.clone();
-        b.train.device = "cpu".into();
+        b.train.device = echo_kernels::cuda::DeviceSpec::Cpu;
         b.train.log_every = 7;
         b.train.diagnostics_every = Some(3);
         b.data.max_truncated_fraction = 0.5;

@@ -97,7 +97,7 @@ fn train_refuses_before_making_anything() {
         (200, "source_layers = [-2, -1]\ntarget_layers = [2]\nd_echo = 8", "echo.target_layers"),
     ] {
         let cfg = RunConfig::parse(&text(cutoff, echo)).unwrap();
-        let e = train(&cfg, &fixture(), &out, &RunOptions::default()).expect_err("trained");
+        let e = train(&cfg, &fixture(), &out, &RunOptions::default()).expect_err("trained").to_string();
         assert!(e.contains(key), "{key}: {e}");
     }
 }

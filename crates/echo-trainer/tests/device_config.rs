@@ -2,6 +2,7 @@
 //! read the same), resuming under another device setting, and a short run on CUDA against the
 //! same run on the CPU (skipped with a message without a usable driver).
 
+use echo_kernels::cuda::DeviceSpec;
 use echo_trainer::{train, RunConfig, RunOptions};
 use std::path::PathBuf;
 
@@ -27,9 +28,15 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn the_device_key_defaults_to_auto_and_is_checked() {
-    assert_eq!(config(None).train.device, "auto");
-    for ok in ["auto", "cpu", "cuda", "cuda:1", "CUDA:0"] {
-        assert_eq!(config(Some(ok)).train.device, ok);
+    assert_eq!(config(None).train.device, DeviceSpec::Auto);
+    for (ok, spec) in [
+        ("auto", DeviceSpec::Auto),
+        ("cpu", DeviceSpec::Cpu),
+        ("cuda", DeviceSpec::Cuda(0)),
+        ("cuda:1", DeviceSpec::Cuda(1)),
+        ("CUDA:0", DeviceSpec::Cuda(0)),
+    ] {
+        assert_eq!(config(Some(ok)).train.device, spec, "{ok}");
     }
     let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\ndevice = \"gpu0\"\n").unwrap_err();
     assert!(e.contains("train.device") && e.contains("cuda:N") && e.contains("gpu0"), "{e}");

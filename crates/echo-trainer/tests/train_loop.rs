@@ -134,6 +134,9 @@ fn non_finite_loss_stops_and_leaves_the_checkpoint_untouched() {
         .map(|f| std::fs::read(out.join("checkpoint").join(f)).unwrap())
         .collect();
     let err = train(&cfg, &fixture(), &out, &RunOptions { resume: true, ..Default::default() }).unwrap_err();
+    // A typed error a caller can match, with the message a user reads.
+    assert!(matches!(err, echo_trainer::TrainError::NonFinite { step: 3, .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("step 3") && err.contains("non-finite") && err.contains("untouched"), "{err}");
     let after: Vec<Vec<u8>> = ["adapter/adapter_model.safetensors", "state.safetensors", "state.json"]
         .iter()

@@ -294,11 +294,9 @@ pub fn dora_forward(
     if cuda::on_gpu([&pre, &norm, magnitude]) {
         return gpu::dora_scale_forward(pre, z, norm, magnitude);
     }
-    let c: Vec<f32> = magnitude.f32s("dora_linear")?.iter().zip(norm.as_f32()).map(|(m, n)| m / n).collect();
-    let mut y = pre.as_f32().to_vec();
-    for row in y.chunks_mut(c.len()) {
-        row.iter_mut().zip(&c).for_each(|(y, c)| *y *= c);
-    }
+    // The routine the CUDA kernel is checked against (`echo_kernels::cuda::check`).
+    let mut y = vec![0.0f32; pre.as_f32().len()];
+    lowrank::dora_scale_forward(pre.as_f32(), magnitude.f32s("dora_linear")?, norm.as_f32(), &mut y);
     let y = pre.with_data(y, pre.shape().clone());
     Ok((y, DoraSaved { z, pre, norm }))
 }
@@ -323,25 +321,12 @@ pub fn dora_backward(
         let (dpre, dm) = gpu::dora_scale_backward(dy, magnitude, saved, want_dm)?;
         return Ok((lora_backward(&dpre, x, xd, keep, p, &saved.z, want)?, dm));
     }
-    let (m, n) = (magnitude.f32s(op)?, saved.norm.f32s(op)?);
-    let out = n.len();
-    let dyd = dy.f32s(op)?;
-    let dm = want_dm.then(|| {
-        let mut acc = vec![0.0f64; out];
-        for (g, pr) in dyd.chunks(out).zip(saved.pre.as_f32().chunks(out)) {
-            for o in 0..out {
-                acc[o] += (g[o] * pr[o]) as f64;
-            }
-        }
-        let v: Vec<f32> = acc.iter().zip(n).map(|(a, n)| (*a as f32) / n).collect();
-        dy.with_data(v, magnitude.shape().clone())
-    });
-    let mut dpre = dyd.to_vec();
-    for row in dpre.chunks_mut(out) {
-        for o in 0..out {
-            row[o] *= m[o] / n[o];
-        }
-    }
+    // The routine the CUDA kernel is checked against (`echo_kernels::cuda::check`).
+    let (m, n, dyd) = (magnitude.f32s(op)?, saved.norm.f32s(op)?, dy.f32s(op)?);
+    let mut dpre = vec![0.0f32; dyd.len()];
+    let mut dm = want_dm.then(|| vec![0.0f32; n.len()]);
+    lowrank::dora_scale_backward(dyd, saved.pre.as_f32(), m, n, &mut dpre, dm.as_deref_mut());
+    let dm = dm.map(|v| dy.with_data(v, magnitude.shape().clone()));
     let dpre = dy.with_data(dpre, dy.shape().clone());
     let grads = lora_backward(&dpre, x, xd, keep, p, &saved.z, want)?;
     Ok((grads, dm))
