@@ -9,7 +9,9 @@
 // examples one after the other), so attention stays inside each example; it never decreases
 // along a row (checked on the host), which lets every kernel skip the key tiles before the
 // first query's start and (dK/dV) the query tiles past the keys' examples. A query with no
-// key to attend gets a zero output, lse = +inf, and a zero gradient. Scores are scale * q.k; D <= ATT_DMAX (any D, not only multiples of 32).
+// key to attend gets a zero output, lse = +inf, and a zero gradient. A query whose scores
+// include a NaN or +inf (or whose keys all score -inf) gets a NaN output and lse, and NaN
+// gradients through them, as the twin does: never a plausible zero. Scores are scale * q.k; D <= ATT_DMAX (any D, not only multiples of 32).
 //
 // Scheme: a K/V tile of ATT_BK = 32 keys sits in shared memory, lane j of a warp owns key j
 // of the tile (its score), and the warp's 32 lanes own the head dims (d = lane + 32 c) of
@@ -28,6 +30,7 @@
 // No <math.h> under NVRTC: spell the infinities out.
 #define ATT_INF __uint_as_float(0x7f800000u)
 #define ATT_NEG_INF __uint_as_float(0xff800000u)
+#define ATT_NAN __uint_as_float(0x7fc00000u)
 
 __device__ __forceinline__ float att_warp_max(float v) {
 #pragma unroll
@@ -67,12 +70,17 @@ extern "C" __global__ void attention_fwd(const float* __restrict__ q, const floa
     att_load_tile(&qs[0][0], ATT_DMAX, q, b, q0, ATT_FWD_BQ, T, Hq, h, D);
     float m[ATT_FWD_QPW], l[ATT_FWD_QPW], o[ATT_FWD_QPW][ATT_DC];
     int st[ATT_FWD_QPW];
+    // Per query, uniform across the warp: a key to attend was seen; a score was NaN or +inf
+    // (fmaxf skips NaN, so the running max alone cannot tell).
+    bool any[ATT_FWD_QPW], bad[ATT_FWD_QPW];
 #pragma unroll
     for (int a = 0; a < ATT_FWD_QPW; ++a) {
         const int i = q0 + warp * ATT_FWD_QPW + a;
         st[a] = i < T ? key_start[(size_t)b * T + i] : T;
         m[a] = ATT_NEG_INF;
         l[a] = 0.0f;
+        any[a] = false;
+        bad[a] = false;
 #pragma unroll
         for (int c = 0; c < ATT_DC; ++c) o[a][c] = 0.0f;
     }
@@ -91,11 +99,14 @@ extern "C" __global__ void attention_fwd(const float* __restrict__ q, const floa
             const int i = q0 + qi;
             if (i >= T) continue;  // uniform across the warp
             float s = ATT_NEG_INF;
-            if (kvalid && kj <= i && kj >= st[a]) {
+            const bool attends = kvalid && kj <= i && kj >= st[a];
+            if (attends) {
                 float dot = 0.0f;
                 for (int d = 0; d < D; ++d) dot += qs[qi][d] * ks[lane][d];
                 s = scale * dot;
             }
+            any[a] = any[a] || __any_sync(ATT_FULL, attends);
+            bad[a] = bad[a] || __any_sync(ATT_FULL, attends && (s != s || s == ATT_INF));
             const float m_new = fmaxf(m[a], att_warp_max(s));
             if (m_new == ATT_NEG_INF) continue;  // no valid key yet: uniform across the warp
             const float p = s == ATT_NEG_INF ? 0.0f : expf(s - m_new);
@@ -118,14 +129,17 @@ extern "C" __global__ void attention_fwd(const float* __restrict__ q, const floa
     for (int a = 0; a < ATT_FWD_QPW; ++a) {
         const int i = q0 + warp * ATT_FWD_QPW + a;
         if (i >= T) continue;
+        // No key: zeros and +inf. Keys but a bad score (or no positive weight): NaN.
+        const bool nan_row = any[a] && (bad[a] || !(l[a] > 0.0f));
         const float inv = l[a] > 0.0f ? 1.0f / l[a] : 0.0f;
         float* orow = out + (((size_t)b * T + i) * Hq + h) * D;
 #pragma unroll
         for (int c = 0; c < ATT_DC; ++c) {
             const int d = lane + 32 * c;
-            if (d < D) orow[d] = o[a][c] * inv;
+            if (d < D) orow[d] = nan_row ? ATT_NAN : o[a][c] * inv;
         }
-        if (lane == 0) lse[((size_t)b * Hq + h) * T + i] = l[a] > 0.0f ? m[a] + logf(l[a]) : ATT_INF;
+        if (lane == 0)
+            lse[((size_t)b * Hq + h) * T + i] = !any[a] ? ATT_INF : nan_row ? ATT_NAN : m[a] + logf(l[a]);
     }
 }
 
@@ -191,7 +205,7 @@ extern "C" __global__ void attention_bwd_dq(const float* __restrict__ q, const f
             const int i = q0 + qi;
             if (i >= T) continue;  // uniform across the warp
             float ds = 0.0f;
-            if (kvalid && kj <= i && kj >= st[a] && L[a] < ATT_INF) {
+            if (kvalid && kj <= i && kj >= st[a] && L[a] != ATT_INF) {
                 float dot = 0.0f, dp = 0.0f;
                 for (int d = 0; d < D; ++d) {
                     dot += qs[qi][d] * ks[lane][d];
@@ -286,7 +300,7 @@ extern "C" __global__ void attention_bwd_dkv(const float* __restrict__ q, const 
                 const int j = k0 + kl;
                 if (!jvalid[a]) continue;  // uniform across the warp (j depends on warp and a only)
                 float p = 0.0f, ds = 0.0f;
-                if (i < T && j <= i && j >= st && L < ATT_INF) {
+                if (i < T && j <= i && j >= st && L != ATT_INF) {
                     float dot = 0.0f, dp = 0.0f;
                     for (int d = 0; d < D; ++d) {
                         dot += qs[lane][d] * ks[kl][d];

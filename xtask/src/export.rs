@@ -4,10 +4,10 @@
 //! alone as a llama.cpp LoRA GGUF. The GGUF writing lives in `echo_model::gguf::export`.
 
 use anyhow::{bail, Context, Result};
-use echo_adapters::{load_peft, merged_weights, save_peft, Adapters, Method};
+use echo_adapters::{load_peft, merged_weights, save_peft_as, Adapters, Method};
 use echo_autograd::ParamStore;
 use echo_model::gguf::{export_gguf, export_lora_gguf, ExportType};
-use echo_model::weights::{save_safetensors, SaveTensor, WeightFiles};
+use echo_model::weights::{save_safetensors, SaveDtype, SaveTensor, WeightFiles};
 use echo_model::Llama;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,25 @@ pub struct ExportArgs {
     /// LoRA only: llama.cpp has no DoRA).
     #[arg(long)]
     lora_gguf: Option<PathBuf>,
+    /// The floating-point type of what --out writes (the PEFT adapter, or the merged model):
+    /// f32 (exact) or bf16 (half the size, rounded to nearest even).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: OutDtype,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OutDtype {
+    F32,
+    Bf16,
+}
+
+impl From<OutDtype> for SaveDtype {
+    fn from(d: OutDtype) -> Self {
+        match d {
+            OutDtype::F32 => SaveDtype::F32,
+            OutDtype::Bf16 => SaveDtype::Bf16,
+        }
+    }
 }
 
 /// `Err` when `out` names an existing file inside `dir` (the base model's or the adapter's
@@ -60,6 +79,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
         .with_context(|| format!("--quant `{}`: unknown (known: {})", a.quant, ExportType::NAMES))?;
     if a.gguf.is_none() && a.quant != "f16" {
         bail!("--quant applies to --gguf only");
+    }
+    if a.out.is_none() && matches!(a.dtype, OutDtype::Bf16) {
+        bail!("--dtype applies to --out only (a GGUF's type is --quant)");
     }
     if a.adapter.is_none() && (a.out.is_some() || a.lora_gguf.is_some()) {
         bail!("--out and --lora-gguf need --adapter");
@@ -104,8 +126,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     if !a.merge {
-        save_peft(out, &adapters, &store, &model_dir.to_string_lossy())?;
-        println!("wrote the PEFT adapter to {}", out.display());
+        save_peft_as(out, &adapters, &store, &model_dir.to_string_lossy(), a.dtype.into())?;
+        println!("wrote the PEFT adapter ({:?}) to {}", a.dtype, out.display());
         return Ok(());
     }
     let files = WeightFiles::open_dir(&model_dir)?;
@@ -115,7 +137,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             Some(m) => m.clone(),
             None => files.f32_tensor(name, None)?,
         };
-        tensors.push((name.to_string(), SaveTensor::from_tensor(&t)));
+        tensors.push((name.to_string(), SaveTensor::from_tensor(&t).into_dtype(a.dtype.into())));
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     save_safetensors(&out.join("model.safetensors"), tensors, Some(meta))?;

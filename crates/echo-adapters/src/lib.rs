@@ -13,4 +13,4 @@ pub use adapters::{
     peft_key, row_norms, AdapterConfig, AdapterProjector, Adapters, InjectionSite, Injections, Kind, Method, Site,
 };
 pub use merge::merged_weights;
-pub use peft::{adapter_config_json, load_peft, parse_adapter_config, save_peft, PeftError};
+pub use peft::{adapter_config_json, load_peft, parse_adapter_config, save_peft, save_peft_as, PeftError};

@@ -5,7 +5,7 @@
 use crate::adapters::{peft_key, Adapters};
 use crate::{AdapterConfig, Method};
 use echo_autograd::ParamStore;
-use echo_model::weights::{check_finite, save_safetensors, write_atomic, SaveTensor, WeightFiles};
+use echo_model::weights::{check_finite, save_safetensors, write_atomic, SaveDtype, SaveTensor, WeightFiles};
 use echo_model::{Llama, Proj};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -200,6 +200,18 @@ pub fn adapter_config_json(config: &AdapterConfig, base_model: &str) -> Value {
 
 /// Writes the adapters as a PEFT folder (created if needed; each file replaced atomically).
 pub fn save_peft(dir: &Path, adapters: &Adapters, store: &ParamStore, base_model: &str) -> Result<(), PeftError> {
+    save_peft_as(dir, adapters, store, base_model, SaveDtype::F32)
+}
+
+/// [`save_peft`] with the weights in `dtype` (bf16: half the size, each value rounded to
+/// nearest even; PEFT and transformers load it as they load their own bf16 adapters).
+pub fn save_peft_as(
+    dir: &Path,
+    adapters: &Adapters,
+    store: &ParamStore,
+    base_model: &str,
+    dtype: SaveDtype,
+) -> Result<(), PeftError> {
     let weights_path = dir.join("adapter_model.safetensors");
     check_alpha(adapters.config.alpha as f64)
         .map_err(|msg| cfg_err(&dir.join("adapter_config.json"), "lora_alpha", msg))?;
@@ -210,6 +222,14 @@ pub fn save_peft(dir: &Path, adapters: &Adapters, store: &ParamStore, base_model
     for (key, t) in &tensors {
         if let SaveTensor::F32(data, shape) = t {
             check_finite(&weights_path, key, shape, data)?;
+        }
+    }
+    let tensors: Vec<(String, SaveTensor)> = tensors.into_iter().map(|(k, t)| (k, t.into_dtype(dtype))).collect();
+    // A finite f32 beyond bf16's range (about 3.4e38) would round to infinity.
+    for (key, t) in &tensors {
+        if let SaveTensor::Bf16(data, shape) = t {
+            let wide: Vec<f32> = data.iter().map(|x| x.to_f32()).collect();
+            check_finite(&weights_path, key, shape, &wide)?;
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| PeftError::Io { path: dir.into(), source: e })?;

@@ -77,6 +77,22 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     }
 }
 
+/// Parses a `tokenizer.json` in two steps. The JSON syntax is checked first: the tokenizers
+/// crate deserialises some sections with `expect`, so a syntax error inside its `decoder`
+/// panics instead of returning an error (found by the `tokenizer` fuzz target). From a parsed
+/// value that path cannot fail, and a panic anywhere else in the library is still turned into
+/// an error naming the file rather than a crash.
+fn parse_tokenizer_json(file: &Path, bytes: &[u8]) -> Result<tokenizers::Tokenizer> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| tok_err(file, format!("not valid JSON: {e}")))?;
+    let parsed = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(value));
+    match parsed {
+        Ok(Ok(tok)) => Ok(tok),
+        Ok(Err(e)) => Err(tok_err(file, format!("not a valid tokenizer.json: {e}"))),
+        Err(_) => Err(tok_err(file, "not a valid tokenizer.json: the tokenizers library panicked on it")),
+    }
+}
+
 impl Tokenizer {
     /// Loads `tokenizer.json` from an HF model folder (or the file itself, with the configs
     /// looked up beside it).
@@ -88,8 +104,7 @@ impl Tokenizer {
             (p.parent().map(Path::to_path_buf).unwrap_or_default(), p.to_path_buf())
         };
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, "cannot read tokenizer", e))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| tok_err(&file, format!("not a valid tokenizer.json: {e}")))?;
+        let mut inner = parse_tokenizer_json(&file, &bytes)?;
         // The pipeline owns truncation and padding; a tokenizer.json that enables either
         // would change lengths silently.
         inner.with_truncation(None).map_err(|e| tok_err(&file, format!("cannot disable truncation: {e}")))?;

@@ -236,3 +236,20 @@ fn a_cutoff_shorter_than_some_prompts_drops_and_reports_exactly_those() {
         }
     }
 }
+
+/// Found by the `tokenizer` fuzz target: the tokenizers crate deserialises the `decoder` section
+/// with `expect`, so a syntax error inside it (here a raw control character in a string) was a
+/// panic, not an error.
+#[test]
+fn a_syntax_error_inside_the_tokenizer_decoder_is_an_error_not_a_panic() {
+    let d = tmp();
+    let text = std::fs::read_to_string(common::fixture_dir().join("tokenizer.json")).unwrap();
+    let decoder = text.find("\"decoder\": {").expect("the fixture has a decoder");
+    let at = decoder + text[decoder..].find("ByteLevel").expect("a ByteLevel decoder");
+    let broken = format!("{}Byte\u{1}Level{}", &text[..at], &text[at + "ByteLevel".len()..]);
+    let p = file_with(&d, "tokenizer.json", broken.as_bytes());
+    let Err(err) = echo_data::Tokenizer::from_dir(d.path()) else { panic!("a broken tokenizer.json loaded") };
+    let msg = err.to_string();
+    assert!(msg.contains(&p.display().to_string()), "{msg}");
+    assert!(msg.contains("not valid JSON") && msg.contains("control character"), "{msg}");
+}

@@ -25,6 +25,10 @@ pub enum Error {
         "{path}: {count} tensor(s) belong to layers beyond the {declared} that config.json's num_hidden_layers declares ({names}); the config and the weights disagree"
     )]
     UnexpectedTensors { path: PathBuf, declared: usize, count: usize, names: String },
+    #[error(
+        "{path}: {count} tensor(s) that a LLaMA model does not have ({names}); ignoring them would load a different model than the file describes"
+    )]
+    UnknownTensors { path: PathBuf, count: usize, names: String },
     #[error("{index}: shard `{shard}` (holding `{tensor}`) does not exist")]
     MissingShard { index: PathBuf, shard: String, tensor: String },
     #[error("input: {0}")]

@@ -253,11 +253,29 @@ fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("model.layers.")?.split_once('.')?.0.parse().ok()
 }
 
+/// A tensor name a LLaMA model has: the embedding, final norm and head, and per layer the
+/// two norms and seven projections. `rotary_emb.inv_freq`, a buffer some older conversions
+/// saved, is derived from the config and accepted.
+fn is_llama_tensor(name: &str) -> bool {
+    if matches!(name, "model.embed_tokens.weight" | "model.norm.weight" | "lm_head.weight") {
+        return true;
+    }
+    let Some((layer, rest)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
+        return false;
+    };
+    if layer.parse::<usize>().is_err() {
+        return false;
+    }
+    matches!(rest, "input_layernorm.weight" | "post_attention_layernorm.weight" | "self_attn.rotary_emb.inv_freq")
+        || Proj::ALL.iter().any(|p| rest.strip_suffix(".weight") == Some(p.block_path()))
+}
+
 /// The weights hold exactly the layers the config declares: a tensor of a layer beyond
 /// `num_hidden_layers` is an error naming the tensors (weights silently ignored would be a
-/// different model), and a config declaring more layers than the files hold is a missing
-/// tensor error before anything is sized by the declared count.
-fn check_layer_count(c: &LlamaConfig, w: &WeightFiles) -> Result<()> {
+/// different model); so is a tensor a LLaMA model does not have (an attention bias, a second
+/// head). A config declaring more layers than the files hold is a missing tensor error before
+/// anything is sized by the declared count.
+fn check_tensor_names(c: &LlamaConfig, w: &WeightFiles) -> Result<()> {
     let n = c.num_hidden_layers;
     let names = w.names();
     let beyond: Vec<&str> = names.iter().copied().filter(|name| layer_of(name).is_some_and(|l| l >= n)).collect();
@@ -270,6 +288,18 @@ fn check_layer_count(c: &LlamaConfig, w: &WeightFiles) -> Result<()> {
             path: w.path_of(first).map(Path::to_path_buf).unwrap_or_default(),
             declared: n,
             count: beyond.len(),
+            names: listed.join(", "),
+        });
+    }
+    let unknown: Vec<&str> = names.iter().copied().filter(|name| !is_llama_tensor(name)).collect();
+    if let Some(first) = unknown.first() {
+        let mut listed: Vec<&str> = unknown.iter().copied().take(4).collect();
+        if unknown.len() > listed.len() {
+            listed.push("…");
+        }
+        return Err(Error::UnknownTensors {
+            path: w.path_of(first).map(Path::to_path_buf).unwrap_or_default(),
+            count: unknown.len(),
             names: listed.join(", "),
         });
     }
@@ -310,7 +340,7 @@ impl Llama {
         let c = &config;
         let (d, q_out, kv_out) =
             (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        check_layer_count(c, w)?;
+        check_tensor_names(c, w)?;
         // Each tensor is checked finite once, here: a NaN weight would otherwise flow through
         // every forward (and a NaN adapter merged into it) with no word.
         let matrix = |name: &str, shape: &[usize]| -> Result<Tensor> {

@@ -237,16 +237,38 @@ pub fn check_finite(path: &Path, name: &str, shape: &[usize], data: &[f32]) -> R
 /// A tensor to be written.
 pub enum SaveTensor {
     F32(Vec<f32>, Vec<usize>),
+    Bf16(Vec<half::bf16>, Vec<usize>),
     I64(Vec<i64>, Vec<usize>),
+}
+
+/// The floating-point type a file is written in: f32 (exact, what training keeps), or bf16
+/// (half the size, rounded to nearest even: how adapters are usually shared).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SaveDtype {
+    #[default]
+    F32,
+    Bf16,
 }
 
 impl SaveTensor {
     pub fn from_tensor(t: &Tensor) -> Self {
         SaveTensor::F32(t.to_vec_f32(), t.dims().to_vec())
     }
+
+    /// This tensor in `dtype` (integer tensors stay as they are).
+    pub fn into_dtype(self, dtype: SaveDtype) -> Self {
+        match (self, dtype) {
+            (SaveTensor::F32(v, s), SaveDtype::Bf16) => {
+                SaveTensor::Bf16(v.into_iter().map(half::bf16::from_f32).collect(), s)
+            }
+            (t, _) => t,
+        }
+    }
+
     fn bytes(&self) -> (Dtype, Vec<usize>, Vec<u8>) {
         match self {
             SaveTensor::F32(v, s) => (Dtype::F32, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            SaveTensor::Bf16(v, s) => (Dtype::BF16, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             SaveTensor::I64(v, s) => (Dtype::I64, s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         }
     }

@@ -313,3 +313,36 @@ fn a_decoder_is_not_sized_past_the_context() {
     let e = echo_model::Decoder::new(&m, 1, 1 << 40).err().expect("a 2^40-slot decoder").to_string();
     assert!(e.contains("capacity 1099511627776 exceeds max_position_embeddings 256"), "{e}");
 }
+
+/// The fixture's weights plus one `extra` tensor of four floats.
+fn with_extra_tensor(dir: &Path, extra: &str) {
+    let files = echo_model::weights::WeightFiles::open_files(&[fixture().join("model.safetensors")]).unwrap();
+    let mut out: Vec<(String, SaveTensor)> = files
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = files.f32_tensor(n, None).unwrap();
+            (n.to_string(), SaveTensor::F32(t.as_f32().to_vec(), t.dims().to_vec()))
+        })
+        .collect();
+    out.push((extra.to_string(), SaveTensor::F32(vec![0.5; 4], vec![4])));
+    save_safetensors(&dir.join("model.safetensors"), out, None).unwrap();
+}
+
+#[test]
+fn a_tensor_a_llama_does_not_have_is_an_error_naming_it() {
+    let d = copy("unknown-tensor");
+    for extra in ["foo.bar", "model.layers.0.self_attn.q_proj.bias", "model.layers.x.input_layernorm.weight"] {
+        with_extra_tensor(&d, extra);
+        let e = load_err(&d);
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains(&format!("1 tensor(s) that a LLaMA model does not have ({extra})"))
+                && e.contains("different model"),
+            "{e}"
+        );
+    }
+    // A RoPE buffer some older conversions saved is derived from the config: accepted.
+    with_extra_tensor(&d, "model.layers.0.self_attn.rotary_emb.inv_freq");
+    Llama::load(&d).expect("an inv_freq buffer is accepted");
+}

@@ -497,6 +497,16 @@ fn bad_files_are_clear_errors() {
     std::fs::write(&p, &b).unwrap();
     assert_err_names_file(GgufFile::open(&p).err().unwrap(), &p, "element count");
 
+    // Dimensions whose element count fits in u64 but whose byte length does not (found by
+    // the gguf fuzz target: an overflow panic, or in a release build a wrapped length).
+    let p = dir.join("bytes-overflow.gguf");
+    let mut b = good.clone();
+    let ne_at = name_at + 4;
+    b[ne_at..ne_at + 8].copy_from_slice(&(1u64 << 32).to_le_bytes());
+    b[ne_at + 8..ne_at + 16].copy_from_slice(&((1u64 << 32) - 1).to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    assert_err_names_file(GgufFile::open(&p).err().unwrap(), &p, "overflowing");
+
     // Missing file.
     let p = dir.join("nope.gguf");
     assert_err_names_file(GgufFile::open(&p).err().unwrap(), &p, "No such file");

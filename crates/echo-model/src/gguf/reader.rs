@@ -362,9 +362,13 @@ impl GgufFile {
             let offset = c.u64(&format!("data offset of `{name}`"))?;
             let info = TensorInfo { name, ne, ggml_type, offset };
             let numel = info.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let block = ggml_type.block().0 as u64;
-            match numel {
-                Some(n) if n > 0 && info.ne[0].is_multiple_of(block) => {}
+            let (block, block_bytes) = ggml_type.block();
+            let block = block as u64;
+            // The byte length must fit too: 2^62 f32 elements pass the element count and
+            // overflow it (found by the `gguf` fuzz target).
+            let bytes = numel.and_then(|n| (n / block).checked_mul(block_bytes as u64));
+            match (numel, bytes) {
+                (Some(n), Some(_)) if n > 0 && info.ne[0].is_multiple_of(block) => {}
                 _ => {
                     return Err(bad(
                         path,
