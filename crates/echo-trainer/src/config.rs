@@ -2,7 +2,7 @@
 //! are range-checked with the key's full name in the message. `docs/method.md`'s ablation
 //! switches are all keys of `[echo]`.
 
-use crate::echo::{Aggregation, EchoConfig, InjectionSite};
+use crate::echo::EchoConfig;
 use crate::optim::Schedule;
 use echo_adapters::{AdapterConfig, Method};
 use echo_data::{Overlong, TemplateKind};
@@ -27,7 +27,8 @@ pub struct RunConfig {
     #[serde(default)]
     pub adapter: AdapterSection,
     #[serde(default)]
-    pub echo: EchoSection,
+    /// `[echo]`: the echo path's own config type, read directly (see [`EchoConfig`]).
+    pub echo: EchoConfig,
     #[serde(default)]
     pub train: TrainSection,
     #[serde(default)]
@@ -123,53 +124,6 @@ impl Default for AdapterSection {
             targets: vec![Proj::Q, Proj::K, Proj::V, Proj::Up, Proj::Down],
             layers: vec![],
             from: None,
-        }
-    }
-}
-
-/// `[echo]`; keys map one-to-one to the parity fixture's `echo-config.json` (see
-/// ARCHITECTURE.md), plus `enabled`, `p_route` (the fixture gives `route` per sample instead),
-/// `gate` and `init_std`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EchoSection {
-    pub enabled: bool,
-    pub source_layers: Vec<i64>,
-    /// Empty: the first quarter of the blocks.
-    pub target_layers: Vec<i64>,
-    pub target_modules: Vec<Proj>,
-    pub d_echo: usize,
-    pub tau: f32,
-    pub lambda_kd: f32,
-    pub detach_echo: bool,
-    pub aggregation: Aggregation,
-    pub p_route: f32,
-    pub gate: bool,
-    pub init_std: f32,
-    pub rms_norm_eps: Option<f32>,
-    /// `bottleneck` (default; method.md section 2) or `output` (section 2a). A checkpoint
-    /// written before the key existed reads as `bottleneck`, which is what it trained with.
-    pub injection: InjectionSite,
-}
-
-impl Default for EchoSection {
-    fn default() -> Self {
-        let d = EchoConfig::default();
-        EchoSection {
-            enabled: true,
-            source_layers: d.source_layers,
-            target_layers: vec![],
-            target_modules: d.target_modules,
-            d_echo: d.d_echo,
-            tau: d.tau,
-            lambda_kd: d.lambda_kd,
-            detach_echo: d.detach_echo,
-            aggregation: d.aggregation,
-            p_route: d.p_route,
-            gate: d.gate,
-            init_std: d.init_std,
-            rms_norm_eps: None,
-            injection: d.injection,
         }
     }
 }
@@ -521,36 +475,21 @@ impl RunConfig {
     }
 
     pub fn echo_config(&self, n_layers: usize) -> Result<Option<EchoConfig>, String> {
-        let e = &self.echo;
-        if !e.enabled {
+        if !self.echo.enabled {
             return Ok(None);
         }
-        let target_layers = if e.target_layers.is_empty() {
-            (0..(n_layers / 4).max(1) as i64).collect()
-        } else {
-            e.target_layers.clone()
-        };
-        Ok(Some(EchoConfig {
-            source_layers: e.source_layers.clone(),
-            target_layers,
-            target_modules: e.target_modules.clone(),
-            d_echo: e.d_echo,
-            tau: e.tau,
-            lambda_kd: e.lambda_kd,
-            detach_echo: e.detach_echo,
-            aggregation: e.aggregation,
-            p_route: e.p_route,
-            gate: e.gate,
-            init_std: e.init_std,
-            rms_norm_eps: e.rms_norm_eps,
-            injection: e.injection,
-        }))
+        let mut config = self.echo.clone();
+        if config.target_layers.is_empty() {
+            config.target_layers = (0..(n_layers / 4).max(1) as i64).collect();
+        }
+        Ok(Some(config))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::echo::InjectionSite;
 
     #[test]
     fn paths_resolve_against_the_config_folder_once() {

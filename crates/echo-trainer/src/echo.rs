@@ -23,10 +23,18 @@ pub enum Aggregation {
     SingleLayer,
 }
 
-/// The echo path's settings. Layer indices may be negative (counted from the end).
-#[derive(Clone, Debug, PartialEq)]
+/// The echo path's settings, read as the run config's `[echo]` section. Keys map one-to-one
+/// to the parity fixture's `echo-config.json` (see ARCHITECTURE.md), plus `enabled`, `p_route`
+/// (the fixture gives `route` per sample instead), `gate` and `init_std`. Layer indices may be
+/// negative (counted from the end).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EchoConfig {
+    /// `false`: the run trains plain LoRA/DoRA and no echo path is built (the run config's
+    /// switch; [`EchoPath`] itself never reads it).
+    pub enabled: bool,
     pub source_layers: Vec<i64>,
+    /// Empty in a run config: the first quarter of the blocks (`RunConfig::echo_config`).
     pub target_layers: Vec<i64>,
     pub target_modules: Vec<Proj>,
     pub d_echo: usize,
@@ -42,13 +50,16 @@ pub struct EchoConfig {
     pub init_std: f32,
     /// The echo RMSNorm's eps; `None` uses the model's `rms_norm_eps`.
     pub rms_norm_eps: Option<f32>,
-    /// Where `g ⊙ p` goes: the bottleneck (`[r]`) or the module's output (`[out]`).
+    /// Where `g ⊙ p` goes: the bottleneck (`[r]`, the default; method.md section 2) or the
+    /// module's output (`[out]`, section 2a). A checkpoint written before the key existed
+    /// reads as `bottleneck`, which is what it trained with.
     pub injection: InjectionSite,
 }
 
 impl Default for EchoConfig {
     fn default() -> Self {
         EchoConfig {
+            enabled: true,
             source_layers: vec![-4, -3, -2, -1],
             target_layers: vec![],
             target_modules: vec![Proj::Q, Proj::K, Proj::V, Proj::Up, Proj::Down],

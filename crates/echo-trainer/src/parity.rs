@@ -54,6 +54,7 @@ pub fn load_echo_dir(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let config = EchoConfig {
+        enabled: true,
         source_layers: j.source_layers,
         target_layers: j.target_layers,
         target_modules,
