@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
         echo_fuzz::put(&dir, name, bytes);
     }
     if let Ok(loaded) = echo_trainer::checkpoint::load(&dir) {
-        let _ = echo_trainer::checkpoint::stored_config(&loaded.state);
+        let _ = echo_trainer::checkpoint::stored_config(&dir, &loaded.state);
     }
 });

@@ -6,6 +6,7 @@
 //! from ([`save`], [`latest`]).
 
 use crate::config::RunConfig;
+use crate::error::{Result, TrainError};
 use crate::optim::AdamWState;
 use echo_adapters::{save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore};
@@ -110,12 +111,15 @@ fn show(v: &toml::Value) -> String {
 
 /// The run config a checkpoint was written under (its `config_toml`), read without the
 /// range checks (they belong to the config being resumed with).
-pub fn stored_config(state: &TrainState) -> Result<RunConfig, String> {
-    toml::from_str(&state.config_toml).map_err(|e| format!("the config stored in the checkpoint cannot be read: {e}"))
+/// `dir` is the checkpoint folder, for the error.
+pub fn stored_config(dir: &Path, state: &TrainState) -> Result<RunConfig> {
+    toml::from_str(&state.config_toml)
+        .map_err(|e| io(&dir.join("state.json"), format!("the config stored in the checkpoint cannot be read: {e}")))
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", path.display())
+/// A checkpoint file or folder that cannot be read, written, synced or renamed.
+fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), msg: e.to_string() }
 }
 
 /// The name of the pointer in a run folder: a symbolic link to the current
@@ -154,7 +158,7 @@ fn entries(out: &Path) -> Vec<(String, PathBuf)> {
 /// Removes the temporary folders of saves that never finished (a run folder is locked by
 /// one process, so none of them is being written). The swap leftovers of older versions are
 /// kept until a checkpoint is saved: they may be all there is to resume from.
-pub fn remove_stale(out: &Path) -> Result<(), String> {
+pub fn remove_stale(out: &Path) -> Result<()> {
     for (name, path) in entries(out) {
         if is_leftover(&name) && !is_legacy_leftover(&name) {
             remove(&path)?;
@@ -170,7 +174,7 @@ pub fn exists(out: &Path) -> bool {
 }
 
 /// Removes a folder, a file or a link (not what it points to).
-fn remove(path: &Path) -> Result<(), String> {
+fn remove(path: &Path) -> Result<()> {
     match path.symlink_metadata() {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(|e| io(path, e)),
         Ok(_) => std::fs::remove_file(path).map_err(|e| io(path, e)),
@@ -179,7 +183,7 @@ fn remove(path: &Path) -> Result<(), String> {
 }
 
 /// fsyncs every file under `dir`, then the folders, deepest first.
-fn sync_tree(dir: &Path) -> Result<(), String> {
+fn sync_tree(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let e = e.map_err(|e| io(dir, e))?;
         let path = e.path();
@@ -192,7 +196,7 @@ fn sync_tree(dir: &Path) -> Result<(), String> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<()> {
     echo_io::sync_dir(dir).map_err(|e| io(dir, e))
 }
 
@@ -223,7 +227,7 @@ pub fn save(
     adam: &AdamWState,
     store: &ParamStore,
     base_model: &str,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf> {
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let pid = std::process::id();
     let step = state.step;
@@ -232,25 +236,19 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    save_peft(&tmp.join("adapter"), adapters, store, base_model).map_err(|e| e.to_string())?;
+    save_peft(&tmp.join("adapter"), adapters, store, base_model)?;
     let mut tensors: Vec<(String, SaveTensor)> =
         echo_params.iter().map(|&id| (store.get(id).name.clone(), SaveTensor::from_tensor(store.value(id)))).collect();
     // Moments are stored flat (`[numel]`), read back from a device if they live there.
     for (k, m) in &adam.m {
-        tensors.push((
-            format!("optim.m.{k}"),
-            SaveTensor::F32(m.try_to_vec_f32().map_err(|e| e.to_string())?, vec![m.numel()]),
-        ));
+        tensors.push((format!("optim.m.{k}"), SaveTensor::F32(m.try_to_vec_f32()?, vec![m.numel()])));
     }
     for (k, v) in &adam.v {
-        tensors.push((
-            format!("optim.v.{k}"),
-            SaveTensor::F32(v.try_to_vec_f32().map_err(|e| e.to_string())?, vec![v.numel()]),
-        ));
+        tensors.push((format!("optim.v.{k}"), SaveTensor::F32(v.try_to_vec_f32()?, vec![v.numel()])));
     }
-    save_safetensors(&tmp.join("state.safetensors"), tensors, None).map_err(|e| e.to_string())?;
+    save_safetensors(&tmp.join("state.safetensors"), tensors, None)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
-    write_atomic(&tmp.join("state.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
     sync_tree(&tmp)?;
     kill_point(step, "written");
 
@@ -299,7 +297,7 @@ pub fn save(
 
 /// Makes the pointer name `checkpoint-<step>`: a new link renamed over the old one (a
 /// checkpoint folder from before numbering in its place is moved aside first).
-fn point_to(out: &Path, step: usize) -> Result<(), String> {
+fn point_to(out: &Path, step: usize) -> Result<()> {
     let pid = std::process::id();
     let pointer = out.join(POINTER);
     if pointer.symlink_metadata().is_ok_and(|m| m.is_dir()) {
@@ -316,7 +314,7 @@ fn point_to(out: &Path, step: usize) -> Result<(), String> {
 /// Makes a checkpoint found past the pointer current: named `checkpoint-<step>` (a swap
 /// leftover of an older version is renamed so) and pointed to, so the damaged one is no
 /// longer kept as the previous checkpoint. Returns its folder.
-fn adopt(out: &Path, dir: PathBuf, step: usize) -> Result<PathBuf, String> {
+fn adopt(out: &Path, dir: PathBuf, step: usize) -> Result<PathBuf> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = if numbered(&name) == Some(step) {
         dir
@@ -344,18 +342,18 @@ pub struct Found {
 
 /// Reads a checkpoint folder whole: its state, and the adapter's config and tensors, so a
 /// damaged one is found before training starts.
-fn load_checked(dir: &Path) -> Result<Loaded, String> {
+fn load_checked(dir: &Path) -> Result<Loaded> {
     if !dir.is_dir() {
-        return Err(format!("{}: missing", dir.display()));
+        return Err(io(dir, "missing"));
     }
     let loaded = load(dir)?;
     let adapter = adapter_dir(dir);
     let cfg = adapter.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg).map_err(|e| io(&cfg, e))?;
     serde_json::from_str::<serde_json::Value>(&text).map_err(|e| io(&cfg, e))?;
-    let files = WeightFiles::open_files(&[adapter.join("adapter_model.safetensors")]).map_err(|e| e.to_string())?;
+    let files = WeightFiles::open_files(&[adapter.join("adapter_model.safetensors")])?;
     for name in files.names() {
-        files.f32_tensor(name, None).map_err(|e| e.to_string())?;
+        files.f32_tensor(name, None)?;
     }
     Ok(loaded)
 }
@@ -375,7 +373,7 @@ fn claimed_step(name: &str, path: &Path) -> Option<usize> {
 /// A checkpoint found past the pointer is made current (see `adopt`), so call this only
 /// holding the run folder's lock.
 /// `Ok(None)`: nothing to resume from; `Err`: checkpoints, none of them readable.
-pub fn latest(out: &Path) -> Result<Option<Found>, String> {
+pub fn latest(out: &Path) -> Result<Option<Found>> {
     let pointer = out.join(POINTER);
     let mut candidates: Vec<PathBuf> = Vec::new();
     let mut below = None;
@@ -415,7 +413,7 @@ pub fn latest(out: &Path) -> Result<Option<Found>, String> {
             Err(e) => notes.push(format!("checkpoint {} is damaged or incomplete, passed over ({e})", dir.display())),
         }
     }
-    Err(format!("{}: no checkpoint there reads whole: {}", out.display(), notes.join("; ")))
+    Err(io(out, format!("no checkpoint there reads whole: {}", notes.join("; "))))
 }
 
 /// What [`load`] restores besides the adapter (which the caller loads from `dir/adapter`).
@@ -430,15 +428,15 @@ pub fn adapter_dir(dir: &Path) -> PathBuf {
     dir.join("adapter")
 }
 
-pub fn load(dir: &Path) -> Result<Loaded, String> {
+pub fn load(dir: &Path) -> Result<Loaded> {
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
     let state: TrainState = serde_json::from_str(&text).map_err(|e| io(&state_path, e))?;
-    let files = WeightFiles::open_files(&[dir.join("state.safetensors")]).map_err(|e| e.to_string())?;
+    let files = WeightFiles::open_files(&[dir.join("state.safetensors")])?;
     let mut adam = AdamWState { step: state.adam_step, ..Default::default() };
     let mut echo = BTreeMap::new();
     for name in files.names() {
-        let t = files.f32_tensor(name, None).map_err(|e| e.to_string())?;
+        let t = files.f32_tensor(name, None)?;
         if let Some(k) = name.strip_prefix("optim.m.") {
             adam.m.insert(k.to_string(), t);
         } else if let Some(k) = name.strip_prefix("optim.v.") {
@@ -525,7 +523,7 @@ mod tests {
         std::fs::write(&a, b"not a safetensors file").unwrap();
         assert_eq!(latest(&out).unwrap().unwrap().loaded.state.step, 4);
         std::fs::write(step_dir(&out, 4).join("state.json"), b"{").unwrap();
-        let e = latest(&out).err().unwrap();
+        let e = latest(&out).err().unwrap().to_string();
         assert!(e.contains("checkpoint-4") && e.contains("no checkpoint there reads whole"), "{e}");
         std::fs::remove_dir_all(&out).unwrap();
     }

@@ -1,6 +1,7 @@
 //! The trainer's error type. The lower crates' errors convert with `?` (`#[from]`); the
 //! failures a caller may want to tell apart have variants of their own: a refused run
-//! folder, a resume under another config, a non-finite loss or gradient. Every message names
+//! folder, a resume under another config, a non-finite loss or gradient, a checkpoint that
+//! cannot be saved or read. Every message names
 //! the file, key or step it is about.
 //!
 //! Helpers inside the crate that still report a `String` convert into [`TrainError::Other`]
@@ -44,6 +45,9 @@ pub enum TrainError {
         checkpoint.display()
     )]
     NonFinite { step: usize, what: &'static str, value: f32, checkpoint: PathBuf },
+    /// A checkpoint that cannot be written, read or found whole (`path`: the file or folder).
+    #[error("{}: {msg}", path.display())]
+    Checkpoint { path: PathBuf, msg: String },
     /// Anything else, as a message.
     #[error("{0}")]
     Other(String),

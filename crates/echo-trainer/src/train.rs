@@ -471,7 +471,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     };
     let mut length_change = None;
     if let Some(l) = &resumed {
-        let old = identity(&checkpoint::stored_config(&l.state).map_err(|e| format!("{}: {e}", ckpt_dir.display()))?);
+        let old = identity(&checkpoint::stored_config(&ckpt_dir, &l.state)?);
         let (length, other): (Vec<_>, Vec<_>) =
             checkpoint::config_changes(&old, &ident).into_iter().partition(|c| LENGTH_KEYS.contains(&c.key.as_str()));
         if !other.is_empty() {
