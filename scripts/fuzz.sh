@@ -52,9 +52,11 @@ for t in "${targets[@]}"; do
       -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 2> "fuzz/artifacts/$t/log.txt" || ok=0
   spent=$(( $(date +%s) - start ))
   after=$(ls "fuzz/artifacts/$t" | grep -cE '^(crash|oom|timeout|leak)-' || true)
-  execs=$(grep -E "^stat::number_of_executed_units" "fuzz/artifacts/$t/log.txt" | awk '{s+=$2} END {print s+0}')
+  # Fork mode prints no final stats; its progress lines carry the count. (`|| true`: a grep
+  # that matches nothing must not end the script under `set -e`.)
+  execs=$(grep -E "^stat::number_of_executed_units" "fuzz/artifacts/$t/log.txt" | awk '{s+=$2} END {print s+0}' || true)
   if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then
-    execs=$(grep -oE "^#[0-9]+" "fuzz/artifacts/$t/log.txt" | tail -n 1 | tr -d '#')
+    execs=$(grep -oE "^#[0-9]+" "fuzz/artifacts/$t/log.txt" | tail -n 1 | tr -d '#' || true)
   fi
   printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$spent" "${execs:-0}" "$((after - before))" >> fuzz/hours.tsv
   if [ $ok = 0 ] || [ "$after" -gt "$before" ]; then
