@@ -270,6 +270,15 @@ fn is_llama_tensor(name: &str) -> bool {
         || Proj::ALL.iter().any(|p| rest.strip_suffix(".weight") == Some(p.block_path()))
 }
 
+/// The first four of `names`, comma-separated, with `…` when there are more.
+fn first_names(names: &[&str]) -> String {
+    let mut listed: Vec<&str> = names.iter().copied().take(4).collect();
+    if names.len() > listed.len() {
+        listed.push("…");
+    }
+    listed.join(", ")
+}
+
 /// The weights hold exactly the layers the config declares: a tensor of a layer beyond
 /// `num_hidden_layers` is an error naming the tensors (weights silently ignored would be a
 /// different model); so is a tensor a LLaMA model does not have (an attention bias, a second
@@ -280,27 +289,19 @@ fn check_tensor_names(c: &LlamaConfig, w: &WeightFiles) -> Result<()> {
     let names = w.names();
     let beyond: Vec<&str> = names.iter().copied().filter(|name| layer_of(name).is_some_and(|l| l >= n)).collect();
     if let Some(first) = beyond.first() {
-        let mut listed: Vec<&str> = beyond.iter().copied().take(4).collect();
-        if beyond.len() > listed.len() {
-            listed.push("…");
-        }
         return Err(Error::UnexpectedTensors {
             path: w.path_of(first).map(Path::to_path_buf).unwrap_or_default(),
             declared: n,
             count: beyond.len(),
-            names: listed.join(", "),
+            names: first_names(&beyond),
         });
     }
     let unknown: Vec<&str> = names.iter().copied().filter(|name| !is_llama_tensor(name)).collect();
     if let Some(first) = unknown.first() {
-        let mut listed: Vec<&str> = unknown.iter().copied().take(4).collect();
-        if unknown.len() > listed.len() {
-            listed.push("…");
-        }
         return Err(Error::UnknownTensors {
             path: w.path_of(first).map(Path::to_path_buf).unwrap_or_default(),
             count: unknown.len(),
-            names: listed.join(", "),
+            names: first_names(&unknown),
         });
     }
     let found = names.iter().filter_map(|name| layer_of(name)).max().map_or(0, |l| l + 1);
