@@ -243,12 +243,13 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
                     println!("{c}");
                 }
                 println!(
-                    "{} cases in {:.1} s (tolerances: loss and gradient norm rel {:.0e}; each gradient cosine >= {}, norm within {:.0}%; AdamW update {:.0e} lr; two device runs bit-identical)",
+                    "{} cases in {:.1} s (tolerances: loss and gradient norm rel {:.0e}; each gradient cosine >= {}, norm within {:.0}%, or {}x the gradient's own noise floor on the cpu where that is larger; AdamW update {:.0e} lr; two device runs bit-identical)",
                     s.len(),
                     t.elapsed().as_secs_f64(),
                     device_check::LOSS_TOL,
                     1.0 - device_check::COS_TOL,
                     device_check::NORM_TOL * 100.0,
+                    device_check::NOISE_FACTOR,
                     device_check::UPDATE_TOL
                 );
             }

@@ -20,6 +20,15 @@
 //! largest elementwise error is reported, not judged. Against an all-f32 CPU step the same
 //! gradients move by 10-20% of their largest element (and the layer mix's, at the echo
 //! fixture's own small init, by 50%).
+//!
+//! A few gradients are formed by so much cancellation that even those tolerances do not fit
+//! them (the layer mix of echo-dora at the output on the padded batch moves by 30% on the CPU
+//! alone when the parameters are jittered by 1e-6). So each case also runs the CPU side from
+//! [`JITTER_SEEDS`] jittered copies of its parameters, and a gradient whose own noise floor
+//! is above the fixed tolerances may differ by [`NOISE_FACTOR`] times that floor, and its AdamW
+//! update (about `lr * sign(g)` on a first step) is not judged; the report says so where it
+//! does. Where such a gradient is well conditioned (the fixture batch), the same parameter is
+//! held to the fixed tolerances.
 
 use crate::echo::{EchoConfig, EchoPath, InjectionSite};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig};
@@ -41,11 +50,22 @@ pub const COS_TOL: f32 = 1e-2;
 /// jitter up to 3e-5, 0.072 with 1e-4).
 pub const NORM_TOL: f32 = 0.1;
 /// The AdamW update, in units of the learning rate, where the CPU gradient is at least
-/// [`SIGNIFICANT`] of its tensor's largest: smaller gradients sit in the bf16 noise (up to
+/// [`SIGNIFICANT`] of its tensor's largest (and the tensor's gradient is not at its noise
+/// floor, [`TensorDiff::noise_limited`]): smaller gradients sit in the bf16 noise (up to
 /// ~12% of the largest), and the first AdamW step moves each element by about `lr` whatever
 /// its gradient's size, so their update may legitimately differ in sign.
 pub const UPDATE_TOL: f32 = 1e-2;
 pub const SIGNIFICANT: f32 = 0.25;
+/// The relative jitter of every parameter with which the CPU measures each gradient's own bf16
+/// noise floor, and the seeds of the jittered runs. A gradient formed by cancellation can move
+/// by 30% under a 1e-6 jitter (the layer mix of echo-dora at the output on the padded batch;
+/// the first GPU run found the device 20% off there, every other gradient within 4%), so no
+/// fixed tolerance fits both it and the rest.
+pub const JITTER: f32 = 1e-6;
+pub const JITTER_SEEDS: [u64; 3] = [1, 2, 3];
+/// A gradient may differ from the CPU by this many times its own noise floor when that floor
+/// is above the fixed tolerances.
+pub const NOISE_FACTOR: f32 = 2.0;
 const LR: f32 = 1e-3;
 const MAX_GRAD_NORM: f32 = 1.0;
 
@@ -60,6 +80,10 @@ pub struct TensorDiff {
     pub cos: f32,
     /// `|device| / |cpu|` (Euclidean norms; 1 when both are zero).
     pub norm_ratio: f32,
+    /// How far this gradient moves on the CPU alone when every parameter is jittered by
+    /// [`JITTER`] relative (worst of [`JITTER_SEEDS`]): `(1 - cos, |norm ratio - 1|)`. Its bf16
+    /// noise floor, measured in the same run (see [`TensorDiff::ok`]).
+    pub noise: (f32, f32),
 }
 
 /// One case: adapter kind, echo on or off, one batch.
@@ -86,14 +110,27 @@ fn rel(cpu: f32, dev: f32) -> f32 {
 }
 
 impl TensorDiff {
-    /// Same direction and size within [`COS_TOL`] and [`NORM_TOL`].
+    /// The `(cosine, norm)` tolerances for this gradient: [`COS_TOL`] and [`NORM_TOL`], or
+    /// [`NOISE_FACTOR`] times its measured noise floor where that is larger.
+    pub fn tolerances(&self) -> (f32, f32) {
+        (COS_TOL.max(NOISE_FACTOR * self.noise.0), NORM_TOL.max(NOISE_FACTOR * self.noise.1))
+    }
+
+    /// Same direction and size within [`TensorDiff::tolerances`].
     pub fn ok(&self) -> bool {
-        self.cos >= 1.0 - COS_TOL && (self.norm_ratio - 1.0).abs() <= NORM_TOL
+        let (cos_tol, norm_tol) = self.tolerances();
+        self.cos >= 1.0 - cos_tol && (self.norm_ratio - 1.0).abs() <= norm_tol
     }
 
     /// How far from failing, as a fraction of the tolerances (above 1: fails).
     fn badness(&self) -> f32 {
-        ((1.0 - self.cos) / COS_TOL).max((self.norm_ratio - 1.0).abs() / NORM_TOL)
+        let (cos_tol, norm_tol) = self.tolerances();
+        ((1.0 - self.cos) / cos_tol).max((self.norm_ratio - 1.0).abs() / norm_tol)
+    }
+
+    /// Whether its noise floor, not the fixed tolerances, set this gradient's tolerance.
+    pub fn noise_limited(&self) -> bool {
+        self.tolerances() != (COS_TOL, NORM_TOL)
     }
 }
 
@@ -118,10 +155,20 @@ impl StepCheck {
 impl fmt::Display for StepCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let worst = match self.worst_grad() {
-            Some(g) => format!(
-                "{}: cos {:.5}, norm x{:.4}, max abs err {:.1e} = {:.1e} of its largest",
-                g.name, g.cos, g.norm_ratio, g.max_abs, g.rel
-            ),
+            Some(g) => {
+                let noise = if g.noise_limited() {
+                    format!(
+                        " (judged against {NOISE_FACTOR}x its cpu noise floor: 1 - cos {:.1e}, norm ±{:.3} under {JITTER:.0e} jitter)",
+                        g.noise.0, g.noise.1
+                    )
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{}: cos {:.5}, norm x{:.4}{noise}, max abs err {:.1e} = {:.1e} of its largest",
+                    g.name, g.cos, g.norm_ratio, g.max_abs, g.rel
+                )
+            }
             None => "-".into(),
         };
         write!(
@@ -196,6 +243,8 @@ struct CheckBatch {
     batch: usize,
     seq: usize,
     route: Vec<bool>,
+    /// Packed: the example lengths of each row; `None`: padded.
+    packed: Option<Vec<Vec<usize>>>,
 }
 
 /// The echo fixture's batch (2 x 12, one sample padded, one routed).
@@ -213,6 +262,7 @@ fn fixture_batch(fixture: &Path) -> Result<CheckBatch, String> {
         batch: shape[0],
         seq: shape[1],
         route,
+        packed: None,
     })
 }
 
@@ -240,6 +290,41 @@ fn long_batch(vocab: usize) -> CheckBatch {
         batch,
         seq,
         route: vec![true, false, true],
+        packed: None,
+    }
+}
+
+/// The same three samples packed (70 + 50 tokens in the first row of 128, 70 in the second,
+/// the rest padding): block-diagonal attention, positions restarting per example, and the
+/// echo's pooling, routing and KD per example, on the device as on the CPU.
+fn packed_batch(vocab: usize) -> CheckBatch {
+    let padded = long_batch(vocab);
+    let (seq, rows) = (128, vec![vec![70, 50], vec![70]]);
+    let (mut ids, mut mask, mut labels) = (vec![], vec![], vec![]);
+    let mut sample = 0;
+    for lens in &rows {
+        let start = ids.len();
+        for &n in lens {
+            let from = sample * padded.seq;
+            ids.extend_from_slice(&padded.ids[from..from + n]);
+            mask.extend_from_slice(&padded.mask[from..from + n]);
+            labels.extend_from_slice(&padded.labels[from..from + n]);
+            sample += 1;
+        }
+        let pad = seq - (ids.len() - start);
+        ids.extend(std::iter::repeat_n(0, pad));
+        mask.extend(std::iter::repeat_n(0, pad));
+        labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+    }
+    CheckBatch {
+        name: format!("packed batch {}x{seq} (3 examples)", rows.len()),
+        ids,
+        mask,
+        labels,
+        batch: rows.len(),
+        seq,
+        route: padded.route,
+        packed: Some(rows),
     }
 }
 
@@ -288,7 +373,7 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
     let b = s.batch;
     let input = StepInput {
-        packed: None,
+        packed: b.packed.as_deref(),
         input_ids: &b.ids,
         attention_mask: &b.mask,
         labels: &b.labels,
@@ -407,6 +492,7 @@ fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff, String> {
         rel,
         cos: if cos.is_nan() { 0.0 } else { cos as f32 },
         norm_ratio: finite(norm_ratio),
+        noise: (0.0, 0.0),
     })
 }
 
@@ -422,6 +508,19 @@ fn update_diff(grad: &Tensor, cpu: &Tensor, dev: &Tensor) -> f32 {
         }
     }
     worst
+}
+
+/// A copy of `store` with every value multiplied by `1 + JITTER * u`, `u` uniform in [-1, 1).
+fn jitter(store: &ParamStore, seed: u64) -> Result<ParamStore, String> {
+    let mut rng = Rng::new(seed);
+    let mut out = ParamStore::new();
+    for (_, p) in store.iter() {
+        let v: Vec<f32> =
+            host_f32(&p.value)?.iter().map(|&x| x * (1.0 + JITTER * (2.0 * rng.uniform() - 1.0))).collect();
+        let t = Tensor::new(v, p.value.shape().clone()).map_err(|e| e.to_string())?;
+        out.add(p.name.clone(), t, p.trainable).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 fn check_case(
@@ -453,6 +552,12 @@ fn check_case(
     ids.extend(echo.as_ref().map(|e| e.param_ids()).unwrap_or_default());
     let setup = Setup { adapters: &adapters, echo: echo.as_ref(), ids: &ids, batch };
     let cpu = run_side(cpu_model, &store, &setup).map_err(|e| format!("{} on the cpu: {e}", case.name))?;
+    let mut jittered = Vec::with_capacity(JITTER_SEEDS.len());
+    for seed in JITTER_SEEDS {
+        let side = run_side(cpu_model, &jitter(&store, seed)?, &setup)
+            .map_err(|e| format!("{} on the cpu, jitter seed {seed}: {e}", case.name))?;
+        jittered.push(side);
+    }
     let on_dev = |run: &str| {
         run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}{run}: {e}", case.name, dev_model.device()))
     };
@@ -464,8 +569,16 @@ fn check_case(
     let mut update = (0f32, String::new());
     for (i, &id) in ids.iter().enumerate() {
         let name = &store.get(id).name;
-        grads.push(diff(name, &cpu.grads[i], &dev.grads[i])?);
-        let u = update_diff(&cpu.grads[i], &cpu.update[i], &dev.update[i]);
+        let mut d = diff(name, &cpu.grads[i], &dev.grads[i])?;
+        for side in &jittered {
+            let j = diff(name, &cpu.grads[i], &side.grads[i])?;
+            d.noise = (d.noise.0.max(1.0 - j.cos), d.noise.1.max((j.norm_ratio - 1.0).abs()));
+        }
+        // A gradient at its noise floor has no sign to compare, nor has the AdamW step it
+        // drives (about lr * sign(g) on the first step): its update is not judged.
+        let judged = !d.noise_limited();
+        grads.push(d);
+        let u = if judged { update_diff(&cpu.grads[i], &cpu.update[i], &dev.update[i]) } else { 0.0 };
         if u > update.0 || update.1.is_empty() {
             update = (u, name.clone());
         }
@@ -487,7 +600,8 @@ pub fn step_checks(fixture: &Path, device: Device) -> Result<Vec<StepCheck>, Str
     let loaded = Llama::load(fixture).map_err(|e| e.to_string())?;
     let cpu_model = with_bf16_weights(&loaded)?;
     let dev_model = cpu_model.to_device(device).map_err(|e| e.to_string())?;
-    let batches = [fixture_batch(fixture)?, long_batch(cpu_model.config.vocab_size)];
+    let vocab = cpu_model.config.vocab_size;
+    let batches = [fixture_batch(fixture)?, long_batch(vocab), packed_batch(vocab)];
     let mut out = Vec::new();
     for case in &CASES {
         for b in &batches {
@@ -495,4 +609,34 @@ pub fn step_checks(fixture: &Path, device: Device) -> Result<Vec<StepCheck>, Str
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grad(norm_ratio: f32, noise: (f32, f32)) -> TensorDiff {
+        TensorDiff { name: "g".into(), max_abs: 0.0, rel: 0.0, cos: 1.0, norm_ratio, noise }
+    }
+
+    #[test]
+    fn a_noisy_gradient_is_judged_against_its_own_noise_floor() {
+        // 20% off with no measured noise: out of the fixed 10%.
+        assert!(!grad(0.8, (0.0, 0.0)).ok());
+        // The same with a floor of 15%: within twice the floor, and said to be noise-limited.
+        let g = grad(0.8, (0.0, 0.15));
+        assert!(g.ok() && g.noise_limited());
+        // A floor of 4% (twice that below the fixed 10%) leaves the fixed tolerance.
+        let g = grad(0.8, (0.0, 0.04));
+        assert!(!g.ok() && !g.noise_limited());
+        // A floor of 8% widens it to 16%: 20% still fails.
+        let g = grad(0.8, (0.0, 0.08));
+        assert!(!g.ok() && g.noise_limited());
+        // The cosine's floor widens the cosine's tolerance only.
+        let mut g = grad(1.0, (0.02, 0.0));
+        g.cos = 0.97;
+        assert!(g.ok());
+        g.cos = 0.95;
+        assert!(!g.ok());
+    }
 }

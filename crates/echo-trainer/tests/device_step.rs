@@ -16,7 +16,8 @@ fn fixture() -> PathBuf {
 #[test]
 fn the_check_against_itself_on_the_cpu_is_exact() {
     let checks = step_checks(&fixture(), Device::Cpu).unwrap();
-    assert_eq!(checks.len(), 12, "six cases x two batches");
+    assert_eq!(checks.len(), 18, "six cases x three batches (fixture, padded, packed)");
+    assert_eq!(checks.iter().filter(|c| c.case.contains("packed batch")).count(), 6);
     for c in &checks {
         assert!(c.ok(), "{c}");
         assert_eq!(c.loss.0.to_bits(), c.loss.1.to_bits(), "{c}");
@@ -33,6 +34,8 @@ fn the_check_against_itself_on_the_cpu_is_exact() {
     // The output site's cases ran, and their echo parameters have gradients.
     let output = checks.iter().find(|c| c.case.starts_with("echo-dora at the output")).unwrap();
     assert!(output.grads.iter().any(|g| g.name == "echo.gate.model.layers.0.mlp.gate_proj.bias"));
+    // Each gradient's noise floor was measured from the jittered CPU runs.
+    assert!(checks.iter().all(|c| c.grads.iter().any(|g| g.noise.1 > 0.0)));
 }
 
 #[test]

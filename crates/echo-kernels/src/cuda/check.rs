@@ -338,7 +338,11 @@ fn rmsnorm(c: &mut C, rows: usize, dim: usize, weighted: bool) {
     let mut rng = TestRng::new(13 + dim as u64);
     let (x, dy, w) = (rng.vec(rows * dim, 2.0), rng.vec(rows * dim, 1.0), rng.vec(dim, 1.0));
     let dw0 = rng.vec(dim, 1.0);
-    let eps = 1e-5;
+    // With one element per row, dx = rstd * g * w * eps / (x^2 + eps): for eps << x^2 that is
+    // what is left of two nearly equal terms, so f32 rounding of their difference, not the
+    // kernel, would decide the comparison (the first GPU run: 3.9e-4 relative at eps 1e-5).
+    // An eps of the size of x^2 keeps the one-element edge case and makes dx well conditioned.
+    let eps = if dim == 1 { 1.0 } else { 1e-5 };
     let cpu = || {
         let wc = weighted.then_some(&w[..]);
         let (mut yc, mut rstdc, mut dxc, mut dwc) =
