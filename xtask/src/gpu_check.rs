@@ -43,6 +43,10 @@ pub struct GpuCheckArgs {
     /// Checks only, no benches.
     #[arg(long)]
     no_bench: bool,
+    /// Benches only, no checks: for profiling the step (e.g. under `ncu`), whose launches are
+    /// then the only ones besides the kernel benches'.
+    #[arg(long, conflicts_with_all = ["no_bench", "load_only"])]
+    bench_only: bool,
     /// Only open the device and compile / load every kernel file (fills the on-disk cubin
     /// cache), then stop.
     #[arg(long)]
@@ -210,7 +214,12 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
 
     println!("\n== kernels vs CPU twins (each GPU side twice on NaN-prefilled outputs, bit-identical required)");
     let t = Instant::now();
-    let results = check::run_all(&gpu);
+    let results = if args.bench_only {
+        println!("skipped (--bench-only)");
+        Vec::new()
+    } else {
+        check::run_all(&gpu)
+    };
     for r in &results {
         println!("{r}");
     }
@@ -230,7 +239,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
     }
 
     let mut steps: Option<Result<Vec<StepCheck>, String>> = None;
-    if stop.is_none() {
+    if stop.is_none() && !args.bench_only {
         println!("\n== whole training step on tiny-llama-a: cuda:{} vs cpu (device side twice)", gpu.ordinal);
         let t = Instant::now();
         let s = find_fixture(args.fixture.as_deref()).and_then(|dir| {
