@@ -26,6 +26,7 @@ use echo_kernels::cuda::{self, bench, check, runtime::Gpu, CudaError};
 use echo_tensor::Device;
 use echo_trainer::device_check::{self, StepCheck};
 use echo_trainer::step_bench::{self, StepBench, StepBenchResult};
+use echo_trainer::TrainError;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -70,11 +71,11 @@ pub struct GpuCheckArgs {
 }
 
 /// The fixture folder: `--fixture`, else the first candidate holding a config.json.
-fn find_fixture(given: Option<&Path>) -> Result<PathBuf, String> {
+fn find_fixture(given: Option<&Path>) -> Result<PathBuf, TrainError> {
     if let Some(p) = given {
         return match p.join("config.json").exists() {
             true => Ok(p.to_path_buf()),
-            false => Err(format!("--fixture {}: no config.json there", p.display())),
+            false => Err(TrainError::Other(format!("--fixture {}: no config.json there", p.display()))),
         };
     }
     // The repository's copy ($ECHO_FIXTURES when set), then the working directory's (the
@@ -82,7 +83,10 @@ fn find_fixture(given: Option<&Path>) -> Result<PathBuf, String> {
     let candidates = [echo_testdata::tiny_llama_a(), PathBuf::from("fixtures/tiny-llama-a")];
     candidates.iter().find(|c| c.join("config.json").exists()).cloned().ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-        format!("the tiny-llama-a fixture was not found (tried {}): pass --fixture DIR", tried.join(", "))
+        TrainError::Other(format!(
+            "the tiny-llama-a fixture was not found (tried {}): pass --fixture DIR",
+            tried.join(", ")
+        ))
     })
 }
 
@@ -145,9 +149,9 @@ fn run_peft(python: &str, ordinal: usize, layers: usize, steps: usize, warmup: u
 
 /// `f()`, with a panic turned into an error, so one broken stage still leaves the others and
 /// the summary (the panic's message is printed by the default hook as it happens).
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, TrainError>) -> Result<T, TrainError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(format!("{what} panicked (message above)")))
+        .unwrap_or_else(|_| Err(TrainError::Other(format!("{what} panicked (message above)"))))
 }
 
 fn gib(bytes: usize) -> f64 {
@@ -238,7 +242,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         println!("STOPPED at a driver error in {}: {}", s.at, s.error);
     }
 
-    let mut steps: Option<Result<Vec<StepCheck>, String>> = None;
+    let mut steps: Option<Result<Vec<StepCheck>, TrainError>> = None;
     if stop.is_none() && !args.bench_only {
         println!("\n== whole training step on tiny-llama-a: cuda:{} vs cpu (device side twice)", gpu.ordinal);
         let t = Instant::now();
@@ -282,7 +286,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
 
     let mut benches = Vec::new();
     let mut bench_error = None;
-    let mut step_bench: Option<Result<StepBenchResult, String>> = None;
+    let mut step_bench: Option<Result<StepBenchResult, TrainError>> = None;
     let mut peft = None;
     let vocab = StepBench::llama_7b().config.vocab_size;
     if !args.no_bench && stop.is_none() {

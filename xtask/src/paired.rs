@@ -51,12 +51,12 @@ impl DatasetPairs {
 /// Matches the predictions of two evaluations by (dataset, index). Datasets come in the order
 /// the reference's predictions first name them. An error (naming the side, the dataset and
 /// the first few records) when a record is in one and not the other, or listed twice.
-pub fn pair_records(reference: &[Prediction], arm: &[Prediction]) -> Result<Vec<DatasetPairs>, String> {
-    fn index<'a>(side: &str, preds: &'a [Prediction]) -> Result<BTreeMap<(&'a str, usize), bool>, String> {
+pub fn pair_records(reference: &[Prediction], arm: &[Prediction]) -> anyhow::Result<Vec<DatasetPairs>> {
+    fn index<'a>(side: &str, preds: &'a [Prediction]) -> anyhow::Result<BTreeMap<(&'a str, usize), bool>> {
         let mut m = BTreeMap::new();
         for p in preds {
             if m.insert((p.dataset.as_str(), p.index), p.correct).is_some() {
-                return Err(format!("the {side} lists {} record {} twice", p.dataset, p.index));
+                anyhow::bail!("the {side} lists {} record {} twice", p.dataset, p.index);
             }
         }
         Ok(m)
@@ -77,11 +77,11 @@ pub fn pair_records(reference: &[Prediction], arm: &[Prediction]) -> Result<Vec<
         if !only_a.is_empty() {
             parts.push(format!("only the arm has {}", describe(only_a)));
         }
-        return Err(format!(
+        anyhow::bail!(
             "the two evaluations do not cover the same test records: {} (evaluate both with the same datasets \
              and limit)",
             parts.join("; ")
-        ));
+        );
     }
     let mut order: Vec<&str> = Vec::new();
     let mut seen = BTreeSet::new();
@@ -416,18 +416,21 @@ mod tests {
     fn mismatched_records_are_an_error() {
         let r = vec![pred("A", 0, true), pred("A", 1, false), pred("B", 0, true)];
         // The arm misses B 0 and has A 2.
-        let e = pair_records(&r, &[pred("A", 0, true), pred("A", 1, true), pred("A", 2, true)]).unwrap_err();
+        let e =
+            pair_records(&r, &[pred("A", 0, true), pred("A", 1, true), pred("A", 2, true)]).unwrap_err().to_string();
         assert!(e.contains("do not cover the same test records"), "{e}");
         assert!(e.contains("only the reference has 1 record(s) (B 0)"), "{e}");
         assert!(e.contains("only the arm has 1 record(s) (A 2)"), "{e}");
         // Another dataset name.
-        let e = pair_records(&r, &[pred("A", 0, true), pred("A", 1, true), pred("b", 0, true)]).unwrap_err();
+        let e =
+            pair_records(&r, &[pred("A", 0, true), pred("A", 1, true), pred("b", 0, true)]).unwrap_err().to_string();
         assert!(e.contains("B 0") && e.contains("b 0"), "{e}");
         // A record listed twice.
-        let e = pair_records(&r, &[pred("A", 0, true), pred("A", 0, true), pred("B", 0, true)]).unwrap_err();
+        let e =
+            pair_records(&r, &[pred("A", 0, true), pred("A", 0, true), pred("B", 0, true)]).unwrap_err().to_string();
         assert!(e.contains("the arm lists A record 0 twice"), "{e}");
         // Fewer records (another limit).
-        let e = pair_records(&r, &r[..2]).unwrap_err();
+        let e = pair_records(&r, &r[..2]).unwrap_err().to_string();
         assert!(e.contains("only the reference has 1 record(s) (B 0)"), "{e}");
     }
 }

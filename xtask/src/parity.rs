@@ -93,7 +93,7 @@ pub fn run(a: LogitsArgs) -> Result<()> {
             if a.adapter.is_none() {
                 bail!("--echo needs --adapter");
             }
-            let (path, cfg_route) = load_echo_dir(dir, &model, &adapters, &mut store).map_err(anyhow::Error::msg)?;
+            let (path, cfg_route) = load_echo_dir(dir, &model, &adapters, &mut store)?;
             let route: Vec<bool> = if input.contains("route") {
                 input.i64_tensor("route")?.0.iter().map(|&r| r != 0).collect()
             } else {
@@ -116,7 +116,7 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         route: &route,
         prompt_mask: None,
     };
-    let (stats, trace) = forward_backward(&ctx, &step_in, &mut store, None, 1.0, true).map_err(anyhow::Error::msg)?;
+    let (stats, trace) = forward_backward(&ctx, &step_in, &mut store, None, 1.0, true)?;
     let trace = trace.expect("trace requested");
     let v = model.config.vocab_size;
     let f32t = |x: &echo_tensor::Tensor| SaveTensor::from_tensor(x);

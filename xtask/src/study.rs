@@ -335,9 +335,8 @@ impl ModeRuns {
                 else {
                     continue;
                 };
-                let pairs = paired::pair_records(&ref_report.predictions, &report.predictions).map_err(|e| {
-                    anyhow::anyhow!("pairing {} with the reference {}: {e}", file.display(), ref_file.display())
-                })?;
+                let pairs = paired::pair_records(&ref_report.predictions, &report.predictions)
+                    .with_context(|| format!("pairing {} with the reference {}", file.display(), ref_file.display()))?;
                 rows.push(PairedRow {
                     arm: name.clone(),
                     seed: *seed,
@@ -465,7 +464,6 @@ pub fn run(args: StudyArgs) -> Result<()> {
                 dir,
                 &RunOptions { resume, overwrite: !resume, progress: true, stop_after: steps_left, deadline },
             )
-            .map_err(anyhow::Error::msg)
             .with_context(|| format!("arm `{arm}` seed {seed}"))?;
             let done_here = summary.steps - summary.resumed_from.unwrap_or(0);
             steps_left = steps_left.map(|n| n.saturating_sub(done_here));
@@ -870,7 +868,7 @@ mod tests {
         assert_eq!(cfg.train.max_steps, 7);
         let typo: toml::Table = toml::from_str("\"echo.enabld\" = false\n").unwrap();
         apply(&mut base, &typo, "test").unwrap();
-        let e = RunConfig::parse(&toml::to_string(&base).unwrap()).unwrap_err();
+        let e = RunConfig::parse(&toml::to_string(&base).unwrap()).unwrap_err().to_string();
         assert!(e.contains("enabld"), "{e}");
         let bad: toml::Table = toml::from_str("\"model.path.x\" = 1\n").unwrap();
         assert!(apply(&mut base, &bad, "test").unwrap_err().to_string().contains("not a table"));

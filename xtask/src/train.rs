@@ -35,7 +35,7 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let mut cfg = match &args.config {
-        Some(p) => RunConfig::from_file(p).map_err(anyhow::Error::msg)?,
+        Some(p) => RunConfig::from_file(p)?,
         None => {
             let mut c =
                 RunConfig::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded configs/default.toml: {e}"))?;
@@ -84,7 +84,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             deadline: None,
         },
     )
-    .map_err(anyhow::Error::msg)
     .with_context(|| match &args.config {
         Some(p) => format!("training with {} failed", p.display()),
         None => "training failed".into(),

@@ -3,6 +3,7 @@
 //! switches are all keys of `[echo]`.
 
 use crate::echo::EchoConfig;
+use crate::error::{Result, TrainError};
 use crate::optim::Schedule;
 use echo_adapters::{AdapterConfig, Method};
 use echo_data::{Overlong, TemplateKind};
@@ -233,8 +234,8 @@ impl Default for OutputSection {
     }
 }
 
-fn bad(key: &str, expected: &str, got: impl std::fmt::Display) -> String {
-    format!("key `{key}`: expected {expected}, got {got}")
+fn bad(key: &str, expected: &str, got: impl std::fmt::Display) -> TrainError {
+    TrainError::config(format!("key `{key}`: expected {expected}, got {got}"))
 }
 
 /// The dotted key (`adapter.method`) of the `key = value` line holding byte `offset` of a TOML
@@ -258,7 +259,7 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 /// A module list must name at least one (each name was checked when it was read).
-fn some_modules(key: &str, modules: &[Proj]) -> Result<(), String> {
+fn some_modules(key: &str, modules: &[Proj]) -> Result<()> {
     if modules.is_empty() {
         return Err(bad(key, "at least one module", "an empty list"));
     }
@@ -297,9 +298,9 @@ fn lexically_normal(path: &Path) -> std::path::PathBuf {
 impl RunConfig {
     /// Parses and validates a TOML file; errors name the file. Relative paths inside it are
     /// taken relative to the file's folder ([`RunConfig::resolve_paths`]).
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut c = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(TrainError::io(path, "reading the run config"))?;
+        let mut c = Self::parse(&text).map_err(|e| e.in_file(path))?;
         c.resolve_paths(path.parent().unwrap_or(Path::new("")));
         Ok(c)
     }
@@ -319,17 +320,17 @@ impl RunConfig {
         resolve(&mut self.output.dir);
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self> {
         let c: RunConfig = toml::from_str(text).map_err(|e| match e.span().and_then(|s| key_at(text, s.start)) {
-            Some(key) => format!("key `{key}`: {e}"),
-            None => e.to_string(),
+            Some(key) => TrainError::config(format!("key `{key}`: {e}")),
+            None => TrainError::config(e.to_string()),
         })?;
         c.validate()?;
         Ok(c)
     }
 
     /// Range checks, each naming its key and the allowed values.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         let (d, a, e, t) = (&self.data, &self.adapter, &self.echo, &self.train);
         if d.train.is_empty() {
             return Err(bad("data.train", "at least one file or \"synthetic\"", "an empty list"));
@@ -352,15 +353,16 @@ impl RunConfig {
                 ))
             }
             (TemplateKind::Custom, Some(f), fi) => {
-                echo_data::Template::new("custom", fi.as_deref().unwrap_or(""), f)
-                    .map_err(|e| format!("data.prompt_format / data.prompt_format_with_input: {e}"))?;
+                echo_data::Template::new("custom", fi.as_deref().unwrap_or(""), f).map_err(|e| {
+                    TrainError::config(format!("data.prompt_format / data.prompt_format_with_input: {e}"))
+                })?;
             }
             (t, Some(_), _) | (t, None, Some(_)) => {
-                return Err(format!(
+                return Err(TrainError::config(format!(
                     "data.prompt_format / data.prompt_format_with_input: only read with data.template = \"custom\", \
                      found data.template = \"{}\"",
                     t.name()
-                ))
+                )))
             }
             _ => {}
         }
@@ -425,7 +427,7 @@ impl RunConfig {
     /// fails only when a long sample arrives), and the echo layout resolved against its layers
     /// (sources and targets exist, none twice, every target shallower than every source).
     /// Called where the run config meets the model, before data or parameters are made.
-    pub fn check_against_model(&self, model: &echo_model::LlamaConfig) -> Result<(), String> {
+    pub fn check_against_model(&self, model: &echo_model::LlamaConfig) -> Result<()> {
         let ctx = model.max_position_embeddings;
         if self.data.cutoff > ctx {
             return Err(bad(
@@ -443,7 +445,7 @@ impl RunConfig {
         Ok(())
     }
 
-    pub fn adapter_config(&self, n_layers: usize) -> Result<AdapterConfig, String> {
+    pub fn adapter_config(&self, n_layers: usize) -> Result<AdapterConfig> {
         let a = &self.adapter;
         let layers = if a.layers.is_empty() {
             None
@@ -474,7 +476,7 @@ impl RunConfig {
         }
     }
 
-    pub fn echo_config(&self, n_layers: usize) -> Result<Option<EchoConfig>, String> {
+    pub fn echo_config(&self, n_layers: usize) -> Result<Option<EchoConfig>> {
         if !self.echo.enabled {
             return Ok(None);
         }
@@ -526,7 +528,7 @@ mod tests {
             ("[train]\ndevice = \"tpu\"\n", "train.device", "cuda:N"),
         ];
         for (section, key, allowed) in cases {
-            let e = RunConfig::parse(&format!("[model]\npath = \"m\"\n{section}")).unwrap_err();
+            let e = RunConfig::parse(&format!("[model]\npath = \"m\"\n{section}")).unwrap_err().to_string();
             assert!(e.contains(&format!("key `{key}`")) && e.contains(allowed), "{section}: {e}");
         }
         // Typed values read back as the names a config writes.
@@ -551,7 +553,7 @@ mod tests {
         assert_eq!(base.echo.injection, InjectionSite::Bottleneck);
         let out = RunConfig::parse("[model]\npath = \"m\"\n[echo]\ninjection = \"output\"\n").unwrap();
         assert_eq!(out.echo_config(4).unwrap().unwrap().injection, InjectionSite::Output);
-        let e = RunConfig::parse("[model]\npath = \"m\"\n[echo]\ninjection = \"residual\"\n").unwrap_err();
+        let e = RunConfig::parse("[model]\npath = \"m\"\n[echo]\ninjection = \"residual\"\n").unwrap_err().to_string();
         assert!(e.contains("bottleneck") && e.contains("output"), "{e}");
         // A checkpoint's config written before the key existed has no `injection` line: it
         // trained at the bottleneck, so it resumes under the default and not under `output`.

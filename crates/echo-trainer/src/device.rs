@@ -3,12 +3,14 @@
 //! (`Device::resolve_explained`): `auto` never fails (CPU when CUDA is not usable), an
 //! explicit `cuda:N` without that GPU is an error saying what is missing.
 
+use crate::error::{Result, TrainError};
 use echo_kernels::cuda::{self, DeviceSpec};
 use echo_tensor::Device;
 
 /// The device `spec` names on this machine, and one line saying which and why.
-pub fn resolve(parsed: DeviceSpec) -> Result<(Device, String), String> {
-    let (picked, why_not) = cuda::Device::resolve_explained(parsed).map_err(|e| format!("device {parsed}: {e}"))?;
+pub fn resolve(parsed: DeviceSpec) -> Result<(Device, String)> {
+    let (picked, why_not) =
+        cuda::Device::resolve_explained(parsed).map_err(|e| TrainError::Device(format!("device {parsed}: {e}")))?;
     let device = match picked {
         cuda::Device::Cpu => Device::Cpu,
         cuda::Device::Cuda(n) => Device::Cuda(n),
@@ -43,7 +45,7 @@ mod tests {
             Some(why) => {
                 assert_eq!(d, Device::Cpu);
                 assert!(notice.contains("auto") && notice.contains(&why.to_string()), "{notice}");
-                let e = resolve(DeviceSpec::Cuda(0)).unwrap_err();
+                let e = resolve(DeviceSpec::Cuda(0)).unwrap_err().to_string();
                 assert!(e.contains("cuda:0") && e.contains(&why.to_string()), "{e}");
             }
             None => {

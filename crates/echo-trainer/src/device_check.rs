@@ -31,6 +31,7 @@
 //! held to the fixed tolerances.
 
 use crate::echo::{EchoConfig, EchoPath, InjectionSite};
+use crate::error::{Context, Result, TrainError};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, Adapters};
@@ -248,10 +249,10 @@ struct CheckBatch {
 }
 
 /// The echo fixture's batch (2 x 12, one sample padded, one routed).
-fn fixture_batch(fixture: &Path) -> Result<CheckBatch, String> {
+fn fixture_batch(fixture: &Path) -> Result<CheckBatch> {
     let path = fixture.join("echo").join("reference-echo-lora.safetensors");
-    let f = WeightFiles::open_files(std::slice::from_ref(&path)).map_err(|e| e.to_string())?;
-    let get = |k: &str| f.i64_tensor(k).map_err(|e| e.to_string());
+    let f = WeightFiles::open_files(std::slice::from_ref(&path))?;
+    let get = |k: &str| -> Result<_> { Ok(f.i64_tensor(k)?) };
     let (ids, shape) = get("input_ids")?;
     let route = get("route")?.0.iter().map(|&r| r != 0).collect();
     Ok(CheckBatch {
@@ -329,8 +330,8 @@ fn packed_batch(vocab: usize) -> CheckBatch {
 }
 
 /// The model with every base weight the device stores as bf16 in bf16 on the host.
-fn with_bf16_weights(m: &Llama) -> Result<Llama, String> {
-    let r = |t: &Tensor| t.try_to_dtype(DType::BF16).map_err(|e| e.to_string());
+fn with_bf16_weights(m: &Llama) -> Result<Llama> {
+    let r = |t: &Tensor| -> Result<Tensor> { Ok(t.try_to_dtype(DType::BF16)?) };
     let mut blocks = Vec::with_capacity(m.blocks.len());
     for b in &m.blocks {
         let proj: Vec<Tensor> = b.proj.iter().map(r).collect::<Result<_, _>>()?;
@@ -356,8 +357,8 @@ struct Side {
     loss_after: f32,
 }
 
-fn host(t: &Tensor) -> Result<Tensor, String> {
-    t.to_device(Device::Cpu).map_err(|e| e.to_string())
+fn host(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_device(Device::Cpu)?)
 }
 
 struct Setup<'a> {
@@ -368,8 +369,8 @@ struct Setup<'a> {
 }
 
 /// Step, clip, AdamW, step again: on the device of `model`, from a copy of `start` there.
-fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, String> {
-    let mut store = start.to_device(model.device()).map_err(|e| e.to_string())?;
+fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side> {
+    let mut store = start.to_device(model.device())?;
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
     let b = s.batch;
     let input = StepInput {
@@ -386,14 +387,14 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     let (first, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout), 1.0, false)?;
     let mut grads = Vec::with_capacity(s.ids.len());
     for &id in s.ids {
-        let g = store.grad(id).ok_or_else(|| format!("no gradient for `{}`", store.get(id).name))?;
+        let g = store.grad(id).ok_or_else(|| TrainError::Other(format!("no gradient for `{}`", store.get(id).name)))?;
         if g.device() != model.device() {
-            return Err(format!(
+            return Err(TrainError::Device(format!(
                 "the gradient of `{}` is on {}, the step ran on {}",
                 store.get(id).name,
                 g.device(),
                 model.device()
-            ));
+            )));
         }
         grads.push(host(g)?);
     }
@@ -406,26 +407,26 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side, St
     for (&id, b) in s.ids.iter().zip(&before) {
         let v = store.value(id);
         if v.device() != model.device() || v.dtype() != DType::F32 {
-            return Err(format!(
+            return Err(TrainError::Device(format!(
                 "after AdamW `{}` is {} on {}, expected f32 on {}",
                 store.get(id).name,
                 v.dtype(),
                 v.device(),
                 model.device()
-            ));
+            )));
         }
-        update.push(host(v)?.sub(b).map_err(|e| e.to_string())?);
+        update.push(host(v)?.sub(b)?);
     }
     let (after, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout), 1.0, false)?;
     Ok(Side { loss: first.loss, grads, grad_norm, update, loss_after: after.loss })
 }
 
-fn host_f32(t: &Tensor) -> Result<&[f32], String> {
-    t.f32s("device_check").map_err(|e| e.to_string())
+fn host_f32(t: &Tensor) -> Result<&[f32]> {
+    Ok(t.f32s("device_check")?)
 }
 
 /// The first difference in any bit between two runs of one side, in words.
-fn side_difference(names: &[String], a: &Side, b: &Side) -> Result<Option<String>, String> {
+fn side_difference(names: &[String], a: &Side, b: &Side) -> Result<Option<String>> {
     let scalars = [("loss", a.loss, b.loss), ("gradient norm", a.grad_norm, b.grad_norm)];
     let more = [("loss after the step", a.loss_after, b.loss_after)];
     for (what, x, y) in scalars.into_iter().chain(more) {
@@ -450,9 +451,13 @@ fn side_difference(names: &[String], a: &Side, b: &Side) -> Result<Option<String
 
 /// `max |dev - cpu|` and that over `max |cpu|`; a non-finite value on either side that the
 /// other does not share counts as infinitely far.
-fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff, String> {
+fn diff(name: &str, cpu: &Tensor, dev: &Tensor) -> Result<TensorDiff> {
     if cpu.shape() != dev.shape() {
-        return Err(format!("`{name}`: shape {} on the cpu, {} on the device", cpu.shape(), dev.shape()));
+        return Err(TrainError::Other(format!(
+            "`{name}`: shape {} on the cpu, {} on the device",
+            cpu.shape(),
+            dev.shape()
+        )));
     }
     let (c, d) = (cpu.as_f32(), dev.as_f32());
     let mut max_abs = 0f32;
@@ -511,14 +516,14 @@ fn update_diff(grad: &Tensor, cpu: &Tensor, dev: &Tensor) -> f32 {
 }
 
 /// A copy of `store` with every value multiplied by `1 + JITTER * u`, `u` uniform in [-1, 1).
-fn jitter(store: &ParamStore, seed: u64) -> Result<ParamStore, String> {
+fn jitter(store: &ParamStore, seed: u64) -> Result<ParamStore> {
     let mut rng = Rng::new(seed);
     let mut out = ParamStore::new();
     for (_, p) in store.iter() {
         let v: Vec<f32> =
             host_f32(&p.value)?.iter().map(|&x| x * (1.0 + JITTER * (2.0 * rng.uniform() - 1.0))).collect();
-        let t = Tensor::new(v, p.value.shape().clone()).map_err(|e| e.to_string())?;
-        out.add(p.name.clone(), t, p.trainable).map_err(|e| e.to_string())?;
+        let t = Tensor::new(v, p.value.shape().clone())?;
+        out.add(p.name.clone(), t, p.trainable)?;
     }
     Ok(out)
 }
@@ -529,9 +534,9 @@ fn check_case(
     dev_model: &Llama,
     case: &Case,
     batch: &CheckBatch,
-) -> Result<StepCheck, String> {
+) -> Result<StepCheck> {
     let mut store = ParamStore::new();
-    let mut adapters = load_peft(&fixture.join(case.adapter), cpu_model, &mut store).map_err(|e| e.to_string())?;
+    let mut adapters = load_peft(&fixture.join(case.adapter), cpu_model, &mut store)?;
     adapters.config.dropout = case.dropout;
     let echo = match case.echo {
         Some(site) => {
@@ -551,15 +556,15 @@ fn check_case(
     let mut ids: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
     ids.extend(echo.as_ref().map(|e| e.param_ids()).unwrap_or_default());
     let setup = Setup { adapters: &adapters, echo: echo.as_ref(), ids: &ids, batch };
-    let cpu = run_side(cpu_model, &store, &setup).map_err(|e| format!("{} on the cpu: {e}", case.name))?;
+    let cpu = run_side(cpu_model, &store, &setup).context(format!("{} on the cpu", case.name))?;
     let mut jittered = Vec::with_capacity(JITTER_SEEDS.len());
     for seed in JITTER_SEEDS {
         let side = run_side(cpu_model, &jitter(&store, seed)?, &setup)
-            .map_err(|e| format!("{} on the cpu, jitter seed {seed}: {e}", case.name))?;
+            .context(format!("{} on the cpu, jitter seed {seed}", case.name))?;
         jittered.push(side);
     }
     let on_dev = |run: &str| {
-        run_side(dev_model, &store, &setup).map_err(|e| format!("{} on {}{run}: {e}", case.name, dev_model.device()))
+        run_side(dev_model, &store, &setup).context(format!("{} on {}{run}", case.name, dev_model.device()))
     };
     let dev = on_dev("")?;
     let again = on_dev(", second run")?;
@@ -596,10 +601,10 @@ fn check_case(
 
 /// Every case on `device` against the CPU, with the tiny-llama-a fixture folder `fixture`.
 /// `device` may be the CPU itself (the comparison is then exact, which checks this harness).
-pub fn step_checks(fixture: &Path, device: Device) -> Result<Vec<StepCheck>, String> {
-    let loaded = Llama::load(fixture).map_err(|e| e.to_string())?;
+pub fn step_checks(fixture: &Path, device: Device) -> Result<Vec<StepCheck>> {
+    let loaded = Llama::load(fixture)?;
     let cpu_model = with_bf16_weights(&loaded)?;
-    let dev_model = cpu_model.to_device(device).map_err(|e| e.to_string())?;
+    let dev_model = cpu_model.to_device(device)?;
     let vocab = cpu_model.config.vocab_size;
     let batches = [fixture_batch(fixture)?, long_batch(vocab), packed_batch(vocab)];
     let mut out = Vec::new();

@@ -8,6 +8,7 @@
 //! [`Recorder`] that wraps the adapters' projector instead of touching the op kernels.
 
 use crate::echo::{EchoPath, InjectionSite};
+use crate::error::{Context, Result, TrainError};
 use crate::step::StepContext;
 use echo_adapters::{AdapterProjector, Adapters};
 use echo_autograd::{ops, ParamStore, Tape, Var};
@@ -17,6 +18,9 @@ use echo_tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
+
+/// What the diagnostics' errors are said to happen in.
+const W: &str = "echo diagnostics";
 
 /// Examples in the probe: few enough that a measurement costs about one validation
 /// micro-batch (see docs/method.md for the measured cost).
@@ -158,8 +162,8 @@ impl Projector for Recorder<'_> {
     }
 }
 
-fn host(t: &Tensor) -> Result<Vec<f32>, String> {
-    t.try_to_vec_f32().map_err(|e| e.to_string())
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.try_to_vec_f32()?)
 }
 
 fn sum_sq(v: &[f32]) -> f64 {
@@ -170,20 +174,21 @@ fn sum_sq(v: &[f32]) -> f64 {
 /// a plain forward (boundary states captured), the echo vectors, an echo forward over every
 /// probe sample with the adapters' term recorded, both routes' logits at the counted
 /// positions. No dropout, nothing recorded for backward, `store` untouched.
-pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Result<EchoDiagnostics, String> {
+pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Result<EchoDiagnostics> {
     let started = Instant::now();
-    let ep: &EchoPath = ctx.echo.ok_or("echo diagnostics need the echo path (echo.enabled = true)")?;
-    let (model, fail) = (ctx.model, |e: &dyn std::fmt::Display| format!("echo diagnostics: {e}"));
+    let ep: &EchoPath =
+        ctx.echo.ok_or_else(|| TrainError::config("echo diagnostics need the echo path (echo.enabled = true)"))?;
+    let model = ctx.model;
     let (b, t) = (probe.batch, probe.seq);
-    let batch = Batch::new(&probe.ids, &probe.mask, b, t, model.config.vocab_size).map_err(|e| fail(&e))?;
+    let batch = Batch::new(&probe.ids, &probe.mask, b, t, model.config.vocab_size).context(W)?;
     let tape = Tape::inference();
     let plain = {
         let mut proj = ctx.adapters.projector(store, None, None);
-        model.forward(&tape, &batch, &mut proj, &ep.sources).map_err(|e| fail(&e))?
+        model.forward(&tape, &batch, &mut proj, &ep.sources).context(W)?
     };
-    let values = ep.aggregate(&tape, store, &plain.boundary, &probe.prompt, b, t).map_err(|e| fail(&e))?;
+    let values = ep.aggregate(&tape, store, &plain.boundary, &probe.prompt, b, t).context(W)?;
     let all: Vec<usize> = (0..b).collect();
-    let inject = ep.injections(&tape, store, &values.trunk_u, &all).map_err(|e| fail(&e))?;
+    let inject = ep.injections(&tape, store, &values.trunk_u, &all).context(W)?;
     let real: Vec<bool> = probe.mask.iter().map(|&m| m == 1).collect();
     let mut rec = Recorder {
         inner: ctx.adapters.projector(store, None, Some(&inject)),
@@ -193,18 +198,18 @@ pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Resu
         real: &real,
         sums: ep.modules.iter().map(|m| ((m.layer, m.proj), 0.0)).collect(),
     };
-    let hidden_echo = model.forward(&tape, &batch, &mut rec, &[]).map_err(|e| fail(&e))?.hidden;
+    let hidden_echo = model.forward(&tape, &batch, &mut rec, &[]).context(W)?.hidden;
     let sums = rec.sums;
 
     let (rows, _) = shifted_targets(&probe.labels, b, t);
     let kl = if rows.is_empty() {
         None
     } else {
-        let plain_logits = model.logits_at(&plain.hidden, &rows).map_err(|e| fail(&e))?;
-        let echo_logits = model.logits_at(&hidden_echo, &rows).map_err(|e| fail(&e))?;
+        let plain_logits = model.logits_at(&plain.hidden, &rows).context(W)?;
+        let echo_logits = model.logits_at(&hidden_echo, &rows).context(W)?;
         let n = rows.len();
-        let kl = ops::kl_div(echo_logits.value(), &plain_logits, 1.0, &vec![1.0; n], n as f32).map_err(|e| fail(&e))?;
-        Some(kl.value().item().map_err(|e| fail(&e))?)
+        let kl = ops::kl_div(echo_logits.value(), &plain_logits, 1.0, &vec![1.0; n], n as f32).context(W)?;
+        Some(kl.value().item().context(W)?)
     };
 
     // Per target layer, in the config's order, the modules' numbers pooled.

@@ -4,6 +4,7 @@
 //! modules add into their low-rank bottleneck or onto their output (`injection`, section 2a).
 //! Training only: nothing here is exported.
 
+use crate::error::{Result, TrainError};
 pub use echo_adapters::InjectionSite;
 use echo_adapters::{Adapters, Injections};
 use echo_autograd::{ops, ParamId, ParamStore, Tape, Var};
@@ -78,13 +79,16 @@ impl Default for EchoConfig {
 }
 
 /// Resolves possibly negative layer indices against `n` layers; `what` names the key in errors.
-pub fn resolve_layers(what: &str, layers: &[i64], n: usize) -> Result<Vec<usize>, String> {
+pub fn resolve_layers(what: &str, layers: &[i64], n: usize) -> Result<Vec<usize>> {
     layers
         .iter()
         .map(|&l| {
             let r = if l < 0 { n as i64 + l } else { l };
             if r < 0 || r >= n as i64 {
-                Err(format!("{what}: layer {l} does not exist in a model with {n} layers (valid: -{n}..{})", n - 1))
+                Err(TrainError::config(format!(
+                    "{what}: layer {l} does not exist in a model with {n} layers (valid: -{n}..{})",
+                    n - 1
+                )))
             } else {
                 Ok(r as usize)
             }
@@ -104,21 +108,16 @@ pub const MAX_D_ECHO: usize = echo_model::bounds::MAX_HIDDEN;
 /// and a positive index may name the same block), and every target shallower than every
 /// source, since the echo carries deep states back to shallow adapters (a target at or below a
 /// source would feed a block's own output, or a deeper one's, into itself).
-pub fn check_layout(
-    source_cfg: &[i64],
-    sources: &[usize],
-    target_cfg: &[i64],
-    targets: &[usize],
-) -> Result<(), String> {
+pub fn check_layout(source_cfg: &[i64], sources: &[usize], target_cfg: &[i64], targets: &[usize]) -> Result<()> {
     for (key, cfg, resolved) in
         [("echo.source_layers", source_cfg, sources), ("echo.target_layers", target_cfg, targets)]
     {
         for (i, l) in resolved.iter().enumerate() {
             if let Some(j) = resolved[..i].iter().position(|x| x == l) {
-                return Err(format!(
+                return Err(TrainError::config(format!(
                     "{key}: layer {l} is listed twice (as {} and {}); each block may appear once",
                     cfg[j], cfg[i]
-                ));
+                )));
             }
         }
     }
@@ -126,12 +125,12 @@ pub fn check_layout(
         (sources.iter().min(), targets.iter().enumerate().max_by_key(|&(_, t)| *t))
     {
         if deepest >= shallowest {
-            return Err(format!(
+            return Err(TrainError::config(format!(
                 "echo.target_layers: target layer {deepest} (written {}) is not shallower than source layer \
                  {shallowest} (echo.source_layers = {source_cfg:?}); every target must come before every \
                  source, since the echo carries deep states back to shallow adapters",
                 target_cfg[i]
-            ));
+            )));
         }
     }
     Ok(())
@@ -208,23 +207,26 @@ impl EchoPath {
         hidden: usize,
         model_eps: f32,
         store: &mut ParamStore,
-        mut make: impl FnMut(&str, &[usize]) -> Result<Tensor, String>,
-    ) -> Result<Self, String> {
+        mut make: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Self> {
         let sources = resolve_layers("echo.source_layers", &config.source_layers, n_layers)?;
         if sources.is_empty() {
-            return Err("echo.source_layers: at least one source layer is needed".into());
+            return Err(TrainError::config("echo.source_layers: at least one source layer is needed"));
         }
         let targets = resolve_layers("echo.target_layers", &config.target_layers, n_layers)?;
         check_layout(&config.source_layers, &sources, &config.target_layers, &targets)?;
         if config.d_echo == 0 || config.d_echo > MAX_D_ECHO {
-            return Err(format!("echo.d_echo must be in 1..={MAX_D_ECHO}, got {}", config.d_echo));
+            return Err(TrainError::config(format!("echo.d_echo must be in 1..={MAX_D_ECHO}, got {}", config.d_echo)));
         }
-        let mut add = |store: &mut ParamStore, name: &str, shape: &[usize]| -> Result<ParamId, String> {
+        let mut add = |store: &mut ParamStore, name: &str, shape: &[usize]| -> Result<ParamId> {
             let t = make(name, shape)?;
             if t.dims() != shape {
-                return Err(format!("echo parameter `{name}` has shape {}, expected {shape:?}", t.shape()));
+                return Err(TrainError::Other(format!(
+                    "echo parameter `{name}` has shape {}, expected {shape:?}",
+                    t.shape()
+                )));
             }
-            store.add(name, t, true).map_err(|e| e.to_string())
+            Ok(store.add(name, t, true)?)
         };
         let layer_logits = add(store, "echo.layer_logits", &[sources.len()])?;
         let trunk = add(store, "echo.trunk.weight", &[config.d_echo, hidden])?;
@@ -232,11 +234,11 @@ impl EchoPath {
         for &layer in &targets {
             for &proj in &config.target_modules {
                 let Some(site) = adapters.site(layer, proj) else {
-                    return Err(format!(
+                    return Err(TrainError::config(format!(
                         "echo target `{}` has no adapter (add `{}` to the adapter's target modules or layers)",
                         proj.module_path(layer),
                         proj.short_name()
-                    ));
+                    )));
                 };
                 let width = match config.injection {
                     InjectionSite::Bottleneck => adapters.config.r,
@@ -267,7 +269,7 @@ impl EchoPath {
         model_eps: f32,
         store: &mut ParamStore,
         rng: &mut Rng,
-    ) -> Result<Self, String> {
+    ) -> Result<Self> {
         let std = config.init_std;
         Self::register(config, adapters, n_layers, hidden, model_eps, store, |name, shape| {
             Ok(if name == "echo.layer_logits" {

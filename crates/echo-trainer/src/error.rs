@@ -4,11 +4,12 @@
 //! cannot be saved or read. Every message names
 //! the file, key or step it is about.
 //!
-//! Helpers inside the crate that still report a `String` convert into [`TrainError::Other`]
-//! with `?` (and back with `to_string`), so the variants can grow one call site at a time.
+//! No function of the crate returns a `String` error: lower errors convert with `?`, and
+//! [`Context::context`] names the work they happened in. `From<String>` remains for the
+//! messages that fit no variant ([`TrainError::Other`]).
 
 use crate::checkpoint::ConfigChange;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -22,6 +23,8 @@ pub enum TrainError {
     Data(#[from] echo_data::Error),
     #[error(transparent)]
     Adapter(#[from] echo_adapters::PeftError),
+    #[error(transparent)]
+    Cuda(#[from] echo_kernels::cuda::CudaError),
     /// Training into a folder that holds a run, without `--resume` or `--overwrite`.
     #[error(
         "{}: this folder holds a run ({}); pass --resume to continue it, or --overwrite to move it aside \
@@ -29,6 +32,13 @@ pub enum TrainError {
         dir.display(), found.join(", "), dir.display()
     )]
     RunFolderInUse { dir: PathBuf, found: Vec<String> },
+    /// Another process trains into the same folder (it holds the lock).
+    #[error(
+        "{}: another run is using this folder (it holds the lock on {}); wait for it to end, or train into \
+         another folder (--out)",
+        dir.display(), lock.display()
+    )]
+    RunFolderLocked { dir: PathBuf, lock: PathBuf },
     /// `--resume` under a config that differs from the checkpoint's in more than the length.
     #[error(
         "{}: the checkpoint was written under a different config ({}). Resume with the config it was written \
@@ -48,9 +58,69 @@ pub enum TrainError {
     /// A checkpoint that cannot be written, read or found whole (`path`: the file or folder).
     #[error("{}: {msg}", path.display())]
     Checkpoint { path: PathBuf, msg: String },
+    /// A file the run reads or writes (metrics, plots, the run lock, a run moved aside).
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A run config that cannot be read or is refused; `file` when it came from one.
+    #[error("{}{msg}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Config { file: Option<PathBuf>, msg: String },
+    /// A batch the step cannot take (a packing that overflows its row, mismatched lengths).
+    #[error("{0}")]
+    Batch(String),
+    /// Drawing a plot failed (plotters' message).
+    #[error("drawing the plot: {0}")]
+    Plot(String),
+    /// A device that cannot be used as asked.
+    #[error("{0}")]
+    Device(String),
+    /// An error inside a named piece of work (`adamw on `x``, `echo diagnostics`).
+    #[error("{what}: {source}")]
+    In {
+        what: String,
+        #[source]
+        source: Box<TrainError>,
+    },
     /// Anything else, as a message.
     #[error("{0}")]
     Other(String),
+}
+
+impl TrainError {
+    /// A config error with no file (a value refused while validating).
+    pub fn config(msg: impl Into<String>) -> Self {
+        TrainError::Config { file: None, msg: msg.into() }
+    }
+
+    /// This error as read from the config file `path`: a config error gets the file named
+    /// (once); any other is returned as it is.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            TrainError::Config { file: None, msg } => TrainError::Config { file: Some(path.to_path_buf()), msg },
+            other => other,
+        }
+    }
+
+    /// An I/O error on `path` while doing `what`.
+    pub fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> TrainError {
+        let path = path.into();
+        move |source| TrainError::Io { path, what, source }
+    }
+}
+
+/// Names the work an error happened in: `x.context("adamw on `w`")?`.
+pub trait Context<T> {
+    fn context(self, what: impl Into<String>) -> Result<T>;
+}
+
+impl<T, E: Into<TrainError>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| TrainError::In { what: what.into(), source: Box::new(e.into()) })
+    }
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -8,6 +8,7 @@
 //! per sample (routing, pooling, the injection, CE and KD positions) goes through this type,
 //! which is why a packed step equals the padded one to f32 rounding.
 
+use crate::error::{Result, TrainError};
 use echo_model::Batch;
 
 /// Token spans of the samples: `(flat offset, length)` in sample order.
@@ -25,11 +26,13 @@ pub struct Samples {
 impl Samples {
     /// The layout a step input names: packed rows (`packed`, one list of example lengths per
     /// row of the `[batch, seq]` arrays) or, with `None`, padded.
-    pub fn from_input(packed: Option<&[Vec<usize>]>, batch: usize, seq: usize) -> Result<Samples, String> {
+    pub fn from_input(packed: Option<&[Vec<usize>]>, batch: usize, seq: usize) -> Result<Samples> {
         match packed {
             None => Ok(Samples::padded(batch, seq)),
             Some(rows) if rows.len() == batch => Samples::packed(rows, seq),
-            Some(rows) => Err(format!("{} packed rows listed for a batch of {batch} rows", rows.len())),
+            Some(rows) => {
+                Err(TrainError::Batch(format!("{} packed rows listed for a batch of {batch} rows", rows.len())))
+            }
         }
     }
 
@@ -41,18 +44,20 @@ impl Samples {
     }
 
     /// Packed `[rows.len(), seq]`: `rows[b]` lists the example lengths in row `b`.
-    pub fn packed(rows: &[Vec<usize>], seq: usize) -> Result<Samples, String> {
+    pub fn packed(rows: &[Vec<usize>], seq: usize) -> Result<Samples> {
         let mut spans = Vec::new();
         let mut of_token = vec![usize::MAX; rows.len() * seq];
         for (b, lens) in rows.iter().enumerate() {
             let used: usize = lens.iter().sum();
             if used > seq {
-                return Err(format!("packed row {b} holds {used} tokens, more than the batch's {seq}"));
+                return Err(TrainError::Batch(format!(
+                    "packed row {b} holds {used} tokens, more than the batch's {seq}"
+                )));
             }
             let mut at = b * seq;
             for &n in lens {
                 if n == 0 {
-                    return Err(format!("packed row {b} lists an empty example"));
+                    return Err(TrainError::Batch(format!("packed row {b} lists an empty example")));
                 }
                 of_token[at..at + n].fill(spans.len());
                 spans.push((at, n));
@@ -222,7 +227,7 @@ mod tests {
 
     #[test]
     fn bad_packings_are_refused() {
-        assert!(Samples::packed(&[vec![3, 3]], 5).unwrap_err().contains("6 tokens"));
-        assert!(Samples::packed(&[vec![0]], 5).unwrap_err().contains("empty"));
+        assert!(Samples::packed(&[vec![3, 3]], 5).unwrap_err().to_string().contains("6 tokens"));
+        assert!(Samples::packed(&[vec![0]], 5).unwrap_err().to_string().contains("empty"));
     }
 }

@@ -23,6 +23,6 @@ pub mod train;
 
 pub use config::RunConfig;
 pub use echo::{Aggregation, EchoConfig, EchoPath, InjectionSite};
-pub use error::TrainError;
+pub use error::{Context, TrainError};
 pub use step::{forward_backward, StepContext, StepInput, StepStats, Trace};
 pub use train::{train, RunOptions, RunSummary};

@@ -4,11 +4,12 @@
 //! SVG `<text>` elements, so no font files are read and no font library is linked).
 
 use crate::diagnostics::{EchoDiagnostics, EchoLine};
+use crate::error::{Context, Result, TrainError};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepLine {
@@ -43,32 +44,31 @@ pub struct RunStart {
 
 pub struct Metrics {
     file: File,
-    path: String,
+    path: PathBuf,
 }
 
 impl Metrics {
     /// Opens `path`, appending when resuming, else starting it afresh.
-    pub fn open(path: &Path, append: bool) -> Result<Self, String> {
+    pub fn open(path: &Path, append: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(append)
             .write(true)
             .truncate(!append)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Metrics { file, path: path.display().to_string() })
+            .map_err(TrainError::io(path, "opening the metrics"))?;
+        Ok(Metrics { file, path: path.to_path_buf() })
     }
 
     /// Opens `path` to continue a run resumed from its checkpoint at `step`. A run stopped
     /// after that checkpoint had already written lines for later steps, which this process
     /// trains again: they are dropped (as is a line cut short by a crash), so every step and
     /// every validation appears once. Returns what the kept lines say about the run's start.
-    pub fn resume(path: &Path, step: usize) -> Result<(Self, RunStart), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    pub fn resume(path: &Path, step: usize) -> Result<(Self, RunStart)> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(TrainError::io(path, "reading the metrics")(e)),
         };
         let (mut kept, mut start) = (String::new(), RunStart::default());
         for line in text.lines() {
@@ -87,38 +87,40 @@ impl Metrics {
             kept.push_str(line);
             kept.push('\n');
         }
-        echo_model::weights::write_atomic(path, kept.as_bytes()).map_err(|e| e.to_string())?;
+        echo_model::weights::write_atomic(path, kept.as_bytes())?;
         Self::open(path, true).map(|m| (m, start))
     }
 
-    fn line(&mut self, json: String) -> Result<(), String> {
-        writeln!(self.file, "{json}").and_then(|_| self.file.flush()).map_err(|e| format!("{}: {e}", self.path))
+    fn line(&mut self, json: String) -> Result<()> {
+        writeln!(self.file, "{json}")
+            .and_then(|_| self.file.flush())
+            .map_err(TrainError::io(&self.path, "writing the metrics"))
     }
 
-    pub fn step(&mut self, s: &StepLine) -> Result<(), String> {
+    pub fn step(&mut self, s: &StepLine) -> Result<()> {
         self.line(serde_json::to_string(s).expect("serialises"))
     }
 
-    pub fn eval(&mut self, step: usize, val_loss: Option<f32>) -> Result<(), String> {
+    pub fn eval(&mut self, step: usize, val_loss: Option<f32>) -> Result<()> {
         self.line(serde_json::to_string(&EvalLine { step, val_loss }).expect("serialises"))
     }
 
     /// A diagnostics line, `{"step": s, "echo": {...}}` (trimmed by [`Metrics::resume`] like
     /// every line with a step).
-    pub fn echo(&mut self, step: usize, echo: &EchoDiagnostics) -> Result<(), String> {
+    pub fn echo(&mut self, step: usize, echo: &EchoDiagnostics) -> Result<()> {
         self.line(serde_json::to_string(&EchoLine { step, echo: echo.clone() }).expect("serialises"))
     }
 }
 
 /// Writes `out`, an SVG plot of the run in `metrics` (see [`render_svg`]), atomically.
-pub fn plot_svg(metrics: &Path, out: &Path) -> Result<(), String> {
-    let f = File::open(metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
+pub fn plot_svg(metrics: &Path, out: &Path) -> Result<()> {
+    let f = File::open(metrics).map_err(TrainError::io(metrics, "reading the metrics"))?;
     let mut lines = Vec::new();
     for line in BufReader::new(f).lines() {
-        lines.push(line.map_err(|e| format!("{}: {e}", metrics.display()))?);
+        lines.push(line.map_err(TrainError::io(metrics, "reading the metrics"))?);
     }
-    let svg = render_svg(&lines).map_err(|e| format!("{}: drawing the plot: {e}", out.display()))?;
-    echo_model::weights::write_atomic(out, svg.as_bytes()).map_err(|e| e.to_string())
+    let svg = render_svg(&lines).context(out.display().to_string())?;
+    Ok(echo_model::weights::write_atomic(out, svg.as_bytes())?)
 }
 
 /// What the plot shows, read from the metrics lines.
@@ -209,7 +211,7 @@ const ECHO: RGBColor = RGBColor(214, 39, 40);
 const KD: RGBColor = RGBColor(148, 103, 189);
 const LR: RGBColor = RGBColor(127, 127, 127);
 
-type PlotResult<T> = Result<T, String>;
+type PlotResult<T> = Result<T>;
 
 /// One loss part of the echo panel: its name, colour and points.
 type Part<'a> = (&'a str, RGBColor, &'a [(f64, f64)]);
@@ -223,8 +225,8 @@ fn step_label(v: &f64) -> String {
     }
 }
 
-fn drawing<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
-    e.to_string()
+fn drawing<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> TrainError {
+    TrainError::Plot(e.to_string())
 }
 
 /// One panel of the plot: titled, with room for the tick labels, on `x` by `y`.
@@ -372,12 +374,12 @@ pub fn render_svg(lines: &[String]) -> PlotResult<String> {
 
 /// Writes `out`, the plot of the echo diagnostics lines in `metrics` (see
 /// [`render_echo_svg`]), atomically; a run without such lines gets no file (`false`).
-pub fn plot_echo_svg(metrics: &Path, out: &Path) -> Result<bool, String> {
-    let text = std::fs::read_to_string(metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
+pub fn plot_echo_svg(metrics: &Path, out: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(metrics).map_err(TrainError::io(metrics, "reading the metrics"))?;
     let lines: Vec<String> = text.lines().map(String::from).collect();
-    match render_echo_svg(&lines).map_err(|e| format!("{}: drawing the plot: {e}", out.display()))? {
+    match render_echo_svg(&lines).context(out.display().to_string())? {
         None => Ok(false),
-        Some(svg) => echo_model::weights::write_atomic(out, svg.as_bytes()).map(|_| true).map_err(|e| e.to_string()),
+        Some(svg) => Ok(echo_model::weights::write_atomic(out, svg.as_bytes()).map(|_| true)?),
     }
 }
 
@@ -643,7 +645,7 @@ mod plot_tests {
         roxmltree::Document::parse(&svg).expect("well-formed XML");
         assert!(svg.contains("learning rate"));
         assert!(std::fs::read_dir(&dir).unwrap().count() == 2, "no temporary file left");
-        let e = plot_svg(&dir.join("missing.jsonl"), &out).unwrap_err();
+        let e = plot_svg(&dir.join("missing.jsonl"), &out).unwrap_err().to_string();
         assert!(e.contains("missing.jsonl"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay (as `torch.optim.AdamW`), learning-rate schedules with
 //! warm-up (as transformers' `get_*_schedule_with_warmup`), and global-norm clipping.
 
+use crate::error::{Context, Result};
 use echo_autograd::{ParamId, ParamStore};
 use echo_tensor::nn::{self, AdamWStep};
 use echo_tensor::{Device, Tensor};
@@ -30,7 +31,7 @@ pub fn lr_at(schedule: Schedule, base: f32, step: usize, warmup: usize, total: u
 /// L2 norm over every gradient of `ids` (f64 accumulation); params without a gradient count 0.
 /// Gradients on a device are reduced there (a sum of squares per tensor, then one sum of
 /// those) and the one scalar is read back: the single wait for the GPU of an optimizer step.
-pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> Result<f32, String> {
+pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> Result<f32> {
     let grads: Vec<&Tensor> = ids.iter().filter_map(|&id| store.grad(id)).collect();
     if grads.iter().all(|g| g.device() == Device::Cpu) {
         let s: f64 = grads.iter().map(|g| g.as_f32().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum();
@@ -41,7 +42,7 @@ pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> Result<f32, Stri
         let total = Tensor::concat(&sums.iter().collect::<Vec<_>>(), 0)?.sum_all()?;
         total.item()
     };
-    let s = device_sum().map_err(|e| format!("gradient norm: {e}"))?;
+    let s = device_sum().context("gradient norm")?;
     Ok((s as f64).sqrt() as f32)
 }
 
@@ -94,7 +95,7 @@ impl AdamW {
     /// fused update where the parameter lives (`echo_tensor::nn::adamw_step`: the CPU twin on
     /// the host, the `adamw_step` kernel on a GPU); moments start at zero on the parameter's
     /// device, and moments restored from a checkpoint (host) move there on first use.
-    pub fn step(&mut self, store: &mut ParamStore, ids: &[ParamId], lr: f32, grad_scale: f32) -> Result<(), String> {
+    pub fn step(&mut self, store: &mut ParamStore, ids: &[ParamId], lr: f32, grad_scale: f32) -> Result<()> {
         self.state.step += 1;
         let c = &self.config;
         let (bc1, bc2) = AdamWStep::bias_corrections(c.beta1, c.beta2, self.state.step);
@@ -111,7 +112,6 @@ impl AdamW {
         for &id in ids {
             let p = store.get_mut(id);
             let Some(grad) = p.grad.as_ref() else { continue };
-            let fail = |e: echo_tensor::Error| format!("adamw on `{}`: {e}", p.name);
             let device = p.value.device();
             let moment = |map: &mut BTreeMap<String, Tensor>| -> echo_tensor::Result<Tensor> {
                 match map.remove(&p.name) {
@@ -120,8 +120,10 @@ impl AdamW {
                     None => Tensor::full_on(0.0, p.value.shape().clone(), device),
                 }
             };
-            let (mut m, mut v) = (moment(&mut self.state.m).map_err(fail)?, moment(&mut self.state.v).map_err(fail)?);
-            nn::adamw_step(&mut p.value, grad, &mut m, &mut v, &hyper).map_err(fail)?;
+            let what = || format!("adamw on `{}`", p.name);
+            let (mut m, mut v) =
+                (moment(&mut self.state.m).context(what())?, moment(&mut self.state.v).context(what())?);
+            nn::adamw_step(&mut p.value, grad, &mut m, &mut v, &hyper).context(what())?;
             self.state.m.insert(p.name.clone(), m);
             self.state.v.insert(p.name.clone(), v);
         }

@@ -4,6 +4,7 @@
 //! spec's names).
 
 use crate::echo::{Aggregation, EchoConfig, EchoPath, InjectionSite};
+use crate::error::{Result, TrainError};
 use echo_adapters::Adapters;
 use echo_autograd::ParamStore;
 use echo_model::weights::WeightFiles;
@@ -41,16 +42,19 @@ pub fn load_echo_dir(
     model: &Llama,
     adapters: &Adapters,
     store: &mut ParamStore,
-) -> Result<(EchoPath, Option<Vec<bool>>), String> {
+) -> Result<(EchoPath, Option<Vec<bool>>)> {
     let cfg_path = dir.join("echo-config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    let j: EchoJson = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(TrainError::io(&cfg_path, "reading the echo config"))?;
+    let j: EchoJson = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config { file: Some(cfg_path.clone()), msg: e.to_string() })?;
     let target_modules = j
         .target_modules
         .iter()
         .map(|m| {
-            Proj::from_short_name(m)
-                .ok_or_else(|| format!("{}: target_modules: `{m}` is not a LLaMA projection", cfg_path.display()))
+            Proj::from_short_name(m).ok_or_else(|| TrainError::Config {
+                file: Some(cfg_path.clone()),
+                msg: format!("target_modules: `{m}` is not a LLaMA projection"),
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let config = EchoConfig {
@@ -71,7 +75,7 @@ pub fn load_echo_dir(
     };
     let route = j.route.map(|r| r.iter().map(|&x| x != 0).collect());
     let init_path = dir.join("echo-init.safetensors");
-    let files = WeightFiles::open_files(std::slice::from_ref(&init_path)).map_err(|e| e.to_string())?;
+    let files = WeightFiles::open_files(std::slice::from_ref(&init_path))?;
     let c = &model.config;
     let path = EchoPath::register(
         config,
@@ -80,7 +84,7 @@ pub fn load_echo_dir(
         c.hidden_size,
         c.rms_norm_eps,
         store,
-        |name, shape| files.f32_tensor(name, Some(shape)).map_err(|e| e.to_string()),
+        |name, shape| Ok(files.f32_tensor(name, Some(shape))?),
     )?;
     Ok((path, route))
 }

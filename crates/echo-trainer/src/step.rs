@@ -4,6 +4,7 @@
 //! With the echo path absent or no sample routed, this is exactly a plain LoRA/DoRA step.
 
 use crate::echo::{prompt_mask, EchoPath};
+use crate::error::{Result, TrainError};
 use crate::layout::Samples;
 use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamStore, Tape, Var};
@@ -113,29 +114,30 @@ pub fn forward_backward(
     mut dropout_rng: Option<&mut Rng>,
     loss_scale: f32,
     trace: bool,
-) -> Result<(StepStats, Option<Trace>), String> {
+) -> Result<(StepStats, Option<Trace>)> {
     let (b, t) = (input.batch, input.seq);
     let model = ctx.model;
-    let fail = |e: &dyn std::fmt::Display| e.to_string();
     let samples = Samples::from_input(input.packed, b, t)?;
     if trace && samples.is_packed() {
-        return Err("tracing (the parity command) needs a padded batch".into());
+        return Err(TrainError::Batch("tracing (the parity command) needs a padded batch".into()));
     }
     let vocab = model.config.vocab_size;
-    let batch = samples.model_batch(input.input_ids, input.attention_mask, vocab).map_err(|e| fail(&e))?;
+    let batch = samples.model_batch(input.input_ids, input.attention_mask, vocab)?;
     if input.labels.len() != b * t || input.route.len() != samples.count() {
-        return Err(format!(
+        return Err(TrainError::Batch(format!(
             "labels ({}) or route ({}) do not match the batch [{b}, {t}] of {} samples",
             input.labels.len(),
             input.route.len(),
             samples.count()
-        ));
+        )));
     }
     let labels = samples.labels(input.labels);
     let (rows, targets) = shifted_targets(&labels, b, t);
     let n = rows.len();
     if n == 0 {
-        return Err("the batch has no labelled position (every label is -100 after the shift)".into());
+        return Err(TrainError::Batch(
+            "the batch has no labelled position (every label is -100 after the shift)".into(),
+        ));
     }
     let echo = ctx.echo.filter(|_| input.route.iter().any(|&r| r) || trace);
     let routed: Vec<usize> =
@@ -160,12 +162,12 @@ pub fn forward_backward(
         let capture = echo.map(|e| e.sources.clone()).unwrap_or_default();
         let plain = {
             let mut proj = ctx.adapters.projector(store, dropout_rng.as_deref_mut(), None);
-            model.forward(&tape, &batch, &mut proj, &capture).map_err(|e| fail(&e))?
+            model.forward(&tape, &batch, &mut proj, &capture)?
         };
         let mut terms: Vec<Var> = Vec::new();
         if !rows_p.is_empty() {
-            let logits = model.logits_at(&plain.hidden, &rows_p).map_err(|e| fail(&e))?;
-            let ce = ops::cross_entropy(&logits, &tgt_p, n as f32).map_err(|e| fail(&e))?;
+            let logits = model.logits_at(&plain.hidden, &rows_p)?;
+            let ce = ops::cross_entropy(&logits, &tgt_p, n as f32)?;
             read.ce_plain = Some(ce.value().clone());
             terms.push(ce);
         }
@@ -187,29 +189,27 @@ pub fn forward_backward(
                                 [samples.count(), width, d],
                             )
                         })
-                        .collect::<echo_autograd::Result<Vec<Var>>>()
-                        .map_err(|e| fail(&e))?;
+                        .collect::<echo_autograd::Result<Vec<Var>>>()?;
                     ep.aggregate(&tape, store, &windows, &mask, samples.count(), width)
                 }
-            }
-            .map_err(|e| fail(&e))?;
+            }?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };
             let sub = samples.select(input.input_ids, input.attention_mask, &echo_rows);
-            let mut inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows).map_err(|e| fail(&e))?;
+            let mut inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows)?;
             if sub.samples.is_packed() {
                 // One injection row per token of the sub-batch (its sample's), since packed
                 // samples have different lengths.
                 let rows = sub.samples.token_rows();
                 for (g, p) in inject.modules.values_mut() {
-                    *g = ops::index_select(g, &rows).map_err(|e| fail(&e))?;
-                    *p = ops::index_select(p, &rows).map_err(|e| fail(&e))?;
+                    *g = ops::index_select(g, &rows)?;
+                    *p = ops::index_select(p, &rows)?;
                 }
             }
-            let sub_batch = sub.samples.model_batch(&sub.ids, &sub.attention_mask, vocab).map_err(|e| fail(&e))?;
+            let sub_batch = sub.samples.model_batch(&sub.ids, &sub.attention_mask, vocab)?;
             let hidden_echo = {
                 let mut proj = ctx.adapters.projector(store, dropout_rng, Some(&inject));
-                model.forward(&tape, &sub_batch, &mut proj, &[]).map_err(|e| fail(&e))?.hidden
+                model.forward(&tape, &sub_batch, &mut proj, &[])?.hidden
             };
             if !rows_r.is_empty() {
                 let pos: Vec<usize> = rows_r
@@ -220,22 +220,21 @@ pub fn forward_backward(
                         sub.position(k, samples.start(s), r)
                     })
                     .collect();
-                let logits_echo = model.logits_at(&hidden_echo, &pos).map_err(|e| fail(&e))?;
-                let ce = ops::cross_entropy(&logits_echo, &tgt_r, n as f32).map_err(|e| fail(&e))?;
+                let logits_echo = model.logits_at(&hidden_echo, &pos)?;
+                let ce = ops::cross_entropy(&logits_echo, &tgt_r, n as f32)?;
                 read.ce_echo = Some(ce.value().clone());
                 terms.push(ce);
                 let c = &ep.config;
-                let student = model.logits_at(&plain.hidden, &rows_r).map_err(|e| fail(&e))?;
+                let student = model.logits_at(&plain.hidden, &rows_r)?;
                 let kd =
-                    ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32)
-                        .map_err(|e| fail(&e))?;
+                    ops::kl_div(logits_echo.value(), &student, c.tau, &vec![1.0; rows_r.len()], rows_r.len() as f32)?;
                 read.loss_kd = Some(kd.value().clone());
                 if c.lambda_kd > 0.0 {
-                    terms.push(ops::scale(&kd, c.lambda_kd * c.tau * c.tau).map_err(|e| fail(&e))?);
+                    terms.push(ops::scale(&kd, c.lambda_kd * c.tau * c.tau)?);
                 }
             }
             if trace {
-                trace_echo = Some((all_logits(model, &hidden_echo).map_err(|e| fail(&e))?, values));
+                trace_echo = Some((all_logits(model, &hidden_echo)?, values));
             }
         }
         if trace {
@@ -244,7 +243,7 @@ pub fn forward_backward(
                 None => (None, None),
             };
             tr = Some(Trace {
-                logits_plain: all_logits(model, &plain.hidden).map_err(|e| fail(&e))?,
+                logits_plain: all_logits(model, &plain.hidden)?,
                 logits_echo: le,
                 echo: values.as_ref().map(|v| v.echo.value().clone()),
                 pooled: values
@@ -257,13 +256,13 @@ pub fn forward_backward(
         }
         let mut total = terms[0].clone();
         for t in &terms[1..] {
-            total = ops::add(&total, t).map_err(|e| fail(&e))?;
+            total = ops::add(&total, t)?;
         }
         total
     };
-    read.fill(&mut stats, loss.value()).map_err(|e| fail(&e))?;
+    read.fill(&mut stats, loss.value())?;
     stats.loss_ce = stats.ce_plain + stats.ce_echo;
-    let scaled = if loss_scale == 1.0 { loss } else { ops::scale(&loss, loss_scale).map_err(|e| fail(&e))? };
-    tape.backward(&scaled, store).map_err(|e| fail(&e))?;
+    let scaled = if loss_scale == 1.0 { loss } else { ops::scale(&loss, loss_scale)? };
+    tape.backward(&scaled, store)?;
     Ok((stats, tr))
 }

@@ -13,6 +13,7 @@
 //! loss and gradient norm is finite, so a NaN or a wrong result that appears only at large
 //! sizes gives an error, not a tokens/s figure.
 
+use crate::error::{Result, TrainError};
 use crate::optim::{clip_factor, global_grad_norm, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{AdapterConfig, Adapters, Method};
@@ -106,13 +107,13 @@ pub struct StepBenchResult {
 pub const FIRST_LOSS_TOL: f32 = 1.0;
 
 /// `Err` unless `loss` (the first step's) is finite and within [`FIRST_LOSS_TOL`] of `ln vocab`.
-pub fn check_first_loss(loss: f32, vocab: usize) -> Result<(), String> {
+pub fn check_first_loss(loss: f32, vocab: usize) -> Result<()> {
     let want = (vocab as f32).ln();
     match loss.is_finite() && (loss - want).abs() <= FIRST_LOSS_TOL {
         true => Ok(()),
-        false => Err(format!(
+        false => Err(TrainError::Other(format!(
             "first loss {loss} is not within {FIRST_LOSS_TOL} of ln({vocab}) = {want:.4} (random weights predict near-uniformly): the forward is wrong at this size"
-        )),
+        ))),
     }
 }
 
@@ -138,12 +139,10 @@ pub fn bench_batch(batch: usize, seq: usize, vocab: usize) -> Vec<i64> {
 }
 
 /// Waits for everything queued on `device` (a no-op on the CPU), so a step's time is its own.
-fn synchronize(device: Device) -> Result<(), String> {
+fn synchronize(device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
-        Device::Cuda(n) => {
-            echo_kernels::cuda::runtime::Gpu::get(n).and_then(|g| g.synchronize()).map_err(|e| e.to_string())
-        }
+        Device::Cuda(n) => Ok(echo_kernels::cuda::runtime::Gpu::get(n).and_then(|g| g.synchronize())?),
     }
 }
 
@@ -152,14 +151,16 @@ fn synchronize(device: Device) -> Result<(), String> {
 /// allocated is returned to the driver afterwards: the caching allocator's free blocks are
 /// freed (stream-ordered frees) and the device is synchronised, which is when the driver takes
 /// them back, so another process, such as the PyTorch side, has the memory.
-pub fn run(bench: &StepBench, device: Device) -> Result<StepBenchResult, String> {
+pub fn run(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
     let result = run_inner(bench, device);
     match device {
         Device::Cpu => result,
         Device::Cuda(n) => {
             let freed = release_device_memory(n);
             match (result, freed) {
-                (Ok(_), Err(e)) => Err(format!("freeing the device memory after the run: {e}")),
+                (Ok(_), Err(e)) => {
+                    Err(TrainError::In { what: "freeing the device memory after the run".into(), source: Box::new(e) })
+                }
                 (result, _) => result,
             }
         }
@@ -168,16 +169,16 @@ pub fn run(bench: &StepBench, device: Device) -> Result<StepBenchResult, String>
 
 /// Frees the caching allocator's unused blocks on `cuda:n` and synchronises (the frees are
 /// stream-ordered: the driver has the memory back only after the synchronisation).
-pub fn release_device_memory(n: usize) -> Result<(), String> {
-    let gpu = echo_kernels::cuda::runtime::Gpu::get(n).map_err(|e| e.to_string())?;
+pub fn release_device_memory(n: usize) -> Result<()> {
+    let gpu = echo_kernels::cuda::runtime::Gpu::get(n)?;
     gpu.pool().empty_cache();
-    gpu.synchronize().map_err(|e| e.to_string())?;
-    gpu.context().synchronize().map_err(|e| e.to_string())
+    gpu.synchronize()?;
+    gpu.context().synchronize().map_err(|e| TrainError::Device(format!("synchronising cuda:{n}: {e}")))
 }
 
-fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, String> {
+fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
     let started = Instant::now();
-    let model = Llama::random_on(bench.config.clone(), device, 7).map_err(|e| e.to_string())?;
+    let model = Llama::random_on(bench.config.clone(), device, 7)?;
     let mut store = ParamStore::new();
     let cfg = AdapterConfig {
         method: Method::Lora,
@@ -188,8 +189,8 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
         targets: bench.targets.clone(),
         layers: None,
     };
-    let adapters = Adapters::init(cfg, &model, &mut store, &mut Rng::new(1)).map_err(|e| e.to_string())?;
-    let mut store = store.to_device(device).map_err(|e| e.to_string())?;
+    let adapters = Adapters::init(cfg, &model, &mut store, &mut Rng::new(1))?;
+    let mut store = store.to_device(device)?;
     let ids: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
     synchronize(device)?;
     let setup_seconds = started.elapsed().as_secs_f64();
@@ -218,11 +219,15 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult, Strin
         if i == 0 {
             check_first_loss(stats.loss, bench.config.vocab_size)?;
         } else if !stats.loss.is_finite() {
-            return Err(format!("step {}: loss {} is not finite", i + 1, stats.loss));
+            return Err(TrainError::Other(format!("step {}: loss {} is not finite", i + 1, stats.loss)));
         }
         let norm = global_grad_norm(&store, &ids)?;
         if !norm.is_finite() {
-            return Err(format!("step {}: gradient norm {norm} is not finite (loss {})", i + 1, stats.loss));
+            return Err(TrainError::Other(format!(
+                "step {}: gradient norm {norm} is not finite (loss {})",
+                i + 1,
+                stats.loss
+            )));
         }
         adam.step(&mut store, &ids, bench.lr, clip_factor(norm, bench.max_grad_norm))?;
         store.zero_grad();
@@ -261,7 +266,7 @@ mod tests {
         assert!(check_first_loss(ln + 0.05, 32000).is_ok());
         assert!(check_first_loss(ln - 0.99, 32000).is_ok());
         for bad in [ln + 1.5, ln - 2.0, 0.0, f32::NAN, f32::INFINITY] {
-            let e = check_first_loss(bad, 32000).unwrap_err();
+            let e = check_first_loss(bad, 32000).unwrap_err().to_string();
             assert!(e.contains("ln(32000) = 10.3735"), "{e}");
         }
     }

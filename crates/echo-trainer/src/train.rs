@@ -6,7 +6,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::{DataSection, RunConfig, TrainSection};
 use crate::diagnostics::Probe;
 use crate::echo::EchoPath;
-use crate::error::TrainError;
+use crate::error::{Context, Result, TrainError};
 use crate::metrics::{Metrics, StepLine};
 use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::step::{forward_backward, StepContext, StepInput};
@@ -89,7 +89,7 @@ pub struct Data {
 }
 
 /// Reads, tokenises and splits the data as `[data]` says.
-pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Data, String> {
+pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Data> {
     let d = &cfg.data;
     // The same templates as `cargo xtask data --template` (chat reads the tokenizer's folder).
     let template = Template::from_config(
@@ -98,14 +98,13 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
         d.prompt_format_with_input.as_deref(),
         tok.path(),
     )
-    .map_err(|e| format!("data.template: {e}"))?;
+    .context("data.template")?;
     let enc = EncodeConfig { cutoff: Some(d.cutoff), overlong: d.overlong, train_on_inputs: d.train_on_inputs };
     let prog = if progress { Progress::Auto } else { Progress::Hidden };
     let (examples, report) = if d.train == ["synthetic"] {
         let spec = echo_data::SyntheticSpec { count: d.synthetic_records, seed: cfg.train.seed, ..Default::default() };
-        let records = echo_data::synthetic_records(&spec).map_err(|e| e.to_string())?;
-        let ds = echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0)
-            .map_err(|e| e.to_string())?;
+        let records = echo_data::synthetic_records(&spec)?;
+        let ds = echo_data::encode_records(tok, &template, &records, &enc, Path::new("synthetic"), 0)?;
         (ds.examples, ds.report)
     } else {
         let weights = if d.weights.is_empty() { vec![1.0; d.train.len()] } else { d.weights.clone() };
@@ -117,30 +116,30 @@ pub fn load_data(cfg: &RunConfig, tok: &Tokenizer, progress: bool) -> Result<Dat
             .collect();
         let spec = echo_data::MixSpec { sources, total: None, seed: cfg.train.seed };
         let cache = echo_data::Cache::user_default()?;
-        let mixed = echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog).map_err(|e| e.to_string())?;
+        let mixed = echo_data::load_mix(&spec, tok, &template, &enc, Some(&cache), prog)?;
         let report = mixed.report();
         (mixed.examples, report)
     };
     check_cutoff(d, &report)?;
     if examples.len() <= d.val_count {
-        return Err(format!(
+        return Err(TrainError::config(format!(
             "data: {} examples cannot leave data.val_count = {} for validation and some for training",
             examples.len(),
             d.val_count
-        ));
+        )));
     }
-    let (train, val) = echo_data::split_validation(examples, d.val_count, cfg.train.seed).map_err(|e| e.to_string())?;
+    let (train, val) = echo_data::split_validation(examples, d.val_count, cfg.train.seed)?;
     Ok(Data { train, val, pad_id: tok.pad_id(), report })
 }
 
 /// Refuses data from which the cutoff took learned tokens in more than
 /// `data.max_truncated_fraction` of the records (under `overlong = "truncate"`).
-fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
+fn check_cutoff(d: &DataSection, r: &Report) -> Result<()> {
     let cut = r.answers_cut();
     if d.overlong != Overlong::Truncate || r.records == 0 || cut as f64 <= d.max_truncated_fraction * r.records as f64 {
         return Ok(());
     }
-    Err(format!(
+    Err(TrainError::config(format!(
         "data: data.cutoff = {} takes learned (answer) tokens from {cut} of {} records ({:.1}%: {} truncated, {} \
          dropped because the prompt alone reaches the cutoff, {} dropped untokenised as over {} bytes), more than \
          data.max_truncated_fraction = {} allows. \
@@ -156,7 +155,7 @@ fn check_cutoff(d: &DataSection, r: &Report) -> Result<(), String> {
         d.max_truncated_fraction,
         r.longest_before_cutoff,
         r.longest_before_cutoff,
-    ))
+    )))
 }
 
 /// One line on what the cutoff did to the data, printed before the first step.
@@ -241,7 +240,7 @@ pub fn validation_loss(
     pad_id: u32,
     micro: usize,
     packing: bool,
-) -> Result<Option<f32>, String> {
+) -> Result<Option<f32>> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in val.chunks(micro.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
@@ -250,14 +249,16 @@ pub fn validation_loss(
         if n == 0 {
             continue;
         }
-        let batch = crate::layout::Samples::from_input(a.packed.as_deref(), a.batch, a.seq)?
-            .model_batch(&a.ids, &a.mask, model.config.vocab_size)
-            .map_err(|e| e.to_string())?;
+        let batch = crate::layout::Samples::from_input(a.packed.as_deref(), a.batch, a.seq)?.model_batch(
+            &a.ids,
+            &a.mask,
+            model.config.vocab_size,
+        )?;
         let tape = Tape::inference();
         let mut proj = adapters.projector(store, None, None);
-        let hidden = model.forward(&tape, &batch, &mut proj, &[]).map_err(|e| e.to_string())?.hidden;
-        let (loss, n) = model.lm_loss(&hidden, &a.labels, &batch).map_err(|e| e.to_string())?;
-        sum += loss.value().item().map_err(|e| e.to_string())? as f64 * n as f64;
+        let hidden = model.forward(&tape, &batch, &mut proj, &[])?.hidden;
+        let (loss, n) = model.lm_loss(&hidden, &a.labels, &batch)?;
+        sum += loss.value().item()? as f64 * n as f64;
         count += n;
     }
     Ok((count > 0).then(|| (sum / count as f64) as f32))
@@ -446,17 +447,18 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     println!("{notice}");
     // The config a checkpoint must match (see `identity`), checked before anything slow.
     let ident = identity(cfg);
-    let config_toml = toml::to_string(&ident).map_err(|e| e.to_string())?;
+    let config_toml =
+        toml::to_string(&ident).map_err(|e| TrainError::Other(format!("serialising the run identity: {e}")))?;
     let mut ckpt_dir = out_dir.join(checkpoint::POINTER);
     let resumed = if opts.resume {
         match checkpoint::latest(out_dir)? {
             None => {
-                return Err(format!(
-                    "{}: no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into \
-                     its output folder; run without --resume to start one)",
-                    ckpt_dir.display()
-                )
-                .into())
+                return Err(TrainError::Checkpoint {
+                    path: ckpt_dir,
+                    msg: "no checkpoint to resume from (--resume continues a run from the checkpoint it wrote into \
+                          its output folder; run without --resume to start one)"
+                        .into(),
+                })
             }
             Some(found) => {
                 for note in &found.notes {
@@ -486,9 +488,9 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         }
     }
 
-    let model = Llama::load_on(model_dir, device).map_err(|e| e.to_string())?;
+    let model = Llama::load_on(model_dir, device)?;
     cfg.check_against_model(&model.config)?;
-    let tok = Tokenizer::from_dir(model_dir).map_err(|e| e.to_string())?;
+    let tok = Tokenizer::from_dir(model_dir)?;
     let data = load_data(cfg, &tok, opts.progress)?;
     println!("{}", describe_data(&cfg.data, &data));
     let t = &cfg.train;
@@ -504,23 +506,21 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
             bucket: cfg.data.bucket_by_length.then_some(8),
             drop_last: false,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let per_epoch = batcher.batches_per_epoch();
     let total_steps = run_length(t, per_epoch);
 
     let mut store = ParamStore::new();
     let adapters = match &resumed {
-        Some(_) => load_peft(&checkpoint::adapter_dir(&ckpt_dir), &model, &mut store).map_err(|e| e.to_string())?,
+        Some(_) => load_peft(&checkpoint::adapter_dir(&ckpt_dir), &model, &mut store)?,
         None => match &cfg.adapter.from {
-            Some(dir) => load_peft(Path::new(dir), &model, &mut store).map_err(|e| format!("adapter.from: {e}"))?,
+            Some(dir) => load_peft(Path::new(dir), &model, &mut store).context("adapter.from")?,
             None => Adapters::init(
                 cfg.adapter_config(n_layers)?,
                 &model,
                 &mut store,
                 &mut Rng::derive(t.seed, "adapter-init"),
-            )
-            .map_err(|e| e.to_string())?,
+            )?,
         },
     };
     let echo = match cfg.echo_config(n_layers)? {
@@ -536,10 +536,10 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                     c.rms_norm_eps,
                     &mut store,
                     |name, _| {
-                        l.echo
-                            .get(name)
-                            .cloned()
-                            .ok_or_else(|| format!("{}: checkpoint has no `{name}`", ckpt_dir.display()))
+                        l.echo.get(name).cloned().ok_or_else(|| TrainError::Checkpoint {
+                            path: ckpt_dir.clone(),
+                            msg: format!("checkpoint has no `{name}`"),
+                        })
                     },
                 )?,
                 None => EchoPath::init(
@@ -556,7 +556,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     };
     // Adapter and echo parameters are made on the host (seeded, as on the CPU) and moved to
     // the run's device once, in f32.
-    let mut store = store.to_device(device).map_err(|e| e.to_string())?;
+    let mut store = store.to_device(device)?;
     let mut trainable: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
     let echo_ids = echo.as_ref().map(|e| e.param_ids()).unwrap_or_default();
     trainable.extend(&echo_ids);
@@ -582,15 +582,14 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     let resumed_from = resumed.as_ref().map(|l| l.state.step);
     if let Some(l) = resumed {
         if l.state.step > total_steps {
-            return Err(format!(
-                "{}: the checkpoint is at step {}, past this config's length of {total_steps} steps (train.max_steps \
-                 = {}, train.epochs = {} of {per_epoch} steps); a run can be lengthened on resume, not shortened",
-                ckpt_dir.display(),
-                l.state.step,
-                t.max_steps,
-                t.epochs
-            )
-            .into());
+            return Err(TrainError::Checkpoint {
+                path: ckpt_dir,
+                msg: format!(
+                    "the checkpoint is at step {}, past this config's length of {total_steps} steps (train.max_steps \
+                     = {}, train.epochs = {} of {per_epoch} steps); a run can be lengthened on resume, not shortened",
+                    l.state.step, t.max_steps, t.epochs
+                ),
+            });
         }
         if let Some((old, keys)) = &length_change {
             let old_total = run_length(&old.train, per_epoch);
@@ -619,11 +618,11 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         state = l.state;
         // The checkpoint now stands for this config (it differs at most in its length).
         state.config_toml = config_toml.clone();
-        batcher.seek(state.position).map_err(|e| e.to_string())?;
+        batcher.seek(state.position)?;
     }
     let mut dropout_rng = Rng::from_state(state.dropout_rng);
     let mut routing_rng = Rng::from_state(state.routing_rng);
-    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(TrainError::io(out_dir, "creating the output folder"))?;
     let metrics_path = out_dir.join("metrics.jsonl");
     let mut metrics = if opts.resume {
         // Lines past the checkpoint (an interrupted process wrote them) are dropped: those
@@ -648,7 +647,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     if schedule.is_some() && probe.is_none() {
         println!("echo diagnostics: off, no validation example to probe with (data.val_count = 0)");
     }
-    let diagnose = |metrics: &mut Metrics, store: &ParamStore, step: usize| -> Result<(), String> {
+    let diagnose = |metrics: &mut Metrics, store: &ParamStore, step: usize| -> Result<()> {
         if let Some(probe) = probe.as_ref().filter(|_| crate::diagnostics::due(schedule, step, step == total_steps)) {
             metrics.echo(step, &crate::diagnostics::measure(&ctx, store, probe)?)?;
         }
@@ -753,8 +752,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
                     best = true;
                     state.best_val_loss = Some(v);
                     state.best_step = Some(state.step);
-                    save_peft(&out_dir.join("best-adapter"), &adapters, &store, &base_name)
-                        .map_err(|e| e.to_string())?;
+                    save_peft(&out_dir.join("best-adapter"), &adapters, &store, &base_name)?;
                 }
             }
             report.validation(state.step, v, data.val.len(), best);
@@ -780,7 +778,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
     }
     report.finish();
     let adapter_dir = out_dir.join("adapter");
-    save_peft(&adapter_dir, &adapters, &store, &base_name).map_err(|e| e.to_string())?;
+    save_peft(&adapter_dir, &adapters, &store, &base_name)?;
     crate::metrics::plot_svg(&metrics_path, &out_dir.join("loss.svg"))?;
     crate::metrics::plot_echo_svg(&metrics_path, &out_dir.join("echo.svg"))?;
     let summary = RunSummary {
@@ -802,7 +800,7 @@ pub fn train(cfg: &RunConfig, model_dir: &Path, out_dir: &Path, opts: &RunOption
         peak_rss_bytes: peak_rss_bytes(),
     };
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    echo_model::weights::write_atomic(&out_dir.join("summary.json"), json.as_bytes())?;
     drop(lock);
     Ok(summary)
 }
@@ -818,24 +816,21 @@ struct RunLock {
 
 impl RunLock {
     /// Creates `dir` if needed and locks it, or says which folder another run holds.
-    fn acquire(dir: &Path) -> Result<RunLock, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(TrainError::io(dir, "creating the output folder"))?;
         let path = dir.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(TrainError::io(&path, "opening the run lock"))?;
         match file.try_lock() {
             Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-                "{}: another run is using this folder (it holds the lock on {}); wait for it to end, or train into \
-                 another folder (--out)",
-                dir.display(),
-                path.display()
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: cannot lock: {e}", path.display())),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(TrainError::RunFolderLocked { dir: dir.to_path_buf(), lock: path })
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, "locking the run folder")(e)),
         }
     }
 }
@@ -856,7 +851,7 @@ fn run_files(dir: &Path) -> Vec<String> {
 
 /// Renames the run folder `dir` to `<dir>.old-<unix time>` (`-2`, `-3`, ... when taken)
 /// and returns the new name.
-fn move_aside(dir: &Path) -> Result<PathBuf, String> {
+fn move_aside(dir: &Path) -> Result<PathBuf> {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let base = dir.as_os_str().to_string_lossy().trim_end_matches('/').to_string();
     let mut aside = PathBuf::from(format!("{base}.old-{secs}"));
@@ -866,7 +861,7 @@ fn move_aside(dir: &Path) -> Result<PathBuf, String> {
         aside = PathBuf::from(format!("{base}.old-{secs}-{n}"));
     }
     std::fs::rename(dir, &aside)
-        .map_err(|e| format!("{}: cannot move it to {}: {e}", dir.display(), aside.display()))?;
+        .map_err(|e| TrainError::Other(format!("{}: cannot move it to {}: {e}", dir.display(), aside.display())))?;
     Ok(aside)
 }
 

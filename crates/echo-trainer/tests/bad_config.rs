@@ -43,7 +43,7 @@ fn model() -> LlamaConfig {
 }
 
 fn check(cutoff: usize, echo: &str) -> Result<(), String> {
-    RunConfig::parse(&text(cutoff, echo))?.check_against_model(&model())
+    Ok(RunConfig::parse(&text(cutoff, echo))?.check_against_model(&model())?)
 }
 
 #[test]
@@ -84,7 +84,9 @@ fn a_cutoff_above_the_models_context_is_refused() {
 
 #[test]
 fn a_huge_d_echo_is_a_config_error_not_an_allocation_abort() {
-    let e = RunConfig::parse(&text(200, "source_layers = [-1]\ntarget_layers = [0]\nd_echo = 1000000000")).unwrap_err();
+    let e = RunConfig::parse(&text(200, "source_layers = [-1]\ntarget_layers = [0]\nd_echo = 1000000000"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("echo.d_echo") && e.contains("1000000000"), "{e}");
 }
 

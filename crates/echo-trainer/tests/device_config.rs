@@ -38,7 +38,7 @@ fn the_device_key_defaults_to_auto_and_is_checked() {
     ] {
         assert_eq!(config(Some(ok)).train.device, spec, "{ok}");
     }
-    let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\ndevice = \"gpu0\"\n").unwrap_err();
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\ndevice = \"gpu0\"\n").unwrap_err().to_string();
     assert!(e.contains("train.device") && e.contains("cuda:N") && e.contains("gpu0"), "{e}");
     // Left out when it is the default: a config serialised before the key existed is unchanged.
     assert!(!toml::to_string(&config(None)).unwrap().contains("device"));

@@ -206,5 +206,7 @@ fn a_packed_layout_that_does_not_fit_is_refused() {
         prompt_mask: Some(&a.prompt),
     };
     let e = forward_backward(&ctx, &input, &mut store, None, 1.0, false).err().unwrap();
+    assert!(matches!(e, echo_trainer::TrainError::Batch(_)), "{e:?}");
+    let e = e.to_string();
     assert!(e.contains("44 tokens") && e.contains("43"), "{e}");
 }

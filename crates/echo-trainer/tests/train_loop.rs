@@ -148,15 +148,17 @@ fn non_finite_loss_stops_and_leaves_the_checkpoint_untouched() {
 
 #[test]
 fn config_errors_name_the_key() {
-    let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\nlrr = 1e-3\n").unwrap_err();
-    assert!(e.contains("lrr") && e.contains("`lr`"), "{e}");
     let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\nlr = 2.0\n").unwrap_err();
+    assert!(matches!(e, echo_trainer::TrainError::Config { file: None, .. }), "{e:?}");
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\nlrr = 1e-3\n").unwrap_err().to_string();
+    assert!(e.contains("lrr") && e.contains("`lr`"), "{e}");
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[train]\nlr = 2.0\n").unwrap_err().to_string();
     assert!(e.contains("train.lr") && e.contains("(0, 1)"), "{e}");
-    let e = RunConfig::parse("[model]\npath = \"x\"\n[echo]\np_route = 1.5\n").unwrap_err();
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[echo]\np_route = 1.5\n").unwrap_err().to_string();
     assert!(e.contains("echo.p_route"), "{e}");
-    let e = RunConfig::parse("[model]\npath = \"x\"\n[adapter]\ntargets = [\"qkv\"]\n").unwrap_err();
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[adapter]\ntargets = [\"qkv\"]\n").unwrap_err().to_string();
     assert!(e.contains("adapter.targets") && e.contains("q_proj"), "{e}");
-    let e = RunConfig::parse("[model]\npath = \"x\"\n[echo]\naggregation = \"max\"\n").unwrap_err();
+    let e = RunConfig::parse("[model]\npath = \"x\"\n[echo]\naggregation = \"max\"\n").unwrap_err().to_string();
     assert!(e.contains("masked_mean"), "{e}");
 }
 
