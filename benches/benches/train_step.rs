@@ -116,14 +116,8 @@ fn bench_train_step(c: &mut Criterion) {
     let (ids, mask, labels) = batch(model.config.vocab_size);
     let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
     let input = StepInput {
-        packed: None,
-        input_ids: &ids,
-        attention_mask: &mask,
-        labels: &labels,
-        batch: BATCH,
-        seq: SEQ,
+        batch: &echo_data::Batch::from_arrays(&ids, &mask, &labels, BATCH, SEQ, None).expect("batch"),
         route: &route,
-        prompt_mask: None,
     };
 
     if std::env::var_os("ECHO_STEP_PROFILE").is_some_and(|v| v == "1") {
@@ -262,14 +256,16 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &v4.adapters, echo: None };
         let route = vec![false; half];
         let input = StepInput {
-            packed: None,
-            input_ids: &ids[..half * SEQ],
-            attention_mask: &mask[..half * SEQ],
-            labels: &labels[..half * SEQ],
-            batch: half,
-            seq: SEQ,
+            batch: &echo_data::Batch::from_arrays(
+                &ids[..half * SEQ],
+                &mask[..half * SEQ],
+                &labels[..half * SEQ],
+                half,
+                SEQ,
+                None,
+            )
+            .expect("batch"),
             route: &route,
-            prompt_mask: None,
         };
         let lora4 = time_it(3, || {
             store.zero_grad();
@@ -280,14 +276,8 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &ve.adapters, echo: ve.echo.as_ref() };
         let route: Vec<bool> = (0..BATCH).map(|i| i % 2 == 0).collect();
         let input = StepInput {
-            packed: None,
-            input_ids: ids,
-            attention_mask: mask,
-            labels,
-            batch: BATCH,
-            seq: SEQ,
+            batch: &echo_data::Batch::from_arrays(ids, mask, labels, BATCH, SEQ, None).expect("batch"),
             route: &route,
-            prompt_mask: None,
         };
         let echo = time_it(3, || {
             store.zero_grad();
@@ -298,14 +288,8 @@ fn profile(model: &Llama, ids: &[i64], mask: &[i64], labels: &[i64]) {
         let ctx = StepContext { model, adapters: &v8.adapters, echo: None };
         let route = vec![false; BATCH];
         let input = StepInput {
-            packed: None,
-            input_ids: ids,
-            attention_mask: mask,
-            labels,
-            batch: BATCH,
-            seq: SEQ,
+            batch: &echo_data::Batch::from_arrays(ids, mask, labels, BATCH, SEQ, None).expect("batch"),
             route: &route,
-            prompt_mask: None,
         };
         let lora8 = time_it(3, || {
             store.zero_grad();

@@ -106,16 +106,9 @@ pub fn run(a: LogitsArgs) -> Result<()> {
         None => (None, vec![false; b]),
     };
     let ctx = StepContext { model: &model, adapters: &adapters, echo: echo.as_ref() };
-    let step_in = StepInput {
-        packed: None,
-        input_ids: &ids,
-        attention_mask: &mask,
-        labels: &labels,
-        batch: b,
-        seq: t,
-        route: &route,
-        prompt_mask: None,
-    };
+    let data = echo_data::Batch::from_arrays(&ids, &mask, &labels, b, t, None)
+        .with_context(|| format!("{}: input_ids / attention_mask / labels", a.input.display()))?;
+    let step_in = StepInput { batch: &data, route: &route };
     let (stats, trace) = forward_backward(&ctx, &step_in, &mut store, None, 1.0, true)?;
     let trace = trace.expect("trace requested");
     let v = model.config.vocab_size;

@@ -142,6 +142,94 @@ impl Batch {
         batch
     }
 
+    /// A batch from HF-style arrays (`[batch, seq]` row-major; ids as i64 as the fixtures and
+    /// transformers hold them), padded or, with `packed`, packed. Per example, the prompt is
+    /// its real tokens before its first label (the positions [`Example::prompt_mask`] marks;
+    /// later unlabelled stretches, such as a chat's later user turns, are left out, since
+    /// pooling them would carry what follows an answer back to it), the length its real
+    /// tokens; the examples are numbered from 0. What the step takes from the data pipeline, for inputs
+    /// that come from elsewhere (fixtures, benches, checks).
+    pub fn from_arrays(
+        input_ids: &[i64],
+        attention_mask: &[i64],
+        labels: &[i64],
+        batch: usize,
+        seq: usize,
+        packed: Option<Vec<Vec<usize>>>,
+    ) -> Result<Batch> {
+        let n = batch * seq;
+        if input_ids.len() != n || attention_mask.len() != n || labels.len() != n {
+            return Err(Error::Batch(format!(
+                "input_ids {}, attention_mask {}, labels {} elements; [B, T] = [{batch}, {seq}] needs {n}",
+                input_ids.len(),
+                attention_mask.len(),
+                labels.len()
+            )));
+        }
+        let ids = input_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                u32::try_from(t)
+                    .map_err(|_| Error::Batch(format!("input_ids[{}, {}] = {t} is no token id", i / seq, i % seq)))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let mask = attention_mask
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| match m {
+                0 | 1 => Ok(m as u8),
+                _ => Err(Error::Batch(format!("attention_mask[{}, {}] = {m}; expected 0 or 1", i / seq, i % seq))),
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        // Each example's span: a padded row, or the lengths a packed row lists.
+        let spans: Vec<(usize, usize)> = match &packed {
+            None => (0..batch).map(|b| (b * seq, seq)).collect(),
+            Some(rows) => {
+                if rows.len() != batch {
+                    return Err(Error::Batch(format!("{} packed rows listed for {batch} rows", rows.len())));
+                }
+                let mut spans = Vec::new();
+                for (b, lens) in rows.iter().enumerate() {
+                    if lens.iter().sum::<usize>() > seq {
+                        return Err(Error::Batch(format!("packed row {b} holds more than {seq} tokens")));
+                    }
+                    let mut at = b * seq;
+                    for &len in lens {
+                        spans.push((at, len));
+                        at += len;
+                    }
+                }
+                spans
+            }
+        };
+        let mut prompt_mask = vec![0u8; n];
+        let (mut lengths, mut prompt_lengths) = (Vec::new(), Vec::new());
+        for &(at, len) in &spans {
+            let first_label = labels[at..at + len].iter().position(|&l| l != IGNORE_INDEX).unwrap_or(len);
+            let mut prompt = 0;
+            for i in at..at + first_label {
+                prompt_mask[i] = mask[i];
+                prompt += mask[i] as usize;
+            }
+            lengths.push(mask[at..at + len].iter().map(|&m| m as usize).sum());
+            prompt_lengths.push(prompt);
+        }
+        Ok(Batch {
+            batch_size: batch,
+            seq_len: seq,
+            packed,
+            input_ids: ids,
+            attention_mask: mask,
+            labels: labels.to_vec(),
+            prompt_mask,
+            example_indices: (0..lengths.len()).collect(),
+            lengths,
+            prompt_lengths,
+            position: BatchPosition::default(),
+        })
+    }
+
     /// Examples in the batch.
     pub fn examples(&self) -> usize {
         self.lengths.len()

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("batcher: {0}")]
     Batcher(String),
 
+    /// Arrays that do not make a batch (lengths that disagree, a token id that is no u32).
+    #[error("batch: {0}")]
+    Batch(String),
+
     #[error("mix: {0}")]
     Mix(String),
 

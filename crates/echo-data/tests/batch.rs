@@ -146,3 +146,24 @@ fn bad_batcher_configs_are_refused() {
     assert!(Batcher::new(varied(4), 0, BatchConfig { bucket: Some(0), ..cfg.clone() }).is_err());
     assert!(Batcher::new(varied(4), 0, BatchConfig { batch_size: 8, drop_last: true, ..cfg }).is_err());
 }
+
+#[test]
+fn from_arrays_rebuilds_the_pipelines_batches() {
+    let es = [ex(0, 3, 1), ex(1, 5, 2), ex(2, 2, 1)];
+    let refs: Vec<&Example> = es.iter().collect();
+    let wide = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    let wide8 = |v: &[u8]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    for want in [Batch::from_examples(&refs, 7), Batch::packed(&refs)] {
+        let (ids, mask) = (wide(&want.input_ids), wide8(&want.attention_mask));
+        let got =
+            Batch::from_arrays(&ids, &mask, &want.labels, want.batch_size, want.seq_len, want.packed.clone()).unwrap();
+        assert_eq!(got.example_indices, vec![0, 1, 2]);
+        assert_eq!(Batch { example_indices: Vec::new(), ..got }, want);
+    }
+    // Bad arrays are errors, not panics.
+    let e = |r: Result<Batch, echo_data::Error>| r.unwrap_err().to_string();
+    assert!(e(Batch::from_arrays(&[1, 2], &[1], &[-100, 2], 1, 2, None)).contains("attention_mask 1"));
+    assert!(e(Batch::from_arrays(&[-1, 2], &[1, 1], &[-100, 2], 1, 2, None)).contains("input_ids[0, 0] = -1"));
+    assert!(e(Batch::from_arrays(&[1, 2], &[1, 2], &[-100, 2], 1, 2, None)).contains("attention_mask[0, 1] = 2"));
+    assert!(e(Batch::from_arrays(&[1, 2], &[1, 1], &[-100, 2], 1, 2, Some(vec![vec![2, 1]]))).contains("more than 2"));
+}

@@ -131,9 +131,10 @@ pub struct Batch {
     pub positions: Arc<Vec<usize>>,
 }
 
-fn check_ids(input_ids: &[i64], seq: usize, vocab: usize) -> Result<Vec<usize>> {
+fn check_ids<I: Copy + Into<i64>>(input_ids: &[I], seq: usize, vocab: usize) -> Result<Vec<usize>> {
     let mut ids = Vec::with_capacity(input_ids.len());
-    for (i, &t) in input_ids.iter().enumerate() {
+    for (i, t) in input_ids.iter().enumerate() {
+        let t: i64 = (*t).into();
         if t < 0 || t as usize >= vocab {
             return Err(Error::Input(format!(
                 "input_ids[{}, {}] = {t} is outside the vocabulary [0, {vocab})",
@@ -151,7 +152,7 @@ impl Batch {
     /// row `b` of `input_ids` (`[B, T]`, `T = seq`); what follows them is padding. Each example
     /// attends only to itself and its positions start at 0, so its outputs equal those of the
     /// same example alone in a padded batch.
-    pub fn packed(input_ids: &[i64], rows: &[Vec<usize>], seq: usize, vocab: usize) -> Result<Self> {
+    pub fn packed<I: Copy + Into<i64>>(input_ids: &[I], rows: &[Vec<usize>], seq: usize, vocab: usize) -> Result<Self> {
         let batch = rows.len();
         if input_ids.len() != batch * seq {
             return Err(Error::Input(format!(
@@ -181,7 +182,14 @@ impl Batch {
 
     /// Validates ids against the vocabulary and the mask's values; position ids are
     /// `0..T` on every row (HF's default; with right padding these are the real positions).
-    pub fn new(input_ids: &[i64], attention_mask: &[i64], batch: usize, seq: usize, vocab: usize) -> Result<Self> {
+    /// Ids and mask as HF holds them (i64) or as the data pipeline does (`u32` ids, `u8` mask).
+    pub fn new<I: Copy + Into<i64>, M: Copy + Into<i64>>(
+        input_ids: &[I],
+        attention_mask: &[M],
+        batch: usize,
+        seq: usize,
+        vocab: usize,
+    ) -> Result<Self> {
         if input_ids.len() != batch * seq || attention_mask.len() != batch * seq {
             return Err(Error::Input(format!(
                 "input_ids has {} and attention_mask {} elements; [B, T] = [{batch}, {seq}] needs {}",
@@ -192,7 +200,8 @@ impl Batch {
         }
         let ids = check_ids(input_ids, seq, vocab)?;
         let mut valid = Vec::with_capacity(attention_mask.len());
-        for (i, &m) in attention_mask.iter().enumerate() {
+        for (i, m) in attention_mask.iter().enumerate() {
+            let m: i64 = (*m).into();
             match m {
                 0 => valid.push(false),
                 1 => valid.push(true),

@@ -373,16 +373,8 @@ fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side> {
     let mut store = start.to_device(model.device())?;
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
     let b = s.batch;
-    let input = StepInput {
-        packed: b.packed.as_deref(),
-        input_ids: &b.ids,
-        attention_mask: &b.mask,
-        labels: &b.labels,
-        batch: b.batch,
-        seq: b.seq,
-        route: &b.route,
-        prompt_mask: None,
-    };
+    let data = echo_data::Batch::from_arrays(&b.ids, &b.mask, &b.labels, b.batch, b.seq, b.packed.clone())?;
+    let input = StepInput { batch: &data, route: &b.route };
     let mut dropout = Rng::new(11);
     let (first, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout), 1.0, false)?;
     let mut grads = Vec::with_capacity(s.ids.len());

@@ -9,7 +9,7 @@ pub use echo_adapters::InjectionSite;
 use echo_adapters::{Adapters, Injections};
 use echo_autograd::{ops, ParamId, ParamStore, Tape, Var};
 use echo_model::Proj;
-use echo_tensor::{Device, Rng, Tensor, IGNORE_INDEX};
+use echo_tensor::{Device, Rng, Tensor};
 use std::collections::HashMap;
 
 /// How the source layers' states become one vector per sample.
@@ -162,23 +162,6 @@ pub struct EchoValues {
     pub layer_weights: Var,
     pub echo: Var,
     pub trunk_u: Var,
-}
-
-/// `[B, T]` prompt mask from HF-style arrays: real tokens without a label (`attention_mask = 1`
-/// and `labels = -100`) before the row's first labelled one, the same positions as
-/// `echo_data::Example::prompt_mask` (later unlabelled stretches, such as a chat's later user
-/// turns, would carry what follows an answer back to it through the sample-level echo).
-pub fn prompt_mask(attention_mask: &[i64], labels: &[i64], seq: usize) -> Vec<f32> {
-    let mut out = vec![0.0; labels.len()];
-    for ((o, m), l) in out.chunks_mut(seq).zip(attention_mask.chunks(seq)).zip(labels.chunks(seq)) {
-        let first_label = l.iter().position(|&x| x != IGNORE_INDEX).unwrap_or(seq);
-        for t in 0..first_label {
-            if m[t] == 1 {
-                o[t] = 1.0;
-            }
-        }
-    }
-    out
 }
 
 /// One-hot mask of each sample's last prompt token (all zero for a sample without one).

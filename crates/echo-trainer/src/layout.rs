@@ -87,7 +87,12 @@ impl Samples {
 
     /// The model's batch over these samples (padded: position ids `0..T`; packed: attention
     /// inside each example, positions restarting at each).
-    pub fn model_batch(&self, ids: &[i64], attention_mask: &[i64], vocab: usize) -> echo_model::Result<Batch> {
+    pub fn model_batch<I: Copy + Into<i64>, M: Copy + Into<i64>>(
+        &self,
+        ids: &[I],
+        attention_mask: &[M],
+        vocab: usize,
+    ) -> echo_model::Result<Batch> {
         match &self.packed {
             None => Batch::new(ids, attention_mask, self.batch, self.seq, vocab),
             Some(rows) => Batch::packed(ids, rows, self.seq, vocab),
@@ -135,16 +140,14 @@ impl Samples {
 
     /// The batch of the samples `which` (in that order) alone, for the echo forward:
     /// `(ids, attention mask, layout of the sub-batch, where each kept sample starts in it)`.
-    pub fn select(&self, ids: &[i64], attention_mask: &[i64], which: &[usize]) -> Selected {
+    pub fn select(&self, ids: &[u32], attention_mask: &[u8], which: &[usize]) -> Selected {
         match &self.packed {
             None => {
-                let rows_of = |a: &[i64]| -> Vec<i64> {
-                    which.iter().flat_map(|&b| a[b * self.seq..(b + 1) * self.seq].iter().copied()).collect()
-                };
+                let rows = |b: usize| b * self.seq..(b + 1) * self.seq;
                 let starts = (0..which.len()).map(|k| k * self.seq).collect();
                 Selected {
-                    ids: rows_of(ids),
-                    attention_mask: rows_of(attention_mask),
+                    ids: which.iter().flat_map(|&b| ids[rows(b)].iter().copied()).collect(),
+                    attention_mask: which.iter().flat_map(|&b| attention_mask[rows(b)].iter().copied()).collect(),
                     samples: Samples::padded(which.len(), self.seq),
                     starts,
                 }
@@ -175,8 +178,8 @@ impl Samples {
 /// A sub-batch of some samples.
 #[derive(Debug)]
 pub struct Selected {
-    pub ids: Vec<i64>,
-    pub attention_mask: Vec<i64>,
+    pub ids: Vec<u32>,
+    pub attention_mask: Vec<u8>,
     pub samples: Samples,
     /// Flat start of each selected sample in the sub-batch.
     pub starts: Vec<usize>,
@@ -207,7 +210,7 @@ mod tests {
         assert_eq!(width, 3);
         assert_eq!(gather, [0, 1, 2, 3, 4, 3, 5, 6, 7]);
         assert_eq!(mask, [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
-        let ids: Vec<i64> = (10..20).collect();
+        let ids: Vec<u32> = (10..20).collect();
         let sel = s.select(&ids, &[1; 10], &[2, 0]);
         assert_eq!(sel.ids, [15, 16, 17, 18, 10, 11, 12]);
         assert_eq!(sel.starts, [0, 4]);

@@ -125,35 +125,12 @@ pub fn describe_data(d: &DataSection, data: &Data) -> String {
     s + &format!("; longest sample {} tokens", r.longest_before_cutoff)
 }
 
-/// A data batch as the step wants it.
-pub(crate) struct Arrays {
-    pub(crate) ids: Vec<i64>,
-    pub(crate) mask: Vec<i64>,
-    pub(crate) labels: Vec<i64>,
-    pub(crate) prompt: Vec<f32>,
-    pub(crate) batch: usize,
-    pub(crate) seq: usize,
-    pub(crate) packed: Option<Vec<Vec<usize>>>,
-}
-
 /// A micro-batch of `examples`: packed into one row (`train.packing`) or padded.
 pub(crate) fn micro_batch(examples: &[&Example], pad_id: u32, packing: bool) -> DataBatch {
     if packing {
         DataBatch::packed(examples)
     } else {
         DataBatch::from_examples(examples, pad_id)
-    }
-}
-
-pub(crate) fn arrays(b: &DataBatch) -> Arrays {
-    Arrays {
-        ids: b.input_ids.iter().map(|&x| x as i64).collect(),
-        mask: b.attention_mask.iter().map(|&x| x as i64).collect(),
-        labels: b.labels.clone(),
-        prompt: b.prompt_mask.iter().map(|&x| x as f32).collect(),
-        batch: b.batch_size,
-        seq: b.seq_len,
-        packed: b.packed.clone(),
     }
 }
 
@@ -176,20 +153,19 @@ pub fn validation_loss(
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in val.chunks(micro.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let a = arrays(&micro_batch(&refs, pad_id, packing));
-        let n = counted(&a.labels, a.batch, a.seq);
-        if n == 0 {
+        let mb = micro_batch(&refs, pad_id, packing);
+        if counted(&mb.labels, mb.batch_size, mb.seq_len) == 0 {
             continue;
         }
-        let batch = crate::layout::Samples::from_input(a.packed.as_deref(), a.batch, a.seq)?.model_batch(
-            &a.ids,
-            &a.mask,
+        let batch = crate::layout::Samples::from_input(mb.packed.as_deref(), mb.batch_size, mb.seq_len)?.model_batch(
+            &mb.input_ids,
+            &mb.attention_mask,
             model.config.vocab_size,
         )?;
         let tape = Tape::inference();
         let mut proj = adapters.projector(store, None, None);
         let hidden = model.forward(&tape, &batch, &mut proj, &[])?.hidden;
-        let (loss, n) = model.lm_loss(&hidden, &a.labels, &batch)?;
+        let (loss, n) = model.lm_loss(&hidden, &mb.labels, &batch)?;
         sum += loss.value().item()? as f64 * n as f64;
         count += n;
     }

@@ -3,29 +3,22 @@
 //! distillation from the (detached) echo route to the plain route, one backward.
 //! With the echo path absent or no sample routed, this is exactly a plain LoRA/DoRA step.
 
-use crate::echo::{prompt_mask, EchoPath};
+use crate::echo::EchoPath;
 use crate::error::{Result, TrainError};
 use crate::layout::Samples;
 use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamStore, Tape, Var};
+use echo_data::Batch as DataBatch;
 use echo_model::{shifted_targets, Llama};
 use echo_tensor::{Device, Rng, Tensor};
 
-/// A batch as the data pipeline produces it: `[B, T]` row-major, right-padded or packed.
+/// What one step takes: a batch as the data pipeline makes it (`echo_data::Batch`, right-padded
+/// or packed; `Batch::from_arrays` makes one from HF-style arrays), and which of its samples
+/// take the echo route. The echo pools over the batch's `prompt_mask`.
 pub struct StepInput<'a> {
-    pub input_ids: &'a [i64],
-    pub attention_mask: &'a [i64],
-    pub labels: &'a [i64],
-    pub batch: usize,
-    pub seq: usize,
+    pub batch: &'a DataBatch,
     /// Per sample (example): takes the echo route. Ignored without an echo path.
     pub route: &'a [bool],
-    /// Packed: per row, the lengths of the examples placed one after the other in it
-    /// (`echo_data::Batch::packed`); `None`: padded, one sample per row.
-    pub packed: Option<&'a [Vec<usize>]>,
-    /// `[B, T]` prompt tokens to pool over; `None` derives it from the labels
-    /// (`attention_mask = 1` and `labels = -100`), which is only right for answer-only labels.
-    pub prompt_mask: Option<&'a [f32]>,
 }
 
 /// What a step measured. Losses are the unscaled values of this batch.
@@ -115,23 +108,26 @@ pub fn forward_backward(
     loss_scale: f32,
     trace: bool,
 ) -> Result<(StepStats, Option<Trace>)> {
-    let (b, t) = (input.batch, input.seq);
+    let data = input.batch;
+    let (b, t) = (data.batch_size, data.seq_len);
     let model = ctx.model;
-    let samples = Samples::from_input(input.packed, b, t)?;
+    let samples = Samples::from_input(data.packed.as_deref(), b, t)?;
     if trace && samples.is_packed() {
         return Err(TrainError::Batch("tracing (the parity command) needs a padded batch".into()));
     }
     let vocab = model.config.vocab_size;
-    let batch = samples.model_batch(input.input_ids, input.attention_mask, vocab)?;
-    if input.labels.len() != b * t || input.route.len() != samples.count() {
+    let batch = samples.model_batch(&data.input_ids, &data.attention_mask, vocab)?;
+    let lens = [data.labels.len(), data.prompt_mask.len()];
+    if lens != [b * t; 2] || input.route.len() != samples.count() {
         return Err(TrainError::Batch(format!(
-            "labels ({}) or route ({}) do not match the batch [{b}, {t}] of {} samples",
-            input.labels.len(),
+            "labels ({}), prompt mask ({}) or route ({}) do not match the batch [{b}, {t}] of {} samples",
+            data.labels.len(),
+            data.prompt_mask.len(),
             input.route.len(),
             samples.count()
         )));
     }
-    let labels = samples.labels(input.labels);
+    let labels = samples.labels(&data.labels);
     let (rows, targets) = shifted_targets(&labels, b, t);
     let n = rows.len();
     if n == 0 {
@@ -173,8 +169,7 @@ pub fn forward_backward(
         }
         let mut trace_echo = None;
         if let Some(ep) = echo {
-            let pmask =
-                input.prompt_mask.map(<[f32]>::to_vec).unwrap_or_else(|| prompt_mask(input.attention_mask, &labels, t));
+            let pmask: Vec<f32> = data.prompt_mask.iter().map(|&m| m as f32).collect();
             let values = match samples.pooling_window(&pmask) {
                 None => ep.aggregate(&tape, store, &plain.boundary, &pmask, b, t),
                 // Packed: each sample's prompt gathered into a row of its own, `[S, width, d]`.
@@ -195,7 +190,7 @@ pub fn forward_backward(
             }?;
             // The echo forward runs over the routed samples (all of them when tracing).
             let echo_rows: Vec<usize> = if trace { (0..b).collect() } else { routed.clone() };
-            let sub = samples.select(input.input_ids, input.attention_mask, &echo_rows);
+            let sub = samples.select(&data.input_ids, &data.attention_mask, &echo_rows);
             let mut inject = ep.injections(&tape, store, &values.trunk_u, &echo_rows)?;
             if sub.samples.is_packed() {
                 // One injection row per token of the sub-batch (its sample's), since packed

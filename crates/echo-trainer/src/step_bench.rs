@@ -199,16 +199,8 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
     let tokens = bench_batch(b, t, bench.config.vocab_size);
     let mask = vec![1i64; b * t];
     let route = vec![false; b];
-    let input = StepInput {
-        packed: None,
-        input_ids: &tokens,
-        attention_mask: &mask,
-        labels: &tokens,
-        batch: b,
-        seq: t,
-        route: &route,
-        prompt_mask: None,
-    };
+    let batch = echo_data::Batch::from_arrays(&tokens, &mask, &tokens, b, t, None)?;
+    let input = StepInput { batch: &batch, route: &route };
     let ctx = StepContext { model: &model, adapters: &adapters, echo: None };
     let mut adam = AdamW::new(AdamWConfig::default());
     let (mut first_loss, mut last_loss) = (None, 0f32);

@@ -14,7 +14,7 @@ use crate::error::{Context, Result, TrainError};
 use crate::metrics::{Metrics, StepLine};
 use crate::optim::{clip_factor, global_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::report::Reporter;
-use crate::run_data::{arrays, counted, describe_data, load_data, micro_batch, validation_loss, Data};
+use crate::run_data::{counted, describe_data, load_data, micro_batch, validation_loss, Data};
 use crate::step::{forward_backward, StepContext, StepInput};
 use echo_adapters::{load_peft, save_peft, Adapters};
 use echo_autograd::{ParamId, ParamStore};
@@ -416,24 +416,14 @@ impl<'a> Trainer<'a> {
         for rows in batch.example_indices.chunks(t.micro_batch_size) {
             let refs: Vec<&Example> = rows.iter().map(|&i| &self.batcher.examples()[i]).collect();
             let mb = micro_batch(&refs, self.data.pad_id, t.packing);
-            let a = arrays(&mb);
-            let n = counted(&a.labels, a.batch, a.seq);
+            let n = counted(&mb.labels, mb.batch_size, mb.seq_len);
             if n == 0 {
                 continue;
             }
             let route: Vec<bool> = (0..mb.examples())
                 .map(|_| self.echo.is_some() && self.routing_rng.bernoulli(cfg.echo.p_route))
                 .collect();
-            let input = StepInput {
-                input_ids: &a.ids,
-                attention_mask: &a.mask,
-                labels: &a.labels,
-                batch: a.batch,
-                seq: a.seq,
-                route: &route,
-                packed: a.packed.as_deref(),
-                prompt_mask: Some(&a.prompt),
-            };
+            let input = StepInput { batch: &mb, route: &route };
             let w = n as f32 / total_counted as f32;
             let (s, _) = forward_backward(&ctx, &input, &mut self.store, Some(&mut self.dropout_rng), w, false)?;
             if !s.loss.is_finite() {

@@ -48,20 +48,11 @@ fn check(echo_dir: &str, site: InjectionSite, adapter: &str, reference_file: &st
     let route = route.unwrap();
     assert_eq!(route, ref_route.iter().map(|&r| r == 1).collect::<Vec<_>>());
     let (pm, _) = reference.i64_tensor("prompt_mask").unwrap();
-    let ours_pm = echo_trainer::echo::prompt_mask(&mask, &labels, shape[1]);
-    assert_eq!(ours_pm, pm.iter().map(|&x| x as f32).collect::<Vec<_>>(), "prompt mask");
 
     let ctx = StepContext { model: &model, adapters: &adapters, echo: Some(&echo) };
-    let input = StepInput {
-        packed: None,
-        input_ids: &ids,
-        attention_mask: &mask,
-        labels: &labels,
-        batch: shape[0],
-        seq: shape[1],
-        route: &route,
-        prompt_mask: None,
-    };
+    let data = echo_data::Batch::from_arrays(&ids, &mask, &labels, shape[0], shape[1], None).unwrap();
+    assert_eq!(data.prompt_mask, pm.iter().map(|&x| x as u8).collect::<Vec<_>>(), "the batch's prompt mask");
+    let input = StepInput { batch: &data, route: &route };
     let (stats, trace) = forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap();
     let trace = trace.unwrap();
 

@@ -52,16 +52,8 @@ fn grads(store: &ParamStore, adapters: &Adapters) -> Vec<Vec<u32>> {
 #[test]
 fn echo_off_or_unrouted_without_kd_is_exactly_a_plain_step() {
     let s = setup();
-    let input = |route: &'static [bool]| StepInput {
-        packed: None,
-        input_ids: &s.ids,
-        attention_mask: &s.mask,
-        labels: &s.labels,
-        batch: 2,
-        seq: 12,
-        route,
-        prompt_mask: None,
-    };
+    let data = echo_data::Batch::from_arrays(&s.ids, &s.mask, &s.labels, 2, 12, None).unwrap();
+    let input = |route: &'static [bool]| StepInput { batch: &data, route };
     let (mut plain_store, mut echo_store) = (ParamStore::new(), ParamStore::new());
     let plain = load_peft(&fixture().join("peft-lora"), &s.model, &mut plain_store).unwrap();
     let ctx = StepContext { model: &s.model, adapters: &plain, echo: None };
@@ -97,14 +89,8 @@ fn zero_projections_at(injection: InjectionSite) {
     }
     let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
     let input = StepInput {
-        packed: None,
-        input_ids: &s.ids,
-        attention_mask: &s.mask,
-        labels: &s.labels,
-        batch: 2,
-        seq: 12,
+        batch: &echo_data::Batch::from_arrays(&s.ids, &s.mask, &s.labels, 2, 12, None).unwrap(),
         route: &[true, false],
-        prompt_mask: None,
     };
     let (_, trace) = forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap();
     let t = trace.unwrap();
@@ -129,14 +115,8 @@ fn zero_projections_at(injection: InjectionSite) {
 fn only_the_output_site_trains_the_echo_while_b_is_zero() {
     let s = setup();
     let input = StepInput {
-        packed: None,
-        input_ids: &s.ids,
-        attention_mask: &s.mask,
-        labels: &s.labels,
-        batch: 2,
-        seq: 12,
+        batch: &echo_data::Batch::from_arrays(&s.ids, &s.mask, &s.labels, 2, 12, None).unwrap(),
         route: &[true, false],
-        prompt_mask: None,
     };
     for site in [InjectionSite::Bottleneck, InjectionSite::Output] {
         let mut store = ParamStore::new();
@@ -182,14 +162,8 @@ fn answer_tokens_do_not_move_the_echo() {
         let (adapters, echo) = adapters_and_echo(&s, &mut store, cfg());
         let ctx = StepContext { model: &s.model, adapters: &adapters, echo: Some(&echo) };
         let input = StepInput {
-            packed: None,
-            input_ids: ids,
-            attention_mask: &s.mask,
-            labels: &s.labels,
-            batch: 2,
-            seq: 12,
+            batch: &echo_data::Batch::from_arrays(ids, &s.mask, &s.labels, 2, 12, None).unwrap(),
             route: &[true, true],
-            prompt_mask: None,
         };
         forward_backward(&ctx, &input, &mut store, None, 1.0, true).unwrap().1.unwrap().echo.unwrap()
     };
