@@ -33,14 +33,9 @@ pub const PROBE_EXAMPLES: usize = 8;
 /// in the same layout as the plain one (so with `B = 0` at the bottleneck both routes' logits
 /// are the same bits).
 pub struct Probe {
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    prompt: Vec<f32>,
-    batch: usize,
-    seq: usize,
-    /// Real tokens per sample (the weight of its `g ⊙ p`, which every token of it receives).
-    lengths: Vec<usize>,
+    /// Padded; its `lengths` (real tokens per sample) weigh each sample's `g ⊙ p`, which every
+    /// token of it receives.
+    batch: DataBatch,
 }
 
 impl Probe {
@@ -50,20 +45,11 @@ impl Probe {
         if refs.is_empty() {
             return None;
         }
-        let b = DataBatch::from_examples(&refs, pad_id);
-        Some(Probe {
-            ids: b.input_ids.iter().map(|&x| x as i64).collect(),
-            mask: b.attention_mask.iter().map(|&x| x as i64).collect(),
-            labels: b.labels.clone(),
-            prompt: b.prompt_mask.iter().map(|&x| x as f32).collect(),
-            batch: b.batch_size,
-            seq: b.seq_len,
-            lengths: b.lengths.clone(),
-        })
+        Some(Probe { batch: DataBatch::from_examples(&refs, pad_id) })
     }
 
     pub fn samples(&self) -> usize {
-        self.batch
+        self.batch.batch_size
     }
 }
 
@@ -179,17 +165,19 @@ pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Resu
     let ep: &EchoPath =
         ctx.echo.ok_or_else(|| TrainError::config("echo diagnostics need the echo path (echo.enabled = true)"))?;
     let model = ctx.model;
-    let (b, t) = (probe.batch, probe.seq);
-    let batch = Batch::new(&probe.ids, &probe.mask, b, t, model.config.vocab_size).context(W)?;
+    let data = &probe.batch;
+    let (b, t) = (data.batch_size, data.seq_len);
+    let batch = Batch::new(&data.input_ids, &data.attention_mask, b, t, model.config.vocab_size).context(W)?;
+    let prompt: Vec<f32> = data.prompt_mask.iter().map(|&m| m as f32).collect();
     let tape = Tape::inference();
     let plain = {
         let mut proj = ctx.adapters.projector(store, None, None);
         model.forward(&tape, &batch, &mut proj, &ep.sources).context(W)?
     };
-    let values = ep.aggregate(&tape, store, &plain.boundary, &probe.prompt, b, t).context(W)?;
+    let values = ep.aggregate(&tape, store, &plain.boundary, &prompt, b, t).context(W)?;
     let all: Vec<usize> = (0..b).collect();
     let inject = ep.injections(&tape, store, &values.trunk_u, &all).context(W)?;
-    let real: Vec<bool> = probe.mask.iter().map(|&m| m == 1).collect();
+    let real: Vec<bool> = data.attention_mask.iter().map(|&m| m == 1).collect();
     let mut rec = Recorder {
         inner: ctx.adapters.projector(store, None, Some(&inject)),
         adapters: ctx.adapters,
@@ -201,7 +189,7 @@ pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Resu
     let hidden_echo = model.forward(&tape, &batch, &mut rec, &[]).context(W)?.hidden;
     let sums = rec.sums;
 
-    let (rows, _) = shifted_targets(&probe.labels, b, t);
+    let (rows, _) = shifted_targets(&data.labels, b, t);
     let kl = if rows.is_empty() {
         None
     } else {
@@ -213,7 +201,7 @@ pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Resu
     };
 
     // Per target layer, in the config's order, the modules' numbers pooled.
-    let tokens: f64 = probe.lengths.iter().sum::<usize>() as f64;
+    let tokens: f64 = data.lengths.iter().sum::<usize>() as f64;
     let mut layers: Vec<usize> = Vec::new();
     #[derive(Default)]
     struct Acc {
@@ -239,7 +227,7 @@ pub fn measure(ctx: &StepContext<'_>, store: &ParamStore, probe: &Probe) -> Resu
         a.gate_sum += g.iter().map(|&x| x as f64).sum::<f64>();
         a.gate_n += g.len() as f64;
         // Sample s's term reaches each of its real tokens: weight it by their count.
-        for ((gs, ps), &n) in g.chunks(width).zip(p.chunks(width)).zip(&probe.lengths) {
+        for ((gs, ps), &n) in g.chunks(width).zip(p.chunks(width)).zip(&data.lengths) {
             a.inject_sq += n as f64 * gs.iter().zip(ps).map(|(&g, &p)| (g as f64 * p as f64).powi(2)).sum::<f64>();
         }
         a.adapter_sq += sums[&(m.layer, m.proj)];
