@@ -238,14 +238,9 @@ fn echo_config(injection: InjectionSite) -> EchoConfig {
 
 struct CheckBatch {
     name: String,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    labels: Vec<i64>,
-    batch: usize,
-    seq: usize,
+    /// Built once, from arrays, as the step takes it.
+    data: echo_data::Batch,
     route: Vec<bool>,
-    /// Packed: the example lengths of each row; `None`: padded.
-    packed: Option<Vec<Vec<usize>>>,
 }
 
 /// The echo fixture's batch (2 x 12, one sample padded, one routed).
@@ -255,27 +250,25 @@ fn fixture_batch(fixture: &Path) -> Result<CheckBatch> {
     let get = |k: &str| -> Result<_> { Ok(f.i64_tensor(k)?) };
     let (ids, shape) = get("input_ids")?;
     let route = get("route")?.0.iter().map(|&r| r != 0).collect();
+    let (mask, labels) = (get("attention_mask")?.0, get("labels")?.0);
     Ok(CheckBatch {
         name: format!("fixture batch {}x{}", shape[0], shape[1]),
-        ids,
-        mask: get("attention_mask")?.0,
-        labels: get("labels")?.0,
-        batch: shape[0],
-        seq: shape[1],
+        data: echo_data::Batch::from_arrays(&ids, &mask, &labels, shape[0], shape[1], None)?,
         route,
-        packed: None,
     })
 }
 
-/// 3 x 70 random tokens (longer than the attention kernels' 16-query and 32-key tiles), the
-/// middle sample right-padded after 50 tokens, the first 30 positions of each sample a prompt
-/// (label -100), samples 0 and 2 routed.
-fn long_batch(vocab: usize) -> CheckBatch {
-    let (batch, seq, prompt) = (3, 70, 30);
+/// Samples and positions of [`long_batch`].
+const LONG_SAMPLES: usize = 3;
+const LONG_SEQ: usize = 70;
+
+/// The samples of [`long_batch`] as `(ids, mask, labels)` arrays, `[LONG_SAMPLES, LONG_SEQ]`.
+fn long_arrays(vocab: usize) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let prompt = 30;
     let mut rng = Rng::new(2024);
     let (mut ids, mut mask, mut labels) = (vec![], vec![], vec![]);
-    for b in 0..batch {
-        for t in 0..seq {
+    for b in 0..LONG_SAMPLES {
+        for t in 0..LONG_SEQ {
             let real = b != 1 || t < 50;
             let id = if real { 16 + rng.below(vocab - 16) as i64 } else { 0 };
             ids.push(id);
@@ -283,33 +276,39 @@ fn long_batch(vocab: usize) -> CheckBatch {
             labels.push(if real && t >= prompt { id } else { IGNORE_INDEX });
         }
     }
-    CheckBatch {
-        name: format!("padded batch {batch}x{seq}"),
-        ids,
-        mask,
-        labels,
-        batch,
-        seq,
-        route: vec![true, false, true],
-        packed: None,
-    }
+    (ids, mask, labels)
+}
+
+/// Samples 0 and 2 routed, in both layouts of [`long_arrays`].
+const LONG_ROUTE: [bool; LONG_SAMPLES] = [true, false, true];
+
+/// 3 x 70 random tokens (longer than the attention kernels' 16-query and 32-key tiles), the
+/// middle sample right-padded after 50 tokens, the first 30 positions of each sample a prompt
+/// (label -100), samples 0 and 2 routed.
+fn long_batch(vocab: usize) -> Result<CheckBatch> {
+    let (ids, mask, labels) = long_arrays(vocab);
+    Ok(CheckBatch {
+        name: format!("padded batch {LONG_SAMPLES}x{LONG_SEQ}"),
+        data: echo_data::Batch::from_arrays(&ids, &mask, &labels, LONG_SAMPLES, LONG_SEQ, None)?,
+        route: LONG_ROUTE.to_vec(),
+    })
 }
 
 /// The same three samples packed (70 + 50 tokens in the first row of 128, 70 in the second,
 /// the rest padding): block-diagonal attention, positions restarting per example, and the
 /// echo's pooling, routing and KD per example, on the device as on the CPU.
-fn packed_batch(vocab: usize) -> CheckBatch {
-    let padded = long_batch(vocab);
+fn packed_batch(vocab: usize) -> Result<CheckBatch> {
+    let (long_ids, long_mask, long_labels) = long_arrays(vocab);
     let (seq, rows) = (128, vec![vec![70, 50], vec![70]]);
     let (mut ids, mut mask, mut labels) = (vec![], vec![], vec![]);
     let mut sample = 0;
     for lens in &rows {
         let start = ids.len();
         for &n in lens {
-            let from = sample * padded.seq;
-            ids.extend_from_slice(&padded.ids[from..from + n]);
-            mask.extend_from_slice(&padded.mask[from..from + n]);
-            labels.extend_from_slice(&padded.labels[from..from + n]);
+            let from = sample * LONG_SEQ;
+            ids.extend_from_slice(&long_ids[from..from + n]);
+            mask.extend_from_slice(&long_mask[from..from + n]);
+            labels.extend_from_slice(&long_labels[from..from + n]);
             sample += 1;
         }
         let pad = seq - (ids.len() - start);
@@ -317,16 +316,11 @@ fn packed_batch(vocab: usize) -> CheckBatch {
         mask.extend(std::iter::repeat_n(0, pad));
         labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
     }
-    CheckBatch {
+    Ok(CheckBatch {
         name: format!("packed batch {}x{seq} (3 examples)", rows.len()),
-        ids,
-        mask,
-        labels,
-        batch: rows.len(),
-        seq,
-        route: padded.route,
-        packed: Some(rows),
-    }
+        data: echo_data::Batch::from_arrays(&ids, &mask, &labels, rows.len(), seq, Some(rows))?,
+        route: LONG_ROUTE.to_vec(),
+    })
 }
 
 /// The model with every base weight the device stores as bf16 in bf16 on the host.
@@ -372,9 +366,7 @@ struct Setup<'a> {
 fn run_side(model: &Llama, start: &ParamStore, s: &Setup<'_>) -> Result<Side> {
     let mut store = start.to_device(model.device())?;
     let ctx = StepContext { model, adapters: s.adapters, echo: s.echo };
-    let b = s.batch;
-    let data = echo_data::Batch::from_arrays(&b.ids, &b.mask, &b.labels, b.batch, b.seq, b.packed.clone())?;
-    let input = StepInput { batch: &data, route: &b.route };
+    let input = StepInput { batch: &s.batch.data, route: &s.batch.route };
     let mut dropout = Rng::new(11);
     let (first, _) = forward_backward(&ctx, &input, &mut store, Some(&mut dropout), 1.0, false)?;
     let mut grads = Vec::with_capacity(s.ids.len());
@@ -598,7 +590,7 @@ pub fn step_checks(fixture: &Path, device: Device) -> Result<Vec<StepCheck>> {
     let cpu_model = with_bf16_weights(&loaded)?;
     let dev_model = cpu_model.to_device(device)?;
     let vocab = cpu_model.config.vocab_size;
-    let batches = [fixture_batch(fixture)?, long_batch(vocab), packed_batch(vocab)];
+    let batches = [fixture_batch(fixture)?, long_batch(vocab)?, packed_batch(vocab)?];
     let mut out = Vec::new();
     for case in &CASES {
         for b in &batches {
