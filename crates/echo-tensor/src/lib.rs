@@ -6,14 +6,16 @@
 //! storage types reached through [`Tensor::to_dtype`].
 //!
 //! A tensor's data lives on the host or on a CUDA device ([`Tensor::to_device`]); every op
-//! runs where its operands are (the CUDA forms are in `cuda/`), and operands on different
-//! devices are an [`Error::DeviceMismatch`].
+//! runs where its operands are, and operands on different devices are an
+//! [`Error::DeviceMismatch`]. The op files (`ops/`, `nn/`) check arguments and hand over to
+//! the device's backend (`backend.rs`: one trait, implemented by `cpu/` and `cuda/`).
 
+mod backend;
+mod cpu;
 mod cuda;
 mod device;
 mod dtype;
 mod error;
-mod mixed;
 pub mod nn;
 mod ops;
 mod shape;

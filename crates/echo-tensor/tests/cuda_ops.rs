@@ -369,6 +369,11 @@ fn reductions_and_softmax() {
     close(&up(&empty, d).max_dim(1, true).unwrap(), &empty.max_dim(1, true).unwrap(), 0.0, "max over an empty dim");
     close(&xg.sum_all().unwrap(), &x.sum_all().unwrap(), 1e-6, "sum_all");
     close(&xg.mean_all().unwrap(), &x.mean_all().unwrap(), 1e-6, "mean_all");
+    close(&xg.sum_all_div(7.0).unwrap(), &x.sum_all_div(7.0).unwrap(), 1e-6, "sum_all_div");
+    let other = Tensor::randn([5, 3], 1.0, &mut rng);
+    let (cpu, gpu) =
+        (Tensor::sum_squares(&[&x, &other]).unwrap(), Tensor::sum_squares(&[&xg, &up(&other, d)]).unwrap());
+    assert!((gpu - cpu).abs() <= 1e-5 * cpu, "sum_squares: {gpu} on the device vs {cpu}");
     let logits = Tensor::randn([3, 5, 37], 10.0, &mut rng);
     close(&up(&logits, d).softmax_last().unwrap(), &logits.softmax_last().unwrap(), 1e-6, "softmax_last");
 }

@@ -4,7 +4,7 @@
 use crate::error::{Context, Result};
 use echo_autograd::{ParamId, ParamStore};
 use echo_tensor::nn::{self, AdamWStep};
-use echo_tensor::{Device, Tensor};
+use echo_tensor::Tensor;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,22 +28,13 @@ pub fn lr_at(schedule: Schedule, base: f32, step: usize, warmup: usize, total: u
     }
 }
 
-/// L2 norm over every gradient of `ids` (f64 accumulation); params without a gradient count 0.
-/// Gradients on a device are reduced there (a sum of squares per tensor, then one sum of
-/// those) and the one scalar is read back: the single wait for the GPU of an optimizer step.
+/// L2 norm over every gradient of `ids` (f64 accumulation on the CPU); params without a
+/// gradient count 0. On a GPU the gradients are reduced there and one scalar is read back:
+/// the single wait for the GPU of an optimizer step.
 pub fn global_grad_norm(store: &ParamStore, ids: &[ParamId]) -> Result<f32> {
     let grads: Vec<&Tensor> = ids.iter().filter_map(|&id| store.grad(id)).collect();
-    if grads.iter().all(|g| g.device() == Device::Cpu) {
-        let s: f64 = grads.iter().map(|g| g.as_f32().iter().map(|&x| x as f64 * x as f64).sum::<f64>()).sum();
-        return Ok(s.sqrt() as f32);
-    }
-    let device_sum = || -> echo_tensor::Result<f32> {
-        let sums = grads.iter().map(|g| g.sqr()?.sum_all()?.reshape([1])).collect::<echo_tensor::Result<Vec<_>>>()?;
-        let total = Tensor::concat(&sums.iter().collect::<Vec<_>>(), 0)?.sum_all()?;
-        total.item()
-    };
-    let s = device_sum().context("gradient norm")?;
-    Ok((s as f64).sqrt() as f32)
+    let s = Tensor::sum_squares(&grads).context("gradient norm")?;
+    Ok(s.sqrt() as f32)
 }
 
 /// The factor global-norm clipping multiplies gradients by (1 when under `max_norm` or

@@ -10,7 +10,7 @@ use echo_adapters::Adapters;
 use echo_autograd::{ops, ParamStore, Tape, Var};
 use echo_data::Batch as DataBatch;
 use echo_model::{shifted_targets, Llama};
-use echo_tensor::{Device, Rng, Tensor};
+use echo_tensor::{Rng, Tensor};
 
 /// What one step takes: a batch as the data pipeline makes it (`echo_data::Batch`, right-padded
 /// or packed; `Batch::from_arrays` makes one from HF-style arrays), and which of its samples
@@ -56,9 +56,8 @@ pub struct StepContext<'a> {
     pub echo: Option<&'a EchoPath>,
 }
 
-/// The loss terms a step reports, read together once the forward is built: on a device one
-/// concatenation and one download (a single wait for the GPU per step for logging), on the
-/// host each value as it is.
+/// The loss terms a step reports, read together once the forward is built: one
+/// concatenation and one read (on a GPU, the step's single wait for logging).
 #[derive(Default)]
 struct Readback {
     ce_plain: Option<Tensor>,
@@ -71,12 +70,8 @@ impl Readback {
         let terms = [&self.ce_plain, &self.ce_echo, &self.loss_kd];
         let mut scalars: Vec<&Tensor> = vec![loss];
         scalars.extend(terms.iter().filter_map(|t| t.as_ref()));
-        let values = if scalars.iter().all(|t| t.device() == Device::Cpu) {
-            scalars.iter().map(|t| t.item()).collect::<echo_tensor::Result<Vec<f32>>>()?
-        } else {
-            let flat = scalars.iter().map(|t| t.reshape([1])).collect::<echo_tensor::Result<Vec<_>>>()?;
-            Tensor::concat(&flat.iter().collect::<Vec<_>>(), 0)?.try_to_vec_f32()?
-        };
+        let flat = scalars.iter().map(|t| t.reshape([1])).collect::<echo_tensor::Result<Vec<_>>>()?;
+        let values = Tensor::concat(&flat.iter().collect::<Vec<_>>(), 0)?.try_to_vec_f32()?;
         let mut values = values.into_iter();
         stats.loss = values.next().expect("the loss is read");
         for (slot, term) in [&mut stats.ce_plain, &mut stats.ce_echo, &mut stats.loss_kd].into_iter().zip(terms) {

@@ -1,8 +1,7 @@
 //! Generic differentiable ops.
 
 use crate::{Error, Result, Var};
-use echo_kernels::cpu::activation::silu_grad;
-use echo_tensor::{Device, Shape, Tensor};
+use echo_tensor::{Shape, Tensor};
 
 fn binary(
     a: &Var,
@@ -139,16 +138,11 @@ pub fn concat(parts: &[&Var], dim: usize) -> Result<Var> {
     })
 }
 
-/// The gradient of a full reduction: the scalar `g` (times `factor`) everywhere in `shape`.
-/// On the host the value is read and filled (what this always did); on a device it is
-/// broadcast there, so backward never waits for the GPU.
-fn spread(g: &Tensor, shape: Shape, factor: Option<f32>) -> Result<Tensor> {
-    if g.device() == Device::Cpu {
-        let v = g.item()?;
-        return Ok(Tensor::full(factor.map_or(v, |n| v / n), shape));
-    }
-    let g = match factor {
-        Some(n) => g.scale(1.0 / n)?,
+/// The gradient of a full reduction: the scalar `g` (divided by `divisor`) everywhere in
+/// `shape`, computed where `g` is (on a GPU backward never waits for it).
+fn spread(g: &Tensor, shape: Shape, divisor: Option<f32>) -> Result<Tensor> {
+    let g = match divisor {
+        Some(n) => g.div(&Tensor::full_on(n, [], g.device())?)?,
         None => g.clone(),
     };
     Ok(g.reshape(vec![1; shape.rank()])?.broadcast_to(shape)?)
@@ -174,24 +168,13 @@ pub fn sum_dim(a: &Var, dim: usize, keepdim: bool) -> Result<Var> {
     })
 }
 
-/// Softmax over the last dimension; backward `y * (g - sum(g * y))`.
+/// Softmax over the last dimension; backward `y * (g - sum(g * y))`, the row sum in order.
 pub fn softmax_last(a: &Var) -> Result<Var> {
     let y = a.value().softmax_last()?;
     let yv = y.clone();
     a.tape().record(y, &[a], move |g, _| {
-        if yv.device() != Device::Cpu {
-            // The same formula from tensor ops: dot = sum(g * y) per row.
-            let dot = g.mul(&yv)?.sum_dim(yv.rank() - 1, true)?;
-            return Ok(vec![Some(yv.mul(&g.sub(&dot)?)?)]);
-        }
-        let n = yv.shape().last();
-        let (gd, yd) = (g.as_f32(), yv.as_f32());
-        let mut dx = vec![0.0f32; gd.len()];
-        for ((dx, g), y) in dx.chunks_mut(n).zip(gd.chunks(n)).zip(yd.chunks(n)) {
-            let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
-            dx.iter_mut().zip(g.iter().zip(y)).for_each(|(d, (g, y))| *d = y * (g - dot));
-        }
-        Ok(vec![Some(Tensor::new(dx, yv.shape().clone())?)])
+        let dot = g.mul(&yv)?.sum_dim(yv.rank() - 1, true)?;
+        Ok(vec![Some(yv.mul(&g.sub(&dot)?)?)])
     })
 }
 
@@ -204,29 +187,20 @@ pub fn index_select(table: &Var, idx: &[usize]) -> Result<Var> {
     })
 }
 
+/// Backward `g * y * (1 - y)`.
 pub fn sigmoid(a: &Var) -> Result<Var> {
     let y = a.value().sigmoid()?;
     let yv = y.clone();
-    a.tape().record(y, &[a], move |g, _| {
-        if yv.device() != Device::Cpu {
-            // g * y * (1 - y), from tensor ops.
-            return Ok(vec![Some(g.mul(&yv)?.mul(&yv.neg()?.add_scalar(1.0)?)?)]);
-        }
-        let d: Vec<f32> = g.as_f32().iter().zip(yv.as_f32()).map(|(g, y)| g * y * (1.0 - y)).collect();
-        Ok(vec![Some(Tensor::new(d, yv.shape().clone())?)])
-    })
+    a.tape().record(y, &[a], move |g, _| Ok(vec![Some(g.mul(&yv)?.mul(&yv.neg()?.add_scalar(1.0)?)?)]))
 }
 
+/// Backward `g * silu'(x)`, `silu'(x) = s (1 + x (1 - s))` with `s = sigmoid(x)`, in the
+/// order of `echo_kernels::cpu::activation::silu_grad`.
 pub fn silu(a: &Var) -> Result<Var> {
     let xv = a.value().clone();
     a.tape().record(a.value().silu()?, &[a], move |g, _| {
-        if xv.device() != Device::Cpu {
-            // silu'(x) = s (1 + x (1 - s)) with s = sigmoid(x), as `silu_grad`, from tensor ops.
-            let s = xv.sigmoid()?;
-            let inner = xv.mul(&s.neg()?.add_scalar(1.0)?)?.add_scalar(1.0)?;
-            return Ok(vec![Some(g.mul(&s)?.mul(&inner)?)]);
-        }
-        let d: Vec<f32> = g.as_f32().iter().zip(xv.as_f32()).map(|(g, x)| g * silu_grad(*x)).collect();
-        Ok(vec![Some(Tensor::new(d, xv.shape().clone())?)])
+        let s = xv.sigmoid()?;
+        let grad = s.mul(&xv.mul(&s.neg()?.add_scalar(1.0)?)?.add_scalar(1.0)?)?;
+        Ok(vec![Some(g.mul(&grad)?)])
     })
 }

@@ -1,25 +1,17 @@
 //! Losses and pooling.
 
 use crate::{Error, Result, Var};
-use echo_tensor::{nn, Device, Tensor};
+use echo_tensor::{nn, Tensor};
 
-/// `sum_r w[r] rows[r] / denom` as a scalar tensor where `rows` is. On the host: an f64 sum
-/// divided in f64 (what the losses always computed). On a device: the sum reduction (f64
-/// inside, rounded once) times `1/denom`, so the forward does not wait for the GPU; the
-/// value is read once per step, by the caller.
+/// `sum_r w[r] rows[r] / denom` as a scalar tensor where `rows` is: the products in f32, the
+/// sum and the division before the one rounding (in f64 on the CPU). The value is read once
+/// per step, by the caller, so the forward does not wait for a GPU.
 fn mean_of_rows(rows: &Tensor, weight: Option<&[f32]>, denom: f32) -> Result<Tensor> {
-    if rows.device() == Device::Cpu {
-        let total: f64 = match weight {
-            None => rows.as_f32().iter().map(|&x| x as f64).sum(),
-            Some(w) => rows.as_f32().iter().zip(w).map(|(&k, &w)| (k * w) as f64).sum(),
-        };
-        return Ok(Tensor::scalar((total / denom as f64) as f32));
-    }
     let weighted = match weight {
         None => rows.clone(),
         Some(w) => rows.mul(&Tensor::from_slice(w, [w.len()])?.to_device(rows.device())?)?,
     };
-    Ok(weighted.sum_all()?.scale(1.0 / denom)?)
+    Ok(weighted.sum_all_div(denom)?)
 }
 
 /// `sum_r CE(logits[r], targets[r]) / denom` over rows whose target is not `IGNORE_INDEX`.

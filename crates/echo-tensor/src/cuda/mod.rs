@@ -1,10 +1,11 @@
 //! The CUDA side of echo-tensor: device storage ([`CudaData`]), moving data between host and
-//! device, and the device form of every op (`ops`: generic ops, `nn`: the fused pairs).
+//! device, and the device form of every op ([`Cuda`], the `crate::backend::Backend` of device
+//! tensors; `ops`: generic ops, `nn`: the fused pairs).
 //!
-//! The CPU files keep their validation and gain one branch per op: when any operand is on a
-//! CUDA device, the op continues here. Each function here first checks that all operands are
-//! on one device ([`Cx::of`]), then the dtypes in the order and with the messages of the CPU
-//! code, then launches on the device's stream. Nothing here waits for the GPU except a
+//! An op comes here from its op file (after the shape checks) through `crate::backend::of`
+//! when any operand is on a CUDA device. Each function here first checks that all operands
+//! are on one device ([`Cx::of`]), then the dtypes in the order and with the messages of the
+//! CPU code (`crate::cpu`), then launches on the device's stream. Nothing here waits for the GPU except a
 //! download (and DoRA's weight norm, which finishes on the host).
 //!
 //! Dtypes on a device: f32 for everything computed; bf16 (raw `u16` bits) for frozen base
@@ -12,8 +13,11 @@
 //! directly (cuBLAS with fp32 accumulation, or widened on load); f16 is storage only,
 //! converted on the host (there is no f16 kernel, and nothing computes in f16).
 
+mod backend;
 pub(crate) mod nn;
 pub(crate) mod ops;
+
+pub(crate) use backend::Cuda;
 
 use crate::{Buffer, DType, Device, Error, Result, Shape, Tensor};
 use echo_kernels::cuda::alloc::GpuBuf;
@@ -126,11 +130,6 @@ pub(crate) fn to_dtype(c: &CudaData, dtype: DType, shape: Shape) -> Result<Tenso
         }
     };
     Ok(Tensor::from_cuda(CudaData { gpu: c.gpu.clone(), dtype, buf }, shape))
-}
-
-/// Whether any of `ts` is on a CUDA device: the branch every op takes to come here.
-pub(crate) fn on_gpu<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
-    ts.into_iter().any(|t| t.device() != Device::Cpu)
 }
 
 /// The one device all of `devices` are on, or a mismatch naming the first two that differ.

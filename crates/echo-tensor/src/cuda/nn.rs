@@ -1,6 +1,6 @@
 //! Device forms of the fused forward/backward pairs (`crate::nn`), over the launch wrappers of
-//! `echo_kernels::cuda::ops`. Each is called by its CPU twin after the shape validation and
-//! checks devices and dtypes in the twin's order. The wrappers' conventions match the CPU
+//! `echo_kernels::cuda::ops`. Each is reached through `crate::backend` after the op file's
+//! shape checks and checks devices and dtypes in the order of `crate::cpu::nn`. The wrappers' conventions match the CPU
 //! twins' (`echo_kernels::cpu::*`): layouts, what forward saves, which outputs accumulate.
 //!
 //! Host-side arguments (targets, positions, key masks, row weights) are uploaded on every
@@ -8,7 +8,7 @@
 
 use super::ops::{gemm_into, linear_dx_into, linear_into};
 use super::{Cx, Weight};
-use crate::nn::{inject_rows, DoraSaved, Injection, LoraGradsOut, LoraParams, Want};
+use crate::nn::{inject_rows, lora_operands, DoraSaved, Injection, LoraGradsOut, LoraParams, Want};
 use crate::{Error, Result, RopeTable, Shape, Tensor};
 use echo_kernels::cpu::attention::{AttnDims, AttnMask};
 use echo_kernels::cpu::lowrank::LoraDims;
@@ -139,18 +139,6 @@ pub(crate) fn swiglu_backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Resu
 }
 
 // ---------------------------------------------------------------- adapters
-
-/// Every tensor a LoRA op reads (for the device branch and the device check).
-pub(crate) fn lora_operands<'a>(
-    x: &'a Tensor,
-    xd: Option<&'a Tensor>,
-    keep: Option<&'a Tensor>,
-    p: &LoraParams<'a>,
-    inj: Option<&Injection<'a>>,
-) -> impl Iterator<Item = &'a Tensor> + 'a {
-    let (gate, proj) = (inj.map(|i| i.gate), inj.map(|i| i.proj));
-    [Some(x), xd, keep, Some(p.w), Some(p.a), Some(p.b), gate, proj].into_iter().flatten()
-}
 
 /// An injection's buffers, checked as the twin's `inject_view` does (shapes, then dtypes).
 /// `None` for an empty bottleneck: the kernels' sample split needs at least one row.

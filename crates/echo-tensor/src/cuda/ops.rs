@@ -1,7 +1,8 @@
 //! Device forms of the generic ops (`crate::ops`): elementwise and reductions through the
 //! `tensor_ops` kernels, layout through copies and the permute kernel, gathers through the
-//! embedding kernels, matmul through cuBLAS. Each is called by its CPU twin after the shape
-//! validation, and checks devices and dtypes itself (see the module docs of `cuda`).
+//! embedding kernels, matmul through cuBLAS. Each is reached through `crate::backend` after
+//! the op file's shape checks, and checks devices and dtypes itself (see the module docs of
+//! `cuda`).
 
 use super::{Cx, Weight};
 use crate::{broadcast_shape, DType, Device, Error, Result, Shape, Tensor};
@@ -109,12 +110,6 @@ pub(crate) fn unary(x: &Tensor, op: &'static str, kind: UnaryOp) -> Result<Tenso
     let mut y = cx.alloc(xb.len())?;
     cx.k(tk::unary(&cx.gpu, kind, xb, &mut y))?;
     Ok(cx.tensor(y, x.shape().clone()))
-}
-
-/// `Tensor::map` takes an arbitrary closure, which cannot run on a GPU.
-pub(crate) fn map_unavailable(x: &Tensor, op: &'static str) -> Error {
-    let reason = "map with a closure runs on the host only: use the named op (neg, exp, ln, sqr, sigmoid, silu, scale, add_scalar)".into();
-    Error::DeviceUnavailable { op, device: x.device(), reason }
 }
 
 /// `a += b` in place when `a` holds its data alone; a new buffer otherwise (copy-on-write:
@@ -309,9 +304,31 @@ pub(crate) fn sum_all(x: &Tensor) -> Result<Tensor> {
     Ok(cx.tensor(y, Shape::new(vec![])))
 }
 
+/// `sum_all / denom`: the f64 sum rounded once, then multiplied by `1/denom` (within an ulp
+/// of the CPU, which divides in f64 before rounding).
+pub(crate) fn sum_all_div(x: &Tensor, denom: f32) -> Result<Tensor> {
+    let s = sum_all(x)?;
+    if denom == 1.0 {
+        return Ok(s);
+    }
+    unary(&s, "sum_all", UnaryOp::Scale(1.0 / denom))
+}
+
 /// `sum_all / n` (as a multiplication by `1/n`: within an ulp of the CPU's division).
 pub(crate) fn mean_all(x: &Tensor) -> Result<Tensor> {
     unary(&sum_all(x)?, "mean_all", UnaryOp::Scale(1.0 / x.numel() as f32))
+}
+
+/// Sum of squares over several tensors: squares (f32) summed per tensor on the device, the
+/// per-tensor sums joined and summed, and that one scalar read back (the optimizer step's
+/// single wait for the GPU).
+pub(crate) fn sum_squares(ts: &[&Tensor]) -> Result<f64> {
+    let sums = ts
+        .iter()
+        .map(|t| sum_all(&unary(t, "sum_squares", UnaryOp::Sqr)?)?.reshape([1]))
+        .collect::<Result<Vec<_>>>()?;
+    let total = sum_all(&concat(&sums.iter().collect::<Vec<_>>(), 0)?)?;
+    Ok(total.item()? as f64)
 }
 
 pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {

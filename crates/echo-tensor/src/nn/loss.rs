@@ -1,9 +1,8 @@
 //! Cross-entropy, KL divergence with temperature, and masked mean pooling.
 
 use super::{expect_dims, expect_rank};
-use crate::cuda::{self, nn as gpu};
+use crate::backend;
 use crate::{Error, Result, Shape, Tensor, IGNORE_INDEX};
-use echo_kernels::cpu::{loss, pool};
 
 fn check_targets(op: &'static str, targets: &[i64], rows: usize, vocab: usize) -> Result<()> {
     if targets.len() != rows {
@@ -29,12 +28,7 @@ pub fn cross_entropy_forward(logits: &Tensor, targets: &[i64]) -> Result<(Tensor
     expect_rank(op, "logits", logits, 2)?;
     let (n, v) = (logits.dims()[0], logits.dims()[1]);
     check_targets(op, targets, n, v)?;
-    if cuda::on_gpu([logits]) {
-        return gpu::cross_entropy_forward(logits, targets);
-    }
-    let (mut l, mut z) = (vec![0.0f32; n], vec![0.0f32; n]);
-    loss::cross_entropy_forward(logits.f32s(op)?, targets, v, &mut l, &mut z);
-    Ok((logits.with_data(l, Shape::new(vec![n])), logits.with_data(z, Shape::new(vec![n]))))
+    backend::of([logits]).cross_entropy_forward(logits, targets)
 }
 
 /// Gradient of `sum_r row_scale[r] * loss[r]` with respect to the logits.
@@ -45,12 +39,7 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &[i64], lse: &Tensor, ro
     check_targets(op, targets, n, v)?;
     check_row_scale(op, row_scale, n)?;
     expect_dims(op, "lse", lse, &[n])?;
-    if cuda::on_gpu([logits, lse]) {
-        return gpu::cross_entropy_backward(logits, targets, lse, row_scale);
-    }
-    let mut d = vec![0.0f32; n * v];
-    loss::cross_entropy_backward(logits.f32s(op)?, targets, lse.f32s(op)?, row_scale, v, &mut d);
-    Ok(logits.with_data(d, logits.shape().clone()))
+    backend::of([logits, lse]).cross_entropy_backward(logits, targets, lse, row_scale)
 }
 
 fn check_kl(op: &'static str, teacher: &Tensor, student: &Tensor, tau: f32) -> Result<()> {
@@ -68,27 +57,15 @@ fn check_kl(op: &'static str, teacher: &Tensor, student: &Tensor, tau: f32) -> R
 pub fn kl_forward(teacher: &Tensor, student: &Tensor, tau: f32) -> Result<Tensor> {
     let op = "kl_div";
     check_kl(op, teacher, student, tau)?;
-    if cuda::on_gpu([teacher, student]) {
-        return gpu::kl_forward(teacher, student, tau);
-    }
-    let (n, v) = (student.dims()[0], student.dims()[1]);
-    let mut k = vec![0.0f32; n];
-    loss::kl_forward(teacher.f32s(op)?, student.f32s(op)?, v, tau, &mut k);
-    Ok(student.with_data(k, Shape::new(vec![n])))
+    backend::of([teacher, student]).kl_forward(teacher, student, tau)
 }
 
 /// Gradient of `sum_r row_scale[r] * kl[r]` with respect to the student logits.
 pub fn kl_backward_student(teacher: &Tensor, student: &Tensor, tau: f32, row_scale: &[f32]) -> Result<Tensor> {
     let op = "kl_div_backward";
     check_kl(op, teacher, student, tau)?;
-    let (n, v) = (student.dims()[0], student.dims()[1]);
-    check_row_scale(op, row_scale, n)?;
-    if cuda::on_gpu([teacher, student]) {
-        return gpu::kl_backward_student(teacher, student, tau, row_scale);
-    }
-    let mut d = vec![0.0f32; n * v];
-    loss::kl_backward_student(teacher.f32s(op)?, student.f32s(op)?, row_scale, v, tau, &mut d);
-    Ok(student.with_data(d, student.shape().clone()))
+    check_row_scale(op, row_scale, student.dims()[0])?;
+    backend::of([teacher, student]).kl_backward_student(teacher, student, tau, row_scale)
 }
 
 fn check_pool(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<(usize, usize, usize)> {
@@ -104,12 +81,7 @@ fn check_pool(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<(usize, usi
 pub fn masked_mean_forward(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let op = "masked_mean";
     let (b, t, d) = check_pool(op, x, mask)?;
-    if cuda::on_gpu([x, mask]) {
-        return gpu::masked_mean_forward(x, mask, b, t, d);
-    }
-    let mut out = vec![0.0f32; b * d];
-    pool::masked_mean_forward(x.f32s(op)?, mask.f32s(op)?, t, d, &mut out);
-    Ok(x.with_data(out, Shape::new(vec![b, d])))
+    backend::of([x, mask]).masked_mean_forward(x, mask, b, t, d)
 }
 
 /// Gradient of [`masked_mean_forward`] with respect to `x`.
@@ -119,10 +91,5 @@ pub fn masked_mean_backward(dout: &Tensor, x_shape: &Shape, mask: &Tensor) -> Re
     if dims.len() != 3 || mask.dims() != [dims[0], dims[1]] || dout.dims() != [dims[0], dims[2]] {
         return Err(Error::ShapeMismatch { op, lhs: x_shape.clone(), rhs: dout.shape().clone() });
     }
-    if cuda::on_gpu([dout, mask]) {
-        return gpu::masked_mean_backward(dout, x_shape, mask);
-    }
-    let mut dx = vec![0.0f32; x_shape.numel()];
-    pool::masked_mean_backward(dout.f32s(op)?, mask.f32s(op)?, dims[1], dims[2], &mut dx);
-    Ok(dout.with_data(dx, x_shape.clone()))
+    backend::of([dout, mask]).masked_mean_backward(dout, x_shape, mask)
 }

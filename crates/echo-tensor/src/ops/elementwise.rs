@@ -1,9 +1,5 @@
-use crate::cuda::{self, ops::BinaryOp, ops::UnaryOp};
-use crate::{Error, Result, Shape, Tensor};
-use echo_kernels::cpu::activation::{sigmoid, silu};
-use rayon::prelude::*;
-
-const PAR_MIN: usize = 1 << 15;
+use crate::backend::{self, BinaryOp, UnaryOp};
+use crate::{cpu, Error, Result, Shape, Tensor};
 
 /// The numpy broadcast of two shapes, or a mismatch error naming both.
 pub fn broadcast_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
@@ -22,123 +18,60 @@ pub fn broadcast_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> 
     Ok(Shape::new(out))
 }
 
-/// Strides of `s` read as if broadcast to `out` (0 along broadcast dimensions).
-fn broadcast_strides(s: &Shape, out: &Shape) -> Vec<usize> {
-    let st = s.strides();
-    let off = out.rank() - s.rank();
-    (0..out.rank()).map(|i| if i < off || s.dim(i - off) == 1 { 0 } else { st[i - off] }).collect()
-}
-
-/// Calls `f(out_index, offset_a, offset_b)` for every element of `out` in row-major order.
-fn for_each_broadcast(out: &Shape, sa: &[usize], sb: &[usize], mut f: impl FnMut(usize, usize, usize)) {
-    let dims = out.dims();
-    let n = out.numel();
-    let mut idx = vec![0usize; dims.len()];
-    let (mut oa, mut ob) = (0usize, 0usize);
-    for i in 0..n {
-        f(i, oa, ob);
-        for d in (0..dims.len()).rev() {
-            idx[d] += 1;
-            oa += sa[d];
-            ob += sb[d];
-            if idx[d] < dims[d] {
-                break;
-            }
-            oa -= sa[d] * dims[d];
-            ob -= sb[d] * dims[d];
-            idx[d] = 0;
-        }
-    }
-}
-
 impl Tensor {
-    fn binary(
-        &self,
-        rhs: &Tensor,
-        op: &'static str,
-        kind: BinaryOp,
-        f: impl Fn(f32, f32) -> f32 + Sync,
-    ) -> Result<Tensor> {
-        if cuda::on_gpu([self, rhs]) {
-            return cuda::ops::binary(self, rhs, op, kind);
-        }
-        let (a, b) = (self.f32s(op)?, rhs.f32s(op)?);
-        if self.shape() == rhs.shape() {
-            let mut out = vec![0.0f32; a.len()];
-            if a.len() >= PAR_MIN {
-                out.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(o, (x, y))| *o = f(*x, *y));
-            } else {
-                out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = f(*x, *y));
-            }
-            return Ok(self.with_data(out, self.shape().clone()));
-        }
-        let shape = broadcast_shape(op, self.shape(), rhs.shape())?;
-        let (sa, sb) = (broadcast_strides(self.shape(), &shape), broadcast_strides(rhs.shape(), &shape));
-        let mut out = vec![0.0f32; shape.numel()];
-        for_each_broadcast(&shape, &sa, &sb, |i, oa, ob| out[i] = f(a[oa], b[ob]));
-        Ok(self.with_data(out, shape))
+    /// The shapes are broadcast (and a mismatch reported) by the backend, after its dtype
+    /// checks, so a wrong dtype is reported first on every device.
+    fn binary(&self, rhs: &Tensor, op: &'static str, kind: BinaryOp) -> Result<Tensor> {
+        backend::of([self, rhs]).binary(self, rhs, op, kind)
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "add", BinaryOp::Add, |a, b| a + b)
+        self.binary(rhs, "add", BinaryOp::Add)
     }
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "sub", BinaryOp::Sub, |a, b| a - b)
+        self.binary(rhs, "sub", BinaryOp::Sub)
     }
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "mul", BinaryOp::Mul, |a, b| a * b)
+        self.binary(rhs, "mul", BinaryOp::Mul)
     }
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        self.binary(rhs, "div", BinaryOp::Div, |a, b| a / b)
+        self.binary(rhs, "div", BinaryOp::Div)
     }
 
     /// Applies `f` to every element. Host tensors only: a closure cannot run on a GPU, so a
     /// device tensor answers [`Error::DeviceUnavailable`] (the named ops below run anywhere).
     pub fn map(&self, op: &'static str, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
-        if cuda::on_gpu([self]) {
-            return Err(cuda::ops::map_unavailable(self, op));
-        }
-        let a = self.f32s(op)?;
-        let mut out = vec![0.0f32; a.len()];
-        if a.len() >= PAR_MIN {
-            out.par_iter_mut().zip(a.par_iter()).for_each(|(o, x)| *o = f(*x));
-        } else {
-            out.iter_mut().zip(a).for_each(|(o, x)| *o = f(*x));
-        }
-        Ok(self.with_data(out, self.shape().clone()))
+        backend::host_only(self, op, "map with a closure runs on the host only: use the named op (neg, exp, ln, sqr, sigmoid, silu, scale, add_scalar)")?;
+        cpu::ops::map(self, op, f)
     }
 
-    /// A named elementwise op: `f` on the host, the unary kernel `kind` on a GPU.
-    fn unary(&self, op: &'static str, kind: UnaryOp, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
-        if cuda::on_gpu([self]) {
-            return cuda::ops::unary(self, op, kind);
-        }
-        self.map(op, f)
+    fn unary(&self, op: &'static str, kind: UnaryOp) -> Result<Tensor> {
+        backend::of([self]).unary(self, op, kind)
     }
 
     pub fn scale(&self, s: f32) -> Result<Tensor> {
-        self.unary("scale", UnaryOp::Scale(s), |x| x * s)
+        self.unary("scale", UnaryOp::Scale(s))
     }
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {
-        self.unary("add_scalar", UnaryOp::AddScalar(s), |x| x + s)
+        self.unary("add_scalar", UnaryOp::AddScalar(s))
     }
     pub fn neg(&self) -> Result<Tensor> {
-        self.unary("neg", UnaryOp::Neg, |x| -x)
+        self.unary("neg", UnaryOp::Neg)
     }
     pub fn exp(&self) -> Result<Tensor> {
-        self.unary("exp", UnaryOp::Exp, f32::exp)
+        self.unary("exp", UnaryOp::Exp)
     }
     pub fn ln(&self) -> Result<Tensor> {
-        self.unary("ln", UnaryOp::Ln, f32::ln)
+        self.unary("ln", UnaryOp::Ln)
     }
     pub fn sqr(&self) -> Result<Tensor> {
-        self.unary("sqr", UnaryOp::Sqr, |x| x * x)
+        self.unary("sqr", UnaryOp::Sqr)
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        self.unary("sigmoid", UnaryOp::Sigmoid, sigmoid)
+        self.unary("sigmoid", UnaryOp::Sigmoid)
     }
     pub fn silu(&self) -> Result<Tensor> {
-        self.unary("silu", UnaryOp::Silu, silu)
+        self.unary("silu", UnaryOp::Silu)
     }
 
     /// `self += rhs` in place, same shape (gradient accumulation).
@@ -146,13 +79,7 @@ impl Tensor {
         if self.shape() != rhs.shape() {
             return Err(Error::ShapeMismatch { op: "add_assign", lhs: self.shape().clone(), rhs: rhs.shape().clone() });
         }
-        if cuda::on_gpu([&*self, rhs]) {
-            return cuda::ops::add_assign(self, rhs);
-        }
-        let b = rhs.f32s("add_assign")?.to_vec();
-        let a = self.f32_mut("add_assign")?;
-        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-        Ok(())
+        backend::of([&*self, rhs]).add_assign(self, rhs)
     }
 
     /// Broadcasts to `shape` (numpy rules), materialising the result.
@@ -162,15 +89,7 @@ impl Tensor {
         if b != shape {
             return Err(Error::ShapeMismatch { op: "broadcast_to", lhs: self.shape().clone(), rhs: shape });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::broadcast_to(self, shape);
-        }
-        let a = self.f32s("broadcast_to")?;
-        let sa = broadcast_strides(self.shape(), &shape);
-        let zeros = vec![0; shape.rank()];
-        let mut out = vec![0.0f32; shape.numel()];
-        for_each_broadcast(&shape, &sa, &zeros, |i, oa, _| out[i] = a[oa]);
-        Ok(self.with_data(out, shape))
+        backend::of([self]).broadcast_to(self, shape)
     }
 
     /// Sums over the dimensions along which `shape` was broadcast to this tensor's shape:
@@ -183,14 +102,6 @@ impl Tensor {
         if &b != self.shape() {
             return Err(Error::ShapeMismatch { op: "sum_to", lhs: self.shape().clone(), rhs: shape.clone() });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::sum_to(self, shape);
-        }
-        let a = self.f32s("sum_to")?;
-        let st = broadcast_strides(shape, self.shape());
-        let zeros = vec![0; self.rank()];
-        let mut out = vec![0.0f32; shape.numel()];
-        for_each_broadcast(self.shape(), &st, &zeros, |i, o, _| out[o] += a[i]);
-        Ok(self.with_data(out, shape.clone()))
+        backend::of([self]).sum_to(self, shape)
     }
 }

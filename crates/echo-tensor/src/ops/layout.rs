@@ -1,5 +1,5 @@
-use crate::cuda;
-use crate::{Buffer, Error, Result, Shape, Tensor};
+use crate::backend;
+use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Reorders dimensions: output dimension `i` is input dimension `perm[i]`.
@@ -12,30 +12,7 @@ impl Tensor {
                 msg: format!("{perm:?} is not a permutation of the dims of {}", self.shape()),
             });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::permute(self, perm);
-        }
-        let a = self.f32s("permute")?;
-        let in_strides = self.shape().strides();
-        let out_dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
-        let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-        let n = self.numel();
-        let mut out = Vec::with_capacity(n);
-        let mut idx = vec![0usize; r];
-        let mut off = 0usize;
-        for _ in 0..n {
-            out.push(a[off]);
-            for d in (0..r).rev() {
-                idx[d] += 1;
-                off += strides[d];
-                if idx[d] < out_dims[d] {
-                    break;
-                }
-                off -= strides[d] * out_dims[d];
-                idx[d] = 0;
-            }
-        }
-        Ok(self.with_data(out, Shape::new(out_dims)))
+        backend::of([self]).permute(self, perm)
     }
 
     /// Swaps two dimensions.
@@ -59,18 +36,7 @@ impl Tensor {
                 msg: format!("range {start}..{} of dim {dim} out of bounds for {}", start + len, self.shape()),
             });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::narrow(self, dim, start, len);
-        }
-        let a = self.f32s("narrow")?;
-        let (outer, size, inner) = self.split_at_dim(dim);
-        let mut out = Vec::with_capacity(outer * len * inner);
-        for o in 0..outer {
-            out.extend_from_slice(&a[(o * size + start) * inner..(o * size + start + len) * inner]);
-        }
-        let mut dims = self.dims().to_vec();
-        dims[dim] = len;
-        Ok(self.with_data(out, Shape::new(dims)))
+        backend::of([self]).narrow(self, dim, start, len)
     }
 
     /// Joins tensors along `dim`; all other dimensions must agree.
@@ -86,21 +52,7 @@ impl Tensor {
                 return Err(Error::ShapeMismatch { op: "concat", lhs: first.shape().clone(), rhs: p.shape().clone() });
             }
         }
-        if cuda::on_gpu(parts.iter().copied()) {
-            return cuda::ops::concat(parts, dim);
-        }
-        let (outer, _, inner) = first.split_at_dim(dim);
-        let total: usize = parts.iter().map(|p| p.dims()[dim]).sum();
-        let mut out = Vec::with_capacity(outer * total * inner);
-        for o in 0..outer {
-            for p in parts {
-                let size = p.dims()[dim];
-                out.extend_from_slice(&p.f32s("concat")?[o * size * inner..(o + 1) * size * inner]);
-            }
-        }
-        let mut dims = first.dims().to_vec();
-        dims[dim] = total;
-        Ok(first.with_data(out, Shape::new(dims)))
+        backend::of(parts.iter().copied()).concat(parts, dim)
     }
 
     /// Gathers slices along dimension 0: `out[i] = self[idx[i]]` (embedding lookup).
@@ -108,31 +60,7 @@ impl Tensor {
         if self.rank() == 0 {
             return Err(Error::BadShape { op: "index_select", msg: "cannot index a scalar".into() });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::index_select(self, idx);
-        }
-        let rows = self.dims()[0];
-        let inner = self.numel() / rows.max(1);
-        // A frozen bf16 table (the base embedding) is accepted, its rows widened as they are
-        // gathered, as the GPU's gather does (`crate::mixed`); other dtypes must be f32.
-        let table32 = match self.buffer() {
-            Buffer::BF16(_) => None,
-            _ => Some(self.f32s("index_select")?),
-        };
-        if let Some(&i) = idx.iter().find(|&&i| i >= rows) {
-            return Err(Error::IndexOutOfRange { op: "index_select", index: i as i64, size: rows });
-        }
-        let mut out = Vec::with_capacity(idx.len() * inner);
-        match (table32, self.buffer()) {
-            (Some(a), _) => idx.iter().for_each(|&i| out.extend_from_slice(&a[i * inner..(i + 1) * inner])),
-            (None, Buffer::BF16(a)) => {
-                idx.iter().for_each(|&i| out.extend(a[i * inner..(i + 1) * inner].iter().map(|h| h.to_f32())))
-            }
-            (None, _) => unreachable!("only a bf16 table has no f32 view"),
-        }
-        let mut dims = self.dims().to_vec();
-        dims[0] = idx.len();
-        Ok(self.with_data(out, Shape::new(dims)))
+        backend::of([self]).index_select(self, idx)
     }
 
     /// The adjoint of [`Tensor::index_select`]: a `[rows, ...]` tensor of zeros with
@@ -144,20 +72,6 @@ impl Tensor {
                 msg: format!("{} indices for a source of shape {}", idx.len(), self.shape()),
             });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::scatter_add_rows(self, idx, rows);
-        }
-        let inner = self.numel() / idx.len().max(1);
-        let a = self.f32s("scatter_add_rows")?;
-        let mut out = vec![0.0f32; rows * inner];
-        for (k, &i) in idx.iter().enumerate() {
-            if i >= rows {
-                return Err(Error::IndexOutOfRange { op: "scatter_add_rows", index: i as i64, size: rows });
-            }
-            out[i * inner..(i + 1) * inner].iter_mut().zip(&a[k * inner..(k + 1) * inner]).for_each(|(o, s)| *o += s);
-        }
-        let mut dims = self.dims().to_vec();
-        dims[0] = rows;
-        Ok(self.with_data(out, Shape::new(dims)))
+        backend::of([self]).scatter_add_rows(self, idx, rows)
     }
 }

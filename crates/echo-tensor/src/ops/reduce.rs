@@ -1,5 +1,5 @@
-use crate::cuda::{self, ops::ReduceOp};
-use crate::{Error, Result, Shape, Tensor};
+use crate::backend::{self, ReduceOp};
+use crate::{Error, Result, Tensor};
 
 impl Tensor {
     fn check_dim(&self, op: &'static str, dim: usize) -> Result<()> {
@@ -18,84 +18,45 @@ impl Tensor {
         (d[..dim].iter().product(), d[dim], d[dim + 1..].iter().product())
     }
 
-    fn reduce_dim(
-        &self,
-        op: &'static str,
-        dim: usize,
-        keepdim: bool,
-        kind: ReduceOp,
-        init: f32,
-        f: impl Fn(f32, f32) -> f32,
-    ) -> Result<Tensor> {
+    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp) -> Result<Tensor> {
         self.check_dim(op, dim)?;
-        if cuda::on_gpu([self]) {
-            return cuda::ops::reduce_dim(self, op, dim, keepdim, kind);
-        }
-        let a = self.f32s(op)?;
-        let (outer, size, inner) = self.split_at_dim(dim);
-        let mut out = vec![init; outer * inner];
-        for o in 0..outer {
-            for s in 0..size {
-                let row = &a[(o * size + s) * inner..(o * size + s + 1) * inner];
-                for (acc, x) in out[o * inner..(o + 1) * inner].iter_mut().zip(row) {
-                    *acc = f(*acc, *x);
-                }
-            }
-        }
-        let mut dims = self.dims().to_vec();
-        if keepdim {
-            dims[dim] = 1;
-        } else {
-            dims.remove(dim);
-        }
-        Ok(self.with_data(out, Shape::new(dims)))
+        backend::of([self]).reduce_dim(self, op, dim, keepdim, kind)
     }
 
     pub fn sum_dim(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.reduce_dim("sum_dim", dim, keepdim, ReduceOp::Sum, 0.0, |a, x| a + x)
+        self.reduce_dim("sum_dim", dim, keepdim, ReduceOp::Sum)
     }
 
     pub fn max_dim(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.reduce_dim("max_dim", dim, keepdim, ReduceOp::Max, f32::NEG_INFINITY, f32::max)
+        self.reduce_dim("max_dim", dim, keepdim, ReduceOp::Max)
     }
 
     /// Sum of all elements as a scalar tensor (f64 accumulation).
     pub fn sum_all(&self) -> Result<Tensor> {
-        if cuda::on_gpu([self]) {
-            return cuda::ops::sum_all(self);
-        }
-        let s: f64 = self.f32s("sum_all")?.iter().map(|&x| x as f64).sum();
-        Ok(self.with_data(vec![s as f32], Shape::new(vec![])))
+        backend::of([self]).sum_all_div(self, 1.0)
+    }
+
+    /// `sum_all() / denom`, divided before the sum is rounded to f32 (on the CPU, in f64:
+    /// the mean of a loss over a token count, as the trainer always computed it).
+    pub fn sum_all_div(&self, denom: f32) -> Result<Tensor> {
+        backend::of([self]).sum_all_div(self, denom)
     }
 
     pub fn mean_all(&self) -> Result<Tensor> {
         if self.numel() == 0 {
             return Err(Error::BadShape { op: "mean_all", msg: "mean of an empty tensor".into() });
         }
-        if cuda::on_gpu([self]) {
-            return cuda::ops::mean_all(self);
-        }
-        let s = self.sum_all()?.item()?;
-        Ok(Tensor::scalar(s / self.numel() as f32))
+        backend::of([self]).mean_all(self)
     }
 
     /// Softmax over the last dimension.
     pub fn softmax_last(&self) -> Result<Tensor> {
-        if cuda::on_gpu([self]) {
-            return cuda::ops::softmax_last(self);
-        }
-        let n = self.shape().last();
-        let a = self.f32s("softmax_last")?;
-        let mut out = a.to_vec();
-        for row in out.chunks_mut(n.max(1)) {
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut s = 0.0f32;
-            row.iter_mut().for_each(|x| {
-                *x = (*x - m).exp();
-                s += *x;
-            });
-            row.iter_mut().for_each(|x| *x /= s);
-        }
-        Ok(self.with_data(out, self.shape().clone()))
+        backend::of([self]).softmax_last(self)
+    }
+
+    /// `sum_t sum_i t[i]^2` over `ts` (all on one device), read back: the square of the
+    /// global gradient norm. On the CPU squared and summed in f64.
+    pub fn sum_squares(ts: &[&Tensor]) -> Result<f64> {
+        backend::of(ts.iter().copied()).sum_squares(ts)
     }
 }
