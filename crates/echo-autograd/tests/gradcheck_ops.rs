@@ -332,3 +332,24 @@ fn composite_echo_like_graph() {
         opts(),
     );
 }
+
+/// The backward draws the dropout mask again from the generator's state before the forward
+/// drew it (it keeps no mask; "lora dropout" above checks that it is the same mask): the
+/// run's stream must move on exactly as if the mask were drawn once.
+#[test]
+fn lora_dropout_draws_each_mask_once_from_the_stream() {
+    let mut rng = Rng::new(21);
+    let tape = echo_autograd::Tape::new();
+    let x = tape.leaf(randn(&[2, 3, 6], &mut rng));
+    let (a, b) = (tape.leaf(randn(&[2, 6], &mut rng)), tape.leaf(randn(&[5, 2], &mut rng)));
+    let w = randn(&[5, 6], &mut rng);
+    let mut drop_rng = Rng::new(5);
+    let mut expected = drop_rng.clone();
+    for _ in 0..x.value().numel() {
+        expected.bernoulli(0.3);
+    }
+    let y = ops::lora_linear(&x, &w, &a, &b, 2.0, Some(Dropout { p: 0.3, rng: &mut drop_rng }), None).unwrap();
+    assert_eq!(drop_rng, expected, "the forward draws one mask");
+    let loss = ops::sum_all(&y).unwrap();
+    tape.backward(&loss, &mut echo_autograd::ParamStore::new()).unwrap();
+}
