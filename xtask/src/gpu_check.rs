@@ -319,7 +319,7 @@ pub fn run(args: GpuCheckArgs) -> Result<()> {
         }
         step_bench = Some(ours);
         // step_bench::run frees and synchronises already; again here in case it panicked.
-        match step_bench::release_device_memory(gpu.ordinal) {
+        match Device::Cuda(gpu.ordinal).release_cached_memory() {
             Ok(()) => {
                 let s = gpu.pool_stats();
                 let info = gpu.context().mem_get_info().map_or_else(

@@ -27,6 +27,22 @@ fn to_device_without_a_driver_is_a_clean_error() {
 }
 
 #[test]
+fn the_runtime_calls_need_no_gpu_on_the_host_and_fail_cleanly_without_one() {
+    Device::Cpu.synchronize().unwrap();
+    Device::Cpu.release_cached_memory().unwrap();
+    assert_eq!(Device::Cpu.peak_memory_in_use(), None);
+    let Some(why) = no_gpu() else {
+        println!("a usable GPU is present: the no-driver path is not exercised here");
+        return;
+    };
+    for e in [Device::Cuda(0).synchronize().unwrap_err(), Device::Cuda(0).release_cached_memory().unwrap_err()] {
+        assert!(matches!(e, Error::DeviceUnavailable { device: Device::Cuda(0), .. }), "{e:?}");
+        assert!(e.to_string().contains(&why), "{e}");
+    }
+    assert_eq!(Device::Cuda(0).peak_memory_in_use(), None);
+}
+
+#[test]
 fn host_moves_are_clones() {
     let x = Tensor::new(vec![1.0, 2.0, 3.0], [3]).unwrap();
     let y = x.to_device(Device::Cpu).unwrap();

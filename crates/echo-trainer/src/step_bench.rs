@@ -138,14 +138,6 @@ pub fn bench_batch(batch: usize, seq: usize, vocab: usize) -> Vec<i64> {
         .collect()
 }
 
-/// Waits for everything queued on `device` (a no-op on the CPU), so a step's time is its own.
-fn synchronize(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(n) => Ok(echo_kernels::cuda::runtime::Gpu::get(n).and_then(|g| g.synchronize())?),
-    }
-}
-
 /// Runs the benchmark on `device`; an error when a step fails or its losses say the step is
 /// wrong ([`check_first_loss`], every loss and gradient norm finite). On a GPU everything it
 /// allocated is returned to the driver afterwards: the caching allocator's free blocks are
@@ -153,27 +145,13 @@ fn synchronize(device: Device) -> Result<()> {
 /// them back, so another process, such as the PyTorch side, has the memory.
 pub fn run(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
     let result = run_inner(bench, device);
-    match device {
-        Device::Cpu => result,
-        Device::Cuda(n) => {
-            let freed = release_device_memory(n);
-            match (result, freed) {
-                (Ok(_), Err(e)) => {
-                    Err(TrainError::In { what: "freeing the device memory after the run".into(), source: Box::new(e) })
-                }
-                (result, _) => result,
-            }
+    let freed = device.release_cached_memory();
+    match (result, freed) {
+        (Ok(_), Err(e)) => {
+            Err(TrainError::In { what: "freeing the device memory after the run".into(), source: Box::new(e.into()) })
         }
+        (result, _) => result,
     }
-}
-
-/// Frees the caching allocator's unused blocks on `cuda:n` and synchronises (the frees are
-/// stream-ordered: the driver has the memory back only after the synchronisation).
-pub fn release_device_memory(n: usize) -> Result<()> {
-    let gpu = echo_kernels::cuda::runtime::Gpu::get(n)?;
-    gpu.pool().empty_cache();
-    gpu.synchronize()?;
-    gpu.context().synchronize().map_err(|e| TrainError::Device(format!("synchronising cuda:{n}: {e}")))
 }
 
 fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
@@ -192,7 +170,7 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
     let adapters = Adapters::init(cfg, &model, &mut store, &mut Rng::new(1))?;
     let mut store = store.to_device(device)?;
     let ids: Vec<ParamId> = adapters.tensors().into_iter().map(|(id, _)| id).collect();
-    synchronize(device)?;
+    device.synchronize()?;
     let setup_seconds = started.elapsed().as_secs_f64();
 
     let (b, t) = (bench.batch, bench.seq);
@@ -223,7 +201,7 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
         }
         adam.step(&mut store, &ids, bench.lr, clip_factor(norm, bench.max_grad_norm))?;
         store.zero_grad();
-        synchronize(device)?;
+        device.synchronize()?;
         if i >= bench.warmup {
             step_seconds.push(t0.elapsed().as_secs_f64());
         }
@@ -231,10 +209,7 @@ fn run_inner(bench: &StepBench, device: Device) -> Result<StepBenchResult> {
         last_loss = stats.loss;
     }
     let total: f64 = step_seconds.iter().sum();
-    let device_peak_bytes = match device {
-        Device::Cpu => None,
-        Device::Cuda(n) => echo_kernels::cuda::runtime::Gpu::get(n).ok().map(|g| g.pool_stats().peak_in_use),
-    };
+    let device_peak_bytes = device.peak_memory_in_use().map(|b| b as usize);
     Ok(StepBenchResult {
         device: device.to_string(),
         layers: bench.config.num_hidden_layers,

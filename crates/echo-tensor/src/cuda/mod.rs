@@ -132,6 +132,28 @@ pub(crate) fn to_dtype(c: &CudaData, dtype: DType, shape: Shape) -> Result<Tenso
     Ok(Tensor::from_cuda(CudaData { gpu: c.gpu.clone(), dtype, buf }, shape))
 }
 
+/// Waits for everything queued on `cuda:ordinal`.
+pub(crate) fn synchronize(ordinal: usize) -> Result<()> {
+    let op = "synchronize";
+    gpu(op, ordinal)?.synchronize().map_err(cuda_err(op, Device::Cuda(ordinal)))
+}
+
+/// The caching allocator's peak bytes in use on `cuda:ordinal`.
+pub(crate) fn peak_in_use(ordinal: usize) -> Option<u64> {
+    Gpu::get(ordinal).ok().map(|g| g.pool_stats().peak_in_use as u64)
+}
+
+/// Frees the caching allocator's unused blocks on `cuda:ordinal`, then synchronises the stream
+/// and the context: the driver has the memory back only then.
+pub(crate) fn release_cached(ordinal: usize) -> Result<()> {
+    let op = "release_cached_memory";
+    let err = cuda_err(op, Device::Cuda(ordinal));
+    let gpu = gpu(op, ordinal)?;
+    gpu.pool().empty_cache();
+    gpu.synchronize().map_err(&err)?;
+    gpu.context().synchronize().map_err(|e| err(CudaError::Driver(e)))
+}
+
 /// The one device all of `devices` are on, or a mismatch naming the first two that differ.
 pub(crate) fn common_device(op: &'static str, devices: impl IntoIterator<Item = Device>) -> Result<Option<Device>> {
     let mut found: Option<Device> = None;
