@@ -19,37 +19,8 @@ pub struct Inject<'a> {
     pub proj: &'a Var,
 }
 
-/// A dropout mask as the backward needs it: not the mask (a full f32 copy of the input per
-/// adapted module, with the dropped input another: together about a third of a step's
-/// activation memory), but the generator's state before it was drawn, from which
-/// [`DropMask::draw`] draws the same mask again.
-struct DropMask {
-    rng: Rng,
-    p: f32,
-}
-
-impl DropMask {
-    fn draw(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        draw_mask(&mut self.rng.clone(), self.p, x)
-    }
-}
-
-/// `(x ⊙ keep, keep)`: each element kept with probability `1 - p`, scaled by `1 / (1 - p)`.
-/// Drawn on the host from the seeded stream (the same masks on every device), then moved
-/// where `x` is.
-fn draw_mask(rng: &mut Rng, p: f32, x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let inv = 1.0 / (1.0 - p);
-    let keep: Vec<f32> = (0..x.numel()).map(|_| if rng.bernoulli(p) { 0.0 } else { inv }).collect();
-    let keep = Tensor::new(keep, x.shape().clone())?.to_device(x.device())?;
-    Ok((x.mul(&keep)?, keep))
-}
-
-/// The forward's `(x ⊙ keep, keep)` and the backward's way to them again.
-type Dropped = ((Tensor, Tensor), DropMask);
-
-/// The dropout of `x`, or `None` when there is nothing to drop. Advances the run's dropout
-/// stream past the draws.
-fn apply_dropout(x: &Tensor, dropout: Option<Dropout<'_>>) -> Result<Option<Dropped>> {
+/// `(x ⊙ keep, keep)` or `None` when there is nothing to drop.
+fn apply_dropout(x: &Tensor, dropout: Option<Dropout<'_>>) -> Result<Option<(Tensor, Tensor)>> {
     let Some(d) = dropout else { return Ok(None) };
     if !(0.0..1.0).contains(&d.p) {
         return Err(Error::Invalid(format!("lora dropout must be in [0, 1), got {}", d.p)));
@@ -57,8 +28,12 @@ fn apply_dropout(x: &Tensor, dropout: Option<Dropout<'_>>) -> Result<Option<Drop
     if d.p == 0.0 {
         return Ok(None);
     }
-    let mask = DropMask { rng: d.rng.clone(), p: d.p };
-    Ok(Some((draw_mask(d.rng, d.p, x)?, mask)))
+    let inv = 1.0 / (1.0 - d.p);
+    let keep: Vec<f32> = (0..x.numel()).map(|_| if d.rng.bernoulli(d.p) { 0.0 } else { inv }).collect();
+    // Drawn on the host from the seeded stream (the same masks on every device), then moved
+    // where `x` is.
+    let keep = Tensor::new(keep, x.shape().clone())?.to_device(x.device())?;
+    Ok(Some((x.mul(&keep)?, keep)))
 }
 
 fn inputs<'a>(fixed: &[&'a Var], inject: Option<Inject<'a>>) -> Vec<&'a Var> {
@@ -91,17 +66,15 @@ pub fn lora_linear(
     dropout: Option<Dropout<'_>>,
     inject: Option<Inject<'_>>,
 ) -> Result<Var> {
-    let (dropped, mask) = apply_dropout(x.value(), dropout)?.unzip();
+    let dropped = apply_dropout(x.value(), dropout)?;
     let inj = inject.map(|i| (i.gate.value().clone(), i.proj.value().clone()));
     let injection = inj.as_ref().map(|(g, p)| Injection { gate: g, proj: p });
     let p = LoraParams { w, a: a.value(), b: b.value(), scale };
     let (y, z) = nn::lora_forward(x.value(), dropped.as_ref().map(|d| &d.0), &p, injection.as_ref())?;
-    drop(dropped); // the backward draws the mask again from `mask`
     let (xv, wv, av, bv) = (x.value().clone(), w.clone(), a.value().clone(), b.value().clone());
     x.tape().record(y, &inputs(&[x, a, b], inject), move |g, needs| {
         let p = LoraParams { w: &wv, a: &av, b: &bv, scale };
         let want = Want { dx: needs[0], da: needs[1], db: needs[2] };
-        let dropped = mask.as_ref().map(|m| m.draw(&xv)).transpose()?;
         let (xd, keep) = (dropped.as_ref().map(|d| &d.0), dropped.as_ref().map(|d| &d.1));
         let gr = nn::lora_backward(g, &xv, xd, keep, &p, &z, want)?;
         let mut out = vec![gr.dx, gr.da, gr.db];
@@ -123,19 +96,17 @@ pub fn dora_linear(
     dropout: Option<Dropout<'_>>,
     inject: Option<Inject<'_>>,
 ) -> Result<Var> {
-    let (dropped, mask) = apply_dropout(x.value(), dropout)?.unzip();
+    let dropped = apply_dropout(x.value(), dropout)?;
     let inj = inject.map(|i| (i.gate.value().clone(), i.proj.value().clone()));
     let injection = inj.as_ref().map(|(g, p)| Injection { gate: g, proj: p });
     let p = LoraParams { w, a: a.value(), b: b.value(), scale };
     let (y, saved) =
         nn::dora_forward(x.value(), dropped.as_ref().map(|d| &d.0), &p, magnitude.value(), injection.as_ref())?;
-    drop(dropped); // the backward draws the mask again from `mask`
     let (xv, wv, av, bv, mv) =
         (x.value().clone(), w.clone(), a.value().clone(), b.value().clone(), magnitude.value().clone());
     x.tape().record(y, &inputs(&[x, a, b, magnitude], inject), move |g, needs| {
         let p = LoraParams { w: &wv, a: &av, b: &bv, scale };
         let want = Want { dx: needs[0], da: needs[1], db: needs[2] };
-        let dropped = mask.as_ref().map(|m| m.draw(&xv)).transpose()?;
         let (xd, keep) = (dropped.as_ref().map(|d| &d.0), dropped.as_ref().map(|d| &d.1));
         let (gr, dm) = nn::dora_backward(g, &xv, xd, keep, &p, &mv, &saved, want, needs[3])?;
         let mut out = vec![gr.dx, gr.da, gr.db, dm];
