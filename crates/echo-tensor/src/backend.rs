@@ -30,60 +30,82 @@ pub(crate) fn of<'a>(operands: impl IntoIterator<Item = &'a Tensor>) -> &'static
     }
 }
 
-/// Every computing op, for one device. Arguments are as the op files validated them.
-pub(crate) trait Backend: Sync {
-    // ------------------------------------------------------------ elementwise (`ops/elementwise.rs`)
+/// Declares [`Backend`] from the op list below and implements it for both devices, each
+/// method calling the function of the same name in that device's `ops` or `nn` module
+/// (`cpu::ops::binary`, `cuda::ops::binary`, ...). One list, so the trait and the two
+/// implementations cannot drift apart, and a device missing an op does not compile.
+macro_rules! backends {
+    ($($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty => $module:ident;)*) => {
+        /// Every computing op, for one device. Arguments are as the op files validated them.
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) trait Backend: Sync {
+            $($(#[$meta])* fn $name(&self, $($arg: $ty),*) -> $ret;)*
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl Backend for cpu::Cpu {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret {
+                cpu::$module::$name($($arg),*)
+            })*
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        impl Backend for cuda::Cuda {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret {
+                cuda::$module::$name($($arg),*)
+            })*
+        }
+    };
+}
+
+backends! {
+    // elementwise (`ops/elementwise.rs`)
     /// `a (kind) b` with numpy broadcasting.
-    fn binary(&self, a: &Tensor, b: &Tensor, op: &'static str, kind: BinaryOp) -> Result<Tensor>;
-    fn unary(&self, x: &Tensor, op: &'static str, kind: UnaryOp) -> Result<Tensor>;
+    fn binary(a: &Tensor, b: &Tensor, op: &'static str, kind: BinaryOp) -> Result<Tensor> => ops;
+    fn unary(x: &Tensor, op: &'static str, kind: UnaryOp) -> Result<Tensor> => ops;
     /// `a += b` in place, same shape.
-    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
-    fn broadcast_to(&self, x: &Tensor, shape: Shape) -> Result<Tensor>;
-    fn sum_to(&self, x: &Tensor, shape: &Shape) -> Result<Tensor>;
+    fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> => ops;
+    fn broadcast_to(x: &Tensor, shape: Shape) -> Result<Tensor> => ops;
+    fn sum_to(x: &Tensor, shape: &Shape) -> Result<Tensor> => ops;
 
-    // ------------------------------------------------------------ reductions (`ops/reduce.rs`)
-    fn reduce_dim(&self, x: &Tensor, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp) -> Result<Tensor>;
+    // reductions (`ops/reduce.rs`)
+    fn reduce_dim(x: &Tensor, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp) -> Result<Tensor> => ops;
     /// `sum(x) / denom` as a scalar; on the CPU summed and divided in f64, rounded once.
-    fn sum_all_div(&self, x: &Tensor, denom: f32) -> Result<Tensor>;
-    fn mean_all(&self, x: &Tensor) -> Result<Tensor>;
-    fn softmax_last(&self, x: &Tensor) -> Result<Tensor>;
+    fn sum_all_div(x: &Tensor, denom: f32) -> Result<Tensor> => ops;
+    fn mean_all(x: &Tensor) -> Result<Tensor> => ops;
+    fn softmax_last(x: &Tensor) -> Result<Tensor> => ops;
     /// `sum_t sum_i t[i]^2` over several tensors (the global gradient norm's square), read back.
-    fn sum_squares(&self, ts: &[&Tensor]) -> Result<f64>;
+    fn sum_squares(ts: &[&Tensor]) -> Result<f64> => ops;
 
-    // ------------------------------------------------------------ layout (`ops/layout.rs`)
-    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor>;
-    fn narrow(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor>;
-    fn concat(&self, parts: &[&Tensor], dim: usize) -> Result<Tensor>;
-    fn index_select(&self, x: &Tensor, idx: &[usize]) -> Result<Tensor>;
-    fn scatter_add_rows(&self, x: &Tensor, idx: &[usize], rows: usize) -> Result<Tensor>;
+    // layout (`ops/layout.rs`)
+    fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> => ops;
+    fn narrow(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> => ops;
+    fn concat(parts: &[&Tensor], dim: usize) -> Result<Tensor> => ops;
+    fn index_select(x: &Tensor, idx: &[usize]) -> Result<Tensor> => ops;
+    fn scatter_add_rows(x: &Tensor, idx: &[usize], rows: usize) -> Result<Tensor> => ops;
 
-    // ------------------------------------------------------------ matmul (`ops/matmul.rs`)
+    // matmul (`ops/matmul.rs`)
     /// `op(a) @ op(b)` for `[..., m, k] x [..., k, n]` (batch dims checked by the caller).
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_t(&self, a: &Tensor, b: &Tensor, ta: bool, tb: bool, m: usize, k: usize, n: usize) -> Result<Tensor>;
+    fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool, m: usize, k: usize, n: usize) -> Result<Tensor> => ops;
 
-    // ------------------------------------------------------------ transformer (`nn/transformer.rs`)
-    fn rmsnorm_forward(&self, x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor)>;
+    // transformer (`nn/transformer.rs`)
+    fn rmsnorm_forward(x: &Tensor, w: Option<&Tensor>, eps: f32) -> Result<(Tensor, Tensor)> => nn;
     fn rmsnorm_backward(
-        &self,
         dy: &Tensor,
         x: &Tensor,
         w: Option<&Tensor>,
         rstd: &Tensor,
         want_dw: bool,
-    ) -> Result<(Tensor, Option<Tensor>)>;
-    fn rope(&self, x: &Tensor, positions: &[usize], table: &RopeTable, inverse: bool) -> Result<Tensor>;
+    ) -> Result<(Tensor, Option<Tensor>)> => nn;
+    fn rope(x: &Tensor, positions: &[usize], table: &RopeTable, inverse: bool) -> Result<Tensor> => nn;
     fn attention_forward(
-        &self,
         dims: &AttnDims,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         mask: &AttnMask,
-    ) -> Result<(Tensor, Tensor)>;
-    #[allow(clippy::too_many_arguments)]
+    ) -> Result<(Tensor, Tensor)> => nn;
     fn attention_backward(
-        &self,
         dims: &AttnDims,
         q: &Tensor,
         k: &Tensor,
@@ -92,22 +114,19 @@ pub(crate) trait Backend: Sync {
         out: &Tensor,
         lse: &Tensor,
         dout: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)>;
-    fn swiglu_forward(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
-    fn swiglu_backward(&self, dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)>;
+    ) -> Result<(Tensor, Tensor, Tensor)> => nn;
+    fn swiglu_forward(gate: &Tensor, up: &Tensor) -> Result<Tensor> => nn;
+    fn swiglu_backward(dout: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> => nn;
 
-    // ------------------------------------------------------------ adapters (`nn/adapter.rs`)
+    // adapters (`nn/adapter.rs`)
     fn lora_forward(
-        &self,
         d: &LoraDims,
         x: &Tensor,
         xd: Option<&Tensor>,
         p: &LoraParams<'_>,
         inj: Option<&Injection<'_>>,
-    ) -> Result<(Tensor, Tensor)>;
-    #[allow(clippy::too_many_arguments)]
+    ) -> Result<(Tensor, Tensor)> => nn;
     fn lora_backward(
-        &self,
         d: &LoraDims,
         dy: &Tensor,
         x: &Tensor,
@@ -116,43 +135,40 @@ pub(crate) trait Backend: Sync {
         p: &LoraParams<'_>,
         z: &Tensor,
         want: Want,
-    ) -> Result<LoraGradsOut>;
-    fn gated_inject_forward(&self, z: &Tensor, inj: &Injection<'_>, d: &LoraDims) -> Result<Tensor>;
-    fn gated_inject_backward(&self, dz: &Tensor, inj: &Injection<'_>, d: &LoraDims) -> Result<(Tensor, Tensor)>;
-    fn dora_weight_norm(&self, d: &LoraDims, p: &LoraParams<'_>) -> Result<Tensor>;
+    ) -> Result<LoraGradsOut> => nn;
+    fn gated_inject_forward(z: &Tensor, inj: &Injection<'_>, d: &LoraDims) -> Result<Tensor> => nn;
+    fn gated_inject_backward(dz: &Tensor, inj: &Injection<'_>, d: &LoraDims) -> Result<(Tensor, Tensor)> => nn;
+    fn dora_weight_norm(d: &LoraDims, p: &LoraParams<'_>) -> Result<Tensor> => nn;
     /// DoRA's `(m / n) ⊙ pre`, returned with what the backward keeps.
     fn dora_scale_forward(
-        &self,
         pre: Tensor,
         z: Tensor,
         norm: Tensor,
         magnitude: &Tensor,
-    ) -> Result<(Tensor, DoraSaved)>;
+    ) -> Result<(Tensor, DoraSaved)> => nn;
     /// `(dpre, dm)` of [`Backend::dora_scale_forward`]; `dm` only when `want_dm`.
     fn dora_scale_backward(
-        &self,
         dy: &Tensor,
         magnitude: &Tensor,
         saved: &DoraSaved,
         want_dm: bool,
-    ) -> Result<(Tensor, Option<Tensor>)>;
+    ) -> Result<(Tensor, Option<Tensor>)> => nn;
 
-    // ------------------------------------------------------------ losses (`nn/loss.rs`)
-    fn cross_entropy_forward(&self, logits: &Tensor, targets: &[i64]) -> Result<(Tensor, Tensor)>;
+    // losses (`nn/loss.rs`)
+    fn cross_entropy_forward(logits: &Tensor, targets: &[i64]) -> Result<(Tensor, Tensor)> => nn;
     fn cross_entropy_backward(
-        &self,
         logits: &Tensor,
         targets: &[i64],
         lse: &Tensor,
         row_scale: &[f32],
-    ) -> Result<Tensor>;
-    fn kl_forward(&self, teacher: &Tensor, student: &Tensor, tau: f32) -> Result<Tensor>;
-    fn kl_backward_student(&self, teacher: &Tensor, student: &Tensor, tau: f32, row_scale: &[f32]) -> Result<Tensor>;
-    fn masked_mean_forward(&self, x: &Tensor, mask: &Tensor, b: usize, t: usize, d: usize) -> Result<Tensor>;
-    fn masked_mean_backward(&self, dout: &Tensor, x_shape: &Shape, mask: &Tensor) -> Result<Tensor>;
+    ) -> Result<Tensor> => nn;
+    fn kl_forward(teacher: &Tensor, student: &Tensor, tau: f32) -> Result<Tensor> => nn;
+    fn kl_backward_student(teacher: &Tensor, student: &Tensor, tau: f32, row_scale: &[f32]) -> Result<Tensor> => nn;
+    fn masked_mean_forward(x: &Tensor, mask: &Tensor, b: usize, t: usize, d: usize) -> Result<Tensor> => nn;
+    fn masked_mean_backward(dout: &Tensor, x_shape: &Shape, mask: &Tensor) -> Result<Tensor> => nn;
 
-    // ------------------------------------------------------------ optimizer (`nn/optim.rs`)
-    fn adamw_step(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &AdamWStep) -> Result<()>;
+    // optimizer (`nn/optim.rs`)
+    fn adamw_step(w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &AdamWStep) -> Result<()> => nn;
 }
 
 /// For the one op that exists on the host only (`Tensor::map`, whose closure cannot run on a

@@ -13,11 +13,12 @@
 //! directly (cuBLAS with fp32 accumulation, or widened on load); f16 is storage only,
 //! converted on the host (there is no f16 kernel, and nothing computes in f16).
 
-mod backend;
 pub(crate) mod nn;
 pub(crate) mod ops;
 
-pub(crate) use backend::Cuda;
+/// CUDA devices: NVRTC-compiled kernels and cuBLAS, on each device's stream. Its
+/// `crate::backend::Backend` calls the functions of `ops` and `nn` (`backend.rs`).
+pub(crate) struct Cuda;
 
 use crate::{Buffer, DType, Device, Error, Result, Shape, Tensor};
 use echo_kernels::cuda::alloc::GpuBuf;
